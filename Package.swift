@@ -1,0 +1,60 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+let package = Package(
+    name: "moepack",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "moepack", targets: ["moepack"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+    ],
+    targets: [
+        // System libraries from Debian packages, found through pkg-config.
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib",
+                       providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "COpenBLAS", path: "Sources/COpenBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5",
+                       providers: [.apt(["libhdf5-dev"])]),
+        .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
+                       providers: [.apt(["libpng-dev"])]),
+
+        // Shared vocabulary: errors, dtypes, float tensors.
+        .target(name: "MoepackCore"),
+        // Stage 1: checkpoint containers -> TensorSource (knows formats, not M3ViT).
+        .target(name: "MoepackCheckpoint", dependencies: ["MoepackCore", "CZlib", "CHDF5"]),
+        // Stage 2: fixed point (knows numbers and bits only).
+        .target(name: "MoepackFixedPoint", dependencies: ["MoepackCore"]),
+        // Stage 3: M3ViT name tables, config inference, folds -> kernel tensors.
+        .target(name: "MoepackModel", dependencies: ["MoepackCore", "MoepackCheckpoint"]),
+        // Stage 4: kernel profile, DDR layout, image + manifest + C header.
+        .target(name: "MoepackPacking",
+                dependencies: ["MoepackCore", "MoepackModel", "MoepackFixedPoint",
+                               .product(name: "Crypto", package: "swift-crypto")],
+                resources: [.copy("Profiles")]),
+        // Stage 5: inference from the packed image (float path, fixed-point emulation), frames.
+        .target(name: "MoepackInference",
+                dependencies: ["MoepackCore", "MoepackModel", "MoepackFixedPoint", "MoepackPacking",
+                               "COpenBLAS", "CPNG", "MoepackCheckpoint"]),
+        // Stage 6: comparison metrics and reports.
+        .target(name: "MoepackVerify",
+                dependencies: ["MoepackCore", "MoepackInference", "MoepackModel", "MoepackPacking"]),
+        // Thin CLI.
+        .executableTarget(name: "moepack",
+                          dependencies: ["MoepackCore", "MoepackCheckpoint", "MoepackModel",
+                                         "MoepackFixedPoint", "MoepackPacking", "MoepackInference",
+                                         "MoepackVerify",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+
+        .testTarget(name: "CheckpointTests", dependencies: ["MoepackCheckpoint", "MoepackCore"],
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "FixedPointTests", dependencies: ["MoepackFixedPoint"]),
+        .testTarget(name: "ModelTests", dependencies: ["MoepackModel", "MoepackCheckpoint"]),
+        .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint"]),
+        .testTarget(name: "InferenceTests", dependencies: ["MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint"]),
+        .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint"]),
+    ]
+)

@@ -1,0 +1,2 @@
+import XCTest
+final class FixedPointTestsPlaceholder: XCTestCase { func testPlaceholder() {} }

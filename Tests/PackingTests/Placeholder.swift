@@ -1,0 +1,2 @@
+import XCTest
+final class PackingTestsPlaceholder: XCTestCase { func testPlaceholder() {} }

@@ -1,0 +1,2 @@
+import XCTest
+final class VerifyTestsPlaceholder: XCTestCase { func testPlaceholder() {} }
