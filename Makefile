@@ -1,0 +1,45 @@
+# moepack — make demo (the main job on the bundled checkpoint), make test.
+SWIFT ?= swift
+PYTHON ?= /work/venv/bin/python
+DEB_PACKAGES := zlib1g-dev libopenblas-dev libhdf5-dev libpng-dev pkg-config
+BIN := .build/release/moepack
+CKPT := models/m3vit-tiny-edge-moe.pth
+FRAME := models/demo-frame.png
+OUT := packed/edge-moe-zcu102
+
+.PHONY: deps build release demo test bench fixtures fuzz clean
+
+# Installs the Debian packages the system-library targets need, when missing (root: apt-get).
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release --product moepack
+
+demo: release
+	$(BIN) pack $(CKPT) -o $(OUT) --image $(FRAME)
+	$(BIN) run $(OUT) --image $(FRAME) -o packed/demo-output.npy
+	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME)
+	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --mode fixed
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --parallel --num-workers 2
+
+bench: release
+	bash bench/run.sh
+
+# Regenerates committed fixtures and the bundled checkpoint (needs a venv with torch, numpy, h5py, safetensors).
+fixtures:
+	$(PYTHON) scripts/make_fixtures.py
+
+clean:
+	rm -rf .build packed/edge-moe-zcu102 packed/demo-output.npy

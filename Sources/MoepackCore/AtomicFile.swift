@@ -1,0 +1,158 @@
+import Foundation
+
+/// Writes a file through a temporary name in the destination folder and renames it into place only
+/// when complete, so that an error or a kill never leaves a partial output under the final name.
+public final class AtomicFileWriter {
+    public let path: String
+    public let temporaryPath: String
+    private var handle: FileHandle?
+    private var buffer: [UInt8] = []
+    private let bufferLimit = 1 << 20
+    /// Bytes written so far.
+    public private(set) var bytesWritten = 0
+
+    /// Creates `<dir>/.<name>.tmp-<pid>-<n>`.
+    /// - Throws: ``MoepackError`` `.io` when the folder is not writable.
+    public init(path: String) throws {
+        self.path = path
+        let url = URL(fileURLWithPath: path)
+        let dir = url.deletingLastPathComponent().path
+        let name = url.lastPathComponent
+        temporaryPath = (dir as NSString).appendingPathComponent(".\(name).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        guard FileManager.default.createFile(atPath: temporaryPath, contents: nil),
+              let h = FileHandle(forWritingAtPath: temporaryPath) else {
+            throw MoepackError(.io, file: path, "cannot create a file in \(dir)")
+        }
+        handle = h
+    }
+
+    deinit { abort() }
+
+    /// Appends bytes.
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        buffer.append(contentsOf: bytes)
+        bytesWritten += bytes.count
+        if buffer.count >= bufferLimit { try flush() }
+    }
+
+    public func write(_ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try write($0) }
+    }
+
+    /// Appends `count` zero bytes.
+    public func writeZeros(_ count: Int) throws {
+        guard count > 0 else { return }
+        buffer.append(contentsOf: repeatElement(0, count: count))
+        bytesWritten += count
+        if buffer.count >= bufferLimit { try flush() }
+    }
+
+    private func flush() throws {
+        guard let handle else { return }
+        do {
+            try handle.write(contentsOf: buffer)
+        } catch {
+            throw MoepackError(.io, file: path, "write failed: \(error.localizedDescription)")
+        }
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    /// Flushes, syncs and renames the temporary file to `path`.
+    public func commit() throws {
+        try flush()
+        guard let h = handle else { throw MoepackError(.io, file: path, "already closed") }
+        try? h.synchronize()
+        try? h.close()
+        handle = nil
+        if rename(temporaryPath, path) != 0 {
+            unlink(temporaryPath)
+            throw MoepackError(.io, file: path, "cannot rename the finished file into place")
+        }
+    }
+
+    /// Removes the temporary file (no-op after ``commit()``).
+    public func abort() {
+        if let h = handle {
+            try? h.close()
+            handle = nil
+            unlink(temporaryPath)
+        }
+    }
+
+    /// Writes `data` to `path` atomically.
+    public static func write(_ data: [UInt8], to path: String) throws {
+        let w = try AtomicFileWriter(path: path)
+        try w.write(data)
+        try w.commit()
+    }
+}
+
+/// Makes the folder `path` (and parents) if missing.
+/// - Throws: ``MoepackError`` `.io` when it exists as a file or cannot be made.
+public func makeDirectory(_ path: String) throws {
+    var isDir: ObjCBool = false
+    if FileManager.default.fileExists(atPath: path, isDirectory: &isDir) {
+        guard isDir.boolValue else { throw MoepackError(.io, file: path, "exists and is not a folder") }
+        return
+    }
+    do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
+        throw MoepackError(.io, file: path, "cannot create folder")
+    }
+}
+
+/// An output folder built in a hidden staging folder beside it and moved into place by ``commit()``:
+/// a failed run leaves neither a partial folder nor partial files. When the destination exists, the
+/// finished files replace its files of the same names one by one (each rename is atomic).
+public final class StagedDirectory {
+    public let destination: String
+    public let staging: String
+    private var committed = false
+
+    /// - Throws: ``MoepackError`` `.io` when the parent folder cannot be written or the destination is a file.
+    public init(destination: String) throws {
+        self.destination = destination
+        let url = URL(fileURLWithPath: destination).standardizedFileURL
+        let parent = url.deletingLastPathComponent().path
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: destination, isDirectory: &isDir), !isDir.boolValue {
+            throw MoepackError(.io, file: destination, "exists and is not a folder")
+        }
+        if !FileManager.default.fileExists(atPath: parent) {
+            throw MoepackError(.io, file: destination, "parent folder \(parent) does not exist")
+        }
+        staging = (parent as NSString).appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        do { try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: false) } catch {
+            throw MoepackError(.io, file: destination, "cannot create a folder in \(parent)")
+        }
+    }
+
+    deinit { if !committed { abort() } }
+
+    /// Path of `name` inside the staging folder.
+    public func path(_ name: String) -> String { (staging as NSString).appendingPathComponent(name) }
+
+    /// Moves the staged files into the destination.
+    public func commit() throws {
+        var isDir: ObjCBool = false
+        if !FileManager.default.fileExists(atPath: destination, isDirectory: &isDir) {
+            if rename(staging, destination) != 0 {
+                throw MoepackError(.io, file: destination, "cannot move the finished folder into place")
+            }
+        } else {
+            let names = (try? FileManager.default.contentsOfDirectory(atPath: staging)) ?? []
+            for n in names.sorted() {
+                let dst = (destination as NSString).appendingPathComponent(n)
+                if rename(path(n), dst) != 0 {
+                    throw MoepackError(.io, file: dst, "cannot move the finished file into place")
+                }
+            }
+            try? FileManager.default.removeItem(atPath: staging)
+        }
+        committed = true
+    }
+
+    /// Removes the staging folder and everything in it.
+    public func abort() {
+        try? FileManager.default.removeItem(atPath: staging)
+    }
+}

@@ -1,0 +1,129 @@
+import Foundation
+import MoepackCore
+import MoepackModel
+
+/// `manifest.json` of a packed DDR image (format `moepack-ddr/1`): everything a host program or
+/// `moepack run/verify/check` needs to use `ddr.bin` without the checkpoint.
+///
+/// Offsets are bytes from the start of `ddr.bin`; the host adds the physical base address of the
+/// image and writes each buffer's address to its `register` (low word; high word at register + 4)
+/// before starting the kernel through `CTRL` (register 0).
+public struct Manifest: Sendable, Codable, Equatable {
+    public struct Source: Sendable, Codable, Equatable {
+        public var path: String
+        public var container: String
+        /// SHA-256 of the checkpoint file (for a folder: of each file's name and bytes, sorted by name).
+        public var sha256: String
+        /// state_dict key and other reader notes.
+        public var notes: [String]
+    }
+    public struct Image: Sendable, Codable, Equatable {
+        public var file: String
+        public var bytes: Int
+        public var sha256: String
+    }
+    public struct TensorReport: Sendable, Codable, Equatable {
+        public var name: String
+        public var buffer: String
+        public var type: String
+        public var count: Int
+        public var min: Double
+        public var max: Double
+        /// Values outside the type's range (saturated or wrapped according to the overflow mode).
+        public var overflow: Int
+        /// 10·log10(Σx² / Σ(x − q(x))²); null when the quantization error is exactly zero.
+        public var sqnr_db: Double?
+        public var max_abs_error: Double
+    }
+    public struct Quantization: Sendable, Codable, Equatable {
+        public var mode: String
+        public var overflow: String
+        public var tensors: [TensorReport]
+    }
+    public struct Buffer: Sendable, Codable, Equatable {
+        public var name: String
+        public var offset: Int
+        public var bytes: Int
+        /// Kernel type name and its full spelling, e.g. `wt_linear_t` = `ap_fixed<16,2>`.
+        public var type: String
+        public var ctype: String
+        public var element_bytes: Int
+        public var shape: [Int]
+        public var register: Int?
+        public var role: String
+        public var sha256: String
+    }
+    public struct ExpertRecord: Sendable, Codable, Equatable {
+        public var block: Int
+        public var expert: Int
+        public var offset: Int
+        public var bytes: Int
+        public var w1: Int
+        public var b1: Int
+        public var w2: Int
+        public var b2: Int
+    }
+    public struct TaskGate: Sendable, Codable, Equatable {
+        public var task: Int
+        public var offset: Int
+        public var bytes: Int
+    }
+
+    public var format: String
+    public var tool: String
+    public var profile: String
+    public var kernel: String
+    /// Task whose gates sit in `moe_w_gate`.
+    public var task: Int
+    public var layout: String
+    public var model: M3ViTConfig
+    public var folds: FoldOptions?
+    public var quantization: Quantization
+    public var source: Source
+    public var image: Image
+    public var alignment: Int
+    /// Element type spellings by name.
+    public var types: [String: String]
+    /// Scalar control registers (CTRL, num_images, reload_one_time_weights, debug_id, …).
+    public var registers: [String: Int]
+    public var buffers: [Buffer]
+    public var expert_records: [ExpertRecord]?
+    public var task_gates: [TaskGate]?
+    /// Free-text notes for host programmers (e.g. how to switch tasks).
+    public var notes: [String]
+
+    public func buffer(_ name: String) -> Buffer? { buffers.first { $0.name == name } }
+
+    /// Reads and validates `DIR/manifest.json`.
+    /// - Throws: ``MoepackError`` naming the file when it is missing, not JSON, or of another format.
+    public static func load(directory: String) throws -> Manifest {
+        let path = (directory as NSString).appendingPathComponent("manifest.json")
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw MoepackError(.io, file: path, "no manifest (is \(directory) a moepack pack output?)")
+        }
+        let m: Manifest
+        do { m = try JSONDecoder().decode(Manifest.self, from: data) } catch let e as DecodingError {
+            throw MoepackError(.badInput, file: path, "not a moepack manifest: \(describe(e))")
+        }
+        guard m.format == "moepack-ddr/1" else {
+            throw MoepackError(.badInput, file: path, "format '\(m.format)', expected 'moepack-ddr/1'")
+        }
+        var end = 0
+        for b in m.buffers.sorted(by: { $0.offset < $1.offset }) {
+            guard b.offset >= end, b.bytes >= 0, b.offset + b.bytes <= m.image.bytes else {
+                throw MoepackError(.badInput, file: path, item: b.name, "offset \(b.offset) + \(b.bytes) bytes overlaps or exceeds the image (\(m.image.bytes) bytes)")
+            }
+            end = b.offset + b.bytes
+        }
+        return m
+    }
+
+    /// Deterministic JSON (sorted keys, pretty printed, trailing newline).
+    public func encoded() throws -> Data {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        var d = try enc.encode(self)
+        d.append(0x0A)
+        return d
+    }
+}

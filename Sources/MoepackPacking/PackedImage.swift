@@ -1,0 +1,108 @@
+import Foundation
+import Crypto
+import MoepackCore
+import MoepackModel
+import MoepackFixedPoint
+
+/// A packed DDR image opened through its manifest: the only thing inference and verification read.
+public final class PackedImage: @unchecked Sendable {
+    public let directory: String
+    public let manifest: Manifest
+    public let imagePath: String
+    private let bytes: [UInt8]
+
+    /// Opens `DIR/manifest.json` and `DIR/ddr.bin`, checking the image size against the manifest.
+    /// - Throws: ``MoepackError`` naming the file when missing, the wrong size, or inconsistent.
+    public init(directory: String) throws {
+        self.directory = directory
+        manifest = try Manifest.load(directory: directory)
+        imagePath = (directory as NSString).appendingPathComponent(manifest.image.file)
+        guard let data = FileManager.default.contents(atPath: imagePath) else {
+            throw MoepackError(.io, file: imagePath, "cannot read the image")
+        }
+        guard data.count == manifest.image.bytes else {
+            throw MoepackError(.badInput, file: imagePath, "\(data.count) bytes, the manifest says \(manifest.image.bytes) (truncated or wrong copy?)")
+        }
+        bytes = [UInt8](data)
+    }
+
+    /// Result of ``check()``: buffers whose SHA-256 differs from the manifest.
+    public struct CheckResult: Sendable {
+        public var imageOK: Bool
+        public var badBuffers: [String]
+        public var ok: Bool { imageOK && badBuffers.isEmpty }
+    }
+
+    /// Re-hashes the image and every buffer and compares with the manifest.
+    public func check() -> CheckResult {
+        let whole = hex(SHA256.hash(data: bytes))
+        var bad: [String] = []
+        for b in manifest.buffers {
+            let h = bytes.withUnsafeBytes { hex(SHA256.hash(data: UnsafeRawBufferPointer(rebasing: $0[b.offset..<(b.offset + b.bytes)]))) }
+            if h != b.sha256 { bad.append(b.name) }
+        }
+        return CheckResult(imageOK: whole == manifest.image.sha256, badBuffers: bad)
+    }
+
+    /// The element type of buffer `name` (base spelling from the manifest, Vitis default modes).
+    public func type(of name: String) throws -> FixedType {
+        guard let b = manifest.buffer(name) else { throw MoepackError(.badInput, file: directory, item: name, "no such buffer in the manifest") }
+        do { return try FixedType(parsing: b.ctype) } catch {
+            throw MoepackError(.badInput, file: directory, item: name, "bad type '\(b.ctype)'")
+        }
+    }
+
+    /// Raw bytes of buffer `name` (little-endian containers, C order).
+    public func raw(_ name: String) throws -> ArraySlice<UInt8> {
+        guard let b = manifest.buffer(name) else { throw MoepackError(.badInput, file: directory, item: name, "no such buffer in the manifest") }
+        return bytes[b.offset..<(b.offset + b.bytes)]
+    }
+
+    /// Raw bytes at an absolute range of the image (for expert records and task gates).
+    public func raw(offset: Int, count: Int) throws -> ArraySlice<UInt8> {
+        guard offset >= 0, count >= 0, offset + count <= bytes.count else {
+            throw MoepackError(.badInput, file: imagePath, "range \(offset)+\(count) outside the image")
+        }
+        return bytes[offset..<(offset + count)]
+    }
+
+    /// Buffer `name` dequantized to float32 values (C order).
+    public func dequantized(_ name: String) throws -> [Float] {
+        let t = try type(of: name)
+        let r = try raw(name)
+        let count = r.count / t.containerBytes
+        var out = [Float](repeating: 0, count: count)
+        r.withUnsafeBytes { src in out.withUnsafeMutableBufferPointer { t.decode(src, count: count, into: $0) } }
+        return out
+    }
+
+    /// Dequantized gates of every packed task: [task][moeBlock][E·D]. Single-task images give one task.
+    public func allTaskGates() throws -> [[[Float]]] {
+        let c = manifest.model
+        let per = c.experts * c.embedDim
+        let t = try type(of: "moe_w_gate")
+        func split(_ v: [Float]) -> [[Float]] { (0..<c.moeBlocks.count).map { Array(v[($0 * per)..<(($0 + 1) * per)]) } }
+        guard let gates = manifest.task_gates, !gates.isEmpty else { return [split(try dequantized("moe_w_gate"))] }
+        return try gates.sorted { $0.task < $1.task }.map { g in
+            let r = try raw(offset: g.offset, count: g.bytes)
+            let n = g.bytes / t.containerBytes
+            var out = [Float](repeating: 0, count: n)
+            r.withUnsafeBytes { src in out.withUnsafeMutableBufferPointer { t.decode(src, count: n, into: $0) } }
+            return split(out)
+        }
+    }
+
+    /// Kernel-form float weights rebuilt from the image alone, using `task`'s gates (nil: the manifest's task).
+    /// - Throws: ``MoepackError`` when a buffer is missing, or the task is not in the image.
+    public func backboneWeights(task: Int? = nil) throws -> BackboneWeights {
+        var arrays: [String: [Float]] = [:]
+        for name in KernelTensors.arrayNames { arrays[name] = try dequantized(name) }
+        let gates = try allTaskGates()
+        let packedTasks = manifest.task_gates?.map(\.task).sorted() ?? [manifest.task]
+        let want = task ?? manifest.task
+        guard let idx = packedTasks.firstIndex(of: want) else {
+            throw MoepackError(.usage, file: directory, item: "--task", "task \(want) is not in this image (packed: \(packedTasks.map(String.init).joined(separator: ",")))")
+        }
+        return try BackboneWeights(kernelArrays: arrays, config: manifest.model, task: idx, allGates: gates)
+    }
+}

@@ -1,0 +1,168 @@
+import Foundation
+import MoepackCore
+import MoepackModel
+import MoepackFixedPoint
+
+/// A kernel's hardware profile: its argument table (names, C shapes, element types, roles, control
+/// registers) and the model configuration the bitstream was built for. Profiles are data (JSON,
+/// format `moepack-profile/1`); the built-in `edge-moe-zcu102` is the published Edge-MoE build's
+/// `ViT_compute` argument table (`../shared/edge-moe/README.md`) with the register offsets of its
+/// `.hwh` file.
+public struct KernelProfile: Sendable, Codable, Equatable {
+    /// One pointer argument of the kernel = one DDR buffer.
+    public struct Buffer: Sendable, Codable, Equatable {
+        /// Kernel argument name (e.g. `moe_weights_l1`).
+        public var name: String
+        /// C shape as declared, outermost first.
+        public var shape: [Int]
+        /// Element type name, a key of ``KernelProfile/types`` (e.g. `wt_linear_t`).
+        public var type: String
+        /// `weight` (filled by pack), `input` (frame slot), `output` (x), `scratch`.
+        public var role: String
+        /// s_axi_control offset of the pointer's low word (`NAME_1`); the high word follows at +4.
+        public var register: Int?
+    }
+
+    public var format: String
+    public var name: String
+    public var description: String?
+    public var kernel: String
+    public var model: M3ViTConfig
+    /// Type name → `ap_fixed<W,I>` / `ap_ufixed<W,I>` spelling.
+    public var types: [String: String]
+    /// Buffer start alignment in bytes (4096: a page, so no AXI burst crosses a 4 KiB boundary).
+    public var alignment: Int
+    /// Alignment of parts inside an expert record (64 bytes, the kernel's AXI alignment).
+    public var axiAlignment: Int?
+    /// Scalar control registers (CTRL, num_images, …) by name → offset.
+    public var registers: [String: Int]
+    public var buffers: [Buffer]
+
+    /// Names of the built-in profiles.
+    public static let builtinNames = ["edge-moe-zcu102", "tiny-test"]
+
+    /// Loads a built-in profile by name, or a JSON file by path.
+    /// - Throws: ``MoepackError`` `.badInput` naming the file and the problem.
+    public static func load(_ nameOrPath: String) throws -> KernelProfile {
+        let data: Data
+        let file: String
+        if builtinNames.contains(nameOrPath) {
+            guard let url = Bundle.module.url(forResource: nameOrPath, withExtension: "json", subdirectory: "Profiles")
+                ?? Bundle.module.url(forResource: nameOrPath, withExtension: "json") else {
+                throw MoepackError(.io, item: nameOrPath, "built-in profile missing from the bundle")
+            }
+            data = try Data(contentsOf: url)
+            file = nameOrPath
+        } else {
+            guard FileManager.default.fileExists(atPath: nameOrPath) else {
+                throw MoepackError(.usage, file: nameOrPath,
+                                   "no such profile (built-in: \(builtinNames.joined(separator: ", ")))")
+            }
+            do { data = try Data(contentsOf: URL(fileURLWithPath: nameOrPath)) } catch {
+                throw MoepackError(.io, file: nameOrPath, "cannot read profile")
+            }
+            file = nameOrPath
+        }
+        let profile: KernelProfile
+        do {
+            profile = try JSONDecoder().decode(KernelProfile.self, from: data)
+        } catch let e as DecodingError {
+            throw MoepackError(.badInput, file: file, "not a moepack profile: \(describe(e))")
+        }
+        try profile.validate(file: file)
+        return profile
+    }
+
+    /// Checks types parse, shapes are positive, names unique, alignment a power of two.
+    public func validate(file: String) throws {
+        guard format == "moepack-profile/1" else {
+            throw MoepackError(.badInput, file: file, "format '\(format)', expected 'moepack-profile/1'")
+        }
+        guard alignment > 0, alignment & (alignment - 1) == 0 else {
+            throw MoepackError(.badInput, file: file, item: "alignment", "\(alignment) is not a power of two")
+        }
+        var seen = Set<String>()
+        for b in buffers {
+            guard seen.insert(b.name).inserted else {
+                throw MoepackError(.badInput, file: file, item: b.name, "buffer listed twice")
+            }
+            guard !b.shape.isEmpty, b.shape.allSatisfy({ $0 > 0 && $0 < 1 << 31 }) else {
+                throw MoepackError(.badInput, file: file, item: b.name, "bad shape \(shapeString(b.shape))")
+            }
+            _ = try fixedType(b.type, file: file)
+            guard ["weight", "input", "output", "scratch"].contains(b.role) else {
+                throw MoepackError(.badInput, file: file, item: b.name, "role '\(b.role)' is not weight|input|output|scratch")
+            }
+        }
+    }
+
+    /// The `FixedType` of a type name, with Vitis default modes (AP_TRN, AP_WRAP).
+    public func fixedType(_ typeName: String, file: String? = nil) throws -> FixedType {
+        guard let spelled = types[typeName] else {
+            throw MoepackError(.badInput, file: file ?? name, item: typeName, "unknown element type")
+        }
+        do { return try FixedType(parsing: spelled) } catch let e as MoepackError {
+            throw MoepackError(.badInput, file: file ?? name, item: typeName, e.message)
+        }
+    }
+
+    /// The buffer named `name`.
+    public func buffer(_ name: String) -> Buffer? { buffers.first { $0.name == name } }
+
+    /// Replaces register offsets with those found in a Vivado hardware hand-off (`.hwh`) file.
+    /// - Throws: ``MoepackError`` when the file has no `s_axi_control` registers for the buffers.
+    public mutating func applyHWH(path: String) throws {
+        let regs = try HWHRegisterMap.read(path: path)
+        var found = 0
+        for i in buffers.indices {
+            if let off = regs["\(buffers[i].name)_1"] { buffers[i].register = off; found += 1 }
+        }
+        for key in registers.keys { if let off = regs[key] { registers[key] = off } }
+        if found == 0 {
+            throw MoepackError(.badInput, file: path, "no register of any kernel argument found (expected NAME_1 registers)")
+        }
+    }
+}
+
+func describe(_ e: DecodingError) -> String {
+    switch e {
+    case .keyNotFound(let k, let c): return "missing key '\((c.codingPath + [k]).map { $0.stringValue }.joined(separator: "."))'"
+    case .typeMismatch(_, let c), .valueNotFound(_, let c):
+        return "wrong type at '\(c.codingPath.map { $0.stringValue }.joined(separator: "."))'"
+    case .dataCorrupted(let c): return c.debugDescription
+    @unknown default: return "invalid JSON"
+    }
+}
+
+/// Reads control-register offsets from a Vivado `.hwh` (XML) file: each `<REGISTER NAME="…">` with a
+/// `<PROPERTY NAME="ADDRESS_OFFSET" VALUE="…"/>` inside the kernel's `s_axi_control` block.
+public enum HWHRegisterMap {
+    /// Register name → byte offset.
+    /// - Throws: ``MoepackError`` when the file cannot be read or has no registers.
+    public static func read(path: String) throws -> [String: Int] {
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw MoepackError(.io, file: path, "cannot read .hwh file")
+        }
+        var regs: [String: Int] = [:]
+        var rest = Substring(text)
+        let open = "<REGISTER NAME=\""
+        while let r = rest.range(of: open) {
+            rest = rest[r.upperBound...]
+            guard let q = rest.firstIndex(of: "\"") else { break }
+            let name = String(rest[..<q])
+            guard let end = rest.range(of: "</REGISTER>") else { break }
+            let body = rest[..<end.lowerBound]
+            if let p = body.range(of: "NAME=\"ADDRESS_OFFSET\" VALUE=\"") {
+                let v = body[p.upperBound...]
+                if let q2 = v.firstIndex(of: "\"") {
+                    let s = String(v[..<q2])
+                    let value = s.hasPrefix("0x") || s.hasPrefix("0X") ? Int(s.dropFirst(2), radix: 16) : Int(s)
+                    if let value, regs[name] == nil { regs[name] = value }
+                }
+            }
+            rest = rest[end.upperBound...]
+        }
+        guard !regs.isEmpty else { throw MoepackError(.badInput, file: path, "no <REGISTER> entries found") }
+        return regs
+    }
+}

@@ -1,0 +1,26 @@
+import ArgumentParser
+import Foundation
+import MoepackCore
+import MoepackPacking
+
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Re-verify a packed image on disk against its manifest's SHA-256 checksums.",
+        discussion: "Exit status 0 when the image and every buffer match, 1 otherwise (names the corrupted buffers).")
+
+    @Argument(help: "Folder written by `moepack pack`.")
+    var directory: String
+
+    func run() throws {
+        try guarded {
+            let image = try PackedImage(directory: directory)
+            let r = image.check()
+            if r.ok {
+                print("\(directory): ok (\(image.manifest.image.bytes) bytes, \(image.manifest.buffers.count) buffers, sha256 \(image.manifest.image.sha256))")
+            } else {
+                throw MoepackError(.verificationFailed, file: image.imagePath,
+                                   "checksum mismatch: \(r.imageOK ? "" : "whole image; ")buffers \(r.badBuffers.isEmpty ? "none" : r.badBuffers.joined(separator: ", "))")
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+import ArgumentParser
+import Foundation
+import MoepackCore
+
+/// moepack: M³ViT checkpoints → Edge-MoE DDR images, verified on the CPU.
+@main
+struct Moepack: ParsableCommand {
+    static let version = "0.1.0"
+    static let configuration = CommandConfiguration(
+        commandName: "moepack",
+        abstract: "Turn trained M³ViT checkpoints into Edge-MoE FPGA DDR images and verify them on the CPU.",
+        discussion: """
+        Typical use:
+          moepack pack models/m3vit-tiny-edge-moe.pth -o packed/edge-moe-zcu102
+          moepack verify packed/edge-moe-zcu102 --checkpoint models/m3vit-tiny-edge-moe.pth --image models/demo-frame.u8
+        Refused input exits with status 2 and one line on stderr naming the file, the tensor and the problem.
+        """,
+        version: version,
+        subcommands: [Pack.self, Run.self, Verify.self, Inspect.self, Quantize.self, Check.self])
+}
+
+/// Runs a subcommand body, turning ``MoepackError`` into one stderr line and its exit code.
+func guarded(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as MoepackError {
+        FileHandle.standardError.write(Data("moepack: error: \(e.description)\n".utf8))
+        throw ExitCode(e.exitCode)
+    }
+}
+
+func note(_ s: String) {
+    FileHandle.standardError.write(Data("\(s)\n".utf8))
+}

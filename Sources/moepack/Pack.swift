@@ -1,0 +1,118 @@
+import ArgumentParser
+import Foundation
+import MoepackCore
+import MoepackCheckpoint
+import MoepackModel
+import MoepackFixedPoint
+import MoepackPacking
+
+extension Quantization: ExpressibleByArgument {}
+extension Overflow: ExpressibleByArgument {}
+
+/// Options shared by every command that opens a checkpoint.
+struct CheckpointOptions: ParsableArguments {
+    @Option(help: "Key of the state_dict inside a training checkpoint (default: search state_dict, model, model_state, net, ema, top level).")
+    var key: String?
+
+    @Option(name: .long, parsing: .upToNextOption, help: "Training input mean per channel (input = (byte/255 - mean)/std).")
+    var mean: [Double] = [0.485, 0.456, 0.406]
+
+    @Option(name: .long, parsing: .upToNextOption, help: "Training input std per channel.")
+    var std: [Double] = [0.229, 0.224, 0.225]
+
+    var folds: FoldOptions { FoldOptions(mean: mean, std: std) }
+    var open: OpenOptions { OpenOptions(stateDictKey: key) }
+}
+
+struct ProfileOptions: ParsableArguments {
+    @Option(help: "Hardware profile: a built-in name (\(KernelProfile.builtinNames.joined(separator: ", "))) or a profile JSON file.")
+    var profile: String = "edge-moe-zcu102"
+
+    @Option(help: "Read control-register offsets from a Vivado .hwh file instead of the profile's.")
+    var hwh: String?
+
+    func load() throws -> KernelProfile {
+        var p = try KernelProfile.load(profile)
+        if let hwh { try p.applyHWH(path: hwh) }
+        return p
+    }
+}
+
+struct Pack: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Pack a checkpoint into a DDR image (ddr.bin + manifest.json + moepack_ddr.h).",
+        discussion: """
+        Reads CHECKPOINT lazily (PyTorch .pth zip or legacy, expert-parallel folder of N.pth, safetensors,
+        HDF5, .npz, or an Edge-MoE raw float32 folder), folds input normalisation, the cls token, qkv and the
+        gates into the kernel's form, converts every weight to its ap_fixed type and writes every argument
+        of the kernel at a 4096-byte aligned offset. Values outside a type's range are warned about (one line
+        per tensor); --strict makes them errors. Output files appear only when complete.
+        """)
+
+    @Argument(help: "Checkpoint file or folder.")
+    var checkpoint: String
+
+    @Option(name: .shortAndLong, help: "Output folder (created; existing files of the same names are replaced).")
+    var output: String
+
+    @OptionGroup var profileOptions: ProfileOptions
+    @OptionGroup var checkpointOptions: CheckpointOptions
+
+    @Option(help: "Task whose gates go into moe_w_gate.")
+    var task: Int = 0
+
+    @Option(help: "ap_fixed quantization mode for float → fixed conversion: \(Quantization.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var quantization: Quantization = .AP_RND_CONV
+
+    @Option(help: "ap_fixed overflow mode: \(Overflow.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var overflow: Overflow = .AP_SAT
+
+    @Flag(help: "Treat values outside a type's range as errors.")
+    var strict = false
+
+    @Option(help: "Frame to place in the images slot (raw uint8 [3,H,W], .npy, PNG).")
+    var image: String?
+
+    @Flag(help: "Print nothing but warnings and errors.")
+    var quiet = false
+
+    func run() throws {
+        try guarded {
+            let profile = try profileOptions.load()
+            let source = try openCheckpoint(checkpoint, options: checkpointOptions.open)
+            let backbone = try BackboneCheckpoint(source: source, expected: profile.model)
+            let kernel = try KernelTensors(checkpoint: backbone, folds: checkpointOptions.folds)
+            var frame: [UInt8]? = nil
+            if let image { frame = try loadFrameBytes(image, config: profile.model) }
+            let options = PackOptions(profile: profile, task: task, quantization: quantization, overflow: overflow,
+                                      strict: strict, frame: frame, tool: "moepack \(Moepack.version)")
+            let result = try pack(kernel: kernel, options: options, outputDirectory: output) { note("moepack: warning: \($0)") }
+            if !quiet { print(packSummary(result, output: output)) }
+        }
+    }
+}
+
+func packSummary(_ r: PackResult, output: String) -> String {
+    let m = r.manifest
+    var s = "packed \(m.source.path) (\(m.source.container)) → \(output)/ddr.bin: \(m.image.bytes) bytes, \(m.buffers.count) buffers, profile \(m.profile), task \(m.task), \(m.quantization.mode)/\(m.quantization.overflow)\n"
+    var byType: [String: (Int, Int)] = [:]
+    for t in m.quantization.tensors {
+        let e = byType[t.type] ?? (0, 0)
+        byType[t.type] = (e.0 + t.count, e.1 + t.overflow)
+    }
+    s += "  type                 values     overflow\n"
+    for (k, v) in byType.sorted(by: { $0.key < $1.key }) {
+        let c = m.types[k] ?? ""
+        s += "  " + "\(k) \(c)".padding(toLength: 34, withPad: " ", startingAt: 0) + String(v.0).leftPad(10) + String(v.1).leftPad(10) + "\n"
+    }
+    let sq = m.quantization.tensors.compactMap(\.sqnr_db)
+    if let worst = m.quantization.tensors.filter({ $0.sqnr_db != nil }).min(by: { $0.sqnr_db! < $1.sqnr_db! }) {
+        s += "  SQNR: median \(String(format: "%.1f", sq.sorted()[sq.count / 2])) dB, worst \(String(format: "%.1f", worst.sqnr_db!)) dB (\(worst.name))\n"
+    }
+    s += "  image sha256 \(m.image.sha256)"
+    return s
+}
+
+extension String {
+    func leftPad(_ n: Int) -> String { count >= n ? self : String(repeating: " ", count: n - count) + self }
+}
