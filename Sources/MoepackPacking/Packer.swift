@@ -165,10 +165,10 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
                     try emit(UnsafeRawBufferPointer(out), &h)
                 }
                 if stats.overflowCount > 0 {
-                    let msg = "\(part.name): \(stats.overflowCount) value(s) outside \(p.buffer.type) = \(p.type.baseDescription) range [\(fmt(t.minValue)), \(fmt(t.maxValue))], largest |value| \(fmt(stats.maxAbsOverflow)) (\(options.overflow.rawValue))"
+                    let msg = "\(part.name): \(stats.overflowCount) value(s) outside \(p.buffer.type) = \(p.type.baseDescription) range [\(fmt(t.minValue)), \(fmt(t.maxValue))], largest |value| \(fmt(stats.maxOverflowMagnitude)) (\(options.overflow.rawValue))"
                     if options.strict {
                         throw MoepackError(.numeric, file: kernel.checkpoint.source.path, item: part.name,
-                                           "\(stats.overflowCount) value(s) outside \(p.type.baseDescription) range [\(fmt(t.minValue)), \(fmt(t.maxValue))], largest |value| \(fmt(stats.maxAbsOverflow)) (--strict)")
+                                           "\(stats.overflowCount) value(s) outside \(p.type.baseDescription) range [\(fmt(t.minValue)), \(fmt(t.maxValue))], largest |value| \(fmt(stats.maxOverflowMagnitude)) (--strict)")
                     }
                     warnings.append(msg)
                     warn(msg)
@@ -176,7 +176,7 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
                 overflowByType[p.buffer.type, default: 0] += stats.overflowCount
                 reports.append(Manifest.TensorReport(
                     name: part.name, buffer: p.buffer.name, type: p.buffer.type, count: stats.count,
-                    min: Double(stats.min), max: Double(stats.max), overflow: stats.overflowCount,
+                    min: stats.min, max: stats.max, overflow: stats.overflowCount,
                     sqnr_db: stats.sqnrDB.isFinite ? (stats.sqnrDB * 1000).rounded() / 1000 : nil,
                     max_abs_error: stats.maxAbsError))
             }
@@ -234,3 +234,8 @@ func fmt(_ x: Double) -> String {
     return String(format: "%.6g", x)
 }
 func fmt(_ x: Float) -> String { fmt(Double(x)) }
+
+extension FixedType {
+    /// `ap_fixed<W,I>` / `ap_ufixed<W,I>` without the modes (the kernel's own spelling).
+    public var baseDescription: String { "\(signed ? "ap_fixed" : "ap_ufixed")<\(width),\(integerBits)>" }
+}

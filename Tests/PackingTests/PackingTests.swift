@@ -1,0 +1,254 @@
+import XCTest
+import Foundation
+import MoepackCore
+import MoepackCheckpoint
+import MoepackModel
+import MoepackFixedPoint
+@testable import MoepackPacking
+
+let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+let sharedEdgeMoE = repoRoot.deletingLastPathComponent().appendingPathComponent("shared/edge-moe")
+
+func tempDir(_ tag: String) -> String {
+    let p = NSTemporaryDirectory() + "moepack-\(tag)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    try? FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
+    return p
+}
+
+/// Independent reference of ap_fixed<W,I> conversion for the two mode pairs the tests use:
+/// AP_RND_CONV+AP_SAT: clamp(round-half-even(x·2^F)); AP_TRN+AP_WRAP: floor(x·2^F) mod 2^W, two's complement.
+func referenceRaw(_ x: Float, width: Int, integerBits: Int, truncWrap: Bool) -> Int64 {
+    let scaled = Double(x) * pow(2.0, Double(width - integerBits))
+    if truncWrap {
+        let f = scaled.rounded(.down)
+        let m = Double(sign: .plus, exponent: width, significand: 1)
+        var r = f.truncatingRemainder(dividingBy: m)
+        if r < 0 { r += m }
+        if r >= m / 2 { r -= m }
+        return Int64(r)
+    }
+    let r = scaled.rounded(.toNearestOrEven)
+    let hi = Double((Int64(1) << (width - 1)) - 1), lo = -Double(Int64(1) << (width - 1))
+    return Int64(min(max(r, lo), hi))
+}
+
+func littleEndianInts(_ bytes: ArraySlice<UInt8>, elementBytes: Int) -> [Int64] {
+    let b = Array(bytes)
+    return stride(from: 0, to: b.count, by: elementBytes).map { i in
+        var v: UInt64 = 0
+        for k in 0..<elementBytes { v |= UInt64(b[i + k]) << (8 * k) }
+        let shift = UInt64(64 - 8 * elementBytes)
+        return Int64(bitPattern: v << shift) >> Int64(shift)
+    }
+}
+
+final class ProfileTests: XCTestCase {
+    func testBuiltInProfileMatchesKernelArgumentTable() throws {
+        let p = try KernelProfile.load("edge-moe-zcu102")
+        let plan = try DDRPlan(profile: p)
+        let bytes = Dictionary(uniqueKeysWithValues: plan.buffers.map { ($0.buffer.name, $0.bytes) })
+        // Sizes from the kernel argument table (../shared/edge-moe/README.md).
+        XCTAssertEqual(bytes["images"], 3 * 128 * 256)
+        XCTAssertEqual(bytes["tmp_hidden"], 396_288)
+        XCTAssertEqual(bytes["attn"], 272_448)
+        XCTAssertEqual(bytes["attn_softmax_info"], 4_128)
+        XCTAssertEqual(bytes["pos_embed"], 129 * 192 * 4)
+        XCTAssertEqual(bytes["moe_weights_l1"], 6 * 16 * 384 * 192 * 2)
+        XCTAssertEqual(bytes["patch_embed_weights"], 192 * 3 * 16 * 16 * 2)
+        for b in plan.buffers { XCTAssertEqual(b.offset % 4096, 0, b.buffer.name) }
+        XCTAssertEqual(plan.buffers.map(\.buffer.name), [
+            "images", "x", "tmp1", "tmp2", "tmp3", "tmp4", "tmp_hidden", "attn", "attn_softmax_info",
+            "patch_embed_weights", "patch_embed_bias", "pos_embed", "attn_weights", "attn_bias", "moe_w_gate",
+            "moe_weights_l1", "moe_bias_l1", "moe_weights_l2", "moe_bias_l2", "vit_weights_l1", "vit_bias_l1",
+            "vit_weights_l2", "vit_bias_l2", "norm_weights", "norm_bias"])
+        XCTAssertEqual(p.buffer("moe_weights_l1")?.register, 212)
+        XCTAssertEqual(p.registers["CTRL"], 0)
+        XCTAssertEqual(try p.fixedType("wt_linear_t"), FixedType(width: 16, integerBits: 2))
+        XCTAssertEqual(try p.fixedType("pixel_t"), FixedType(width: 8, integerBits: 0, signed: false))
+    }
+
+    func testRegistersAgreeWithBitstreamHWH() throws {
+        let hwh = sharedEdgeMoE.appendingPathComponent("bitstream.hwh").path
+        guard FileManager.default.fileExists(atPath: hwh) else { throw XCTSkip("../shared/edge-moe absent") }
+        let builtin = try KernelProfile.load("edge-moe-zcu102")
+        var fromHWH = builtin
+        for i in fromHWH.buffers.indices { fromHWH.buffers[i].register = nil }
+        try fromHWH.applyHWH(path: hwh)
+        XCTAssertEqual(fromHWH.buffers.map(\.register), builtin.buffers.map(\.register))
+        let regs = try HWHRegisterMap.read(path: hwh)
+        XCTAssertEqual(regs["moe_weights_l1_1"], 212)
+        XCTAssertEqual(regs["moe_weights_l1_2"], 216)
+        XCTAssertEqual(regs["debug_id"], 332)
+    }
+
+    func testBadProfileRefused() throws {
+        let dir = tempDir("profile")
+        let path = dir + "/p.json"
+        try Data("{\"format\":\"moepack-profile/1\"}".utf8).write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try KernelProfile.load(path)) { e in
+            XCTAssertTrue((e as! MoepackError).description.hasPrefix("\(path): not a moepack profile: missing key"), "\(e)")
+        }
+    }
+}
+
+/// A profile for the 4-d tiny test model of ModelTests' shape (D=4, depth 2, E=2, He=3, Hm=5, T=3).
+func tinyProfile() throws -> KernelProfile {
+    var p = try KernelProfile.load("edge-moe-zcu102")
+    p.name = "unit"
+    p.model = M3ViTConfig(embedDim: 4, depth: 2, heads: 1, moeBlocks: [1], experts: 2, expertHidden: 3,
+                          mlpHidden: 5, tasks: 2, tokens: 3, patchSize: 2, inChans: 3, imageHeight: 2, imageWidth: 4)
+    let shapes: [String: [Int]] = [
+        "images": [1, 3, 2, 4], "x": [1, 3, 4], "tmp1": [3, 4], "tmp2": [3, 4], "tmp3": [3, 4], "tmp4": [3, 4],
+        "tmp_hidden": [3, 8], "attn": [2, 3, 4, 1], "attn_softmax_info": [3, 2],
+        "patch_embed_weights": [4, 3, 2, 2], "patch_embed_bias": [4], "pos_embed": [3, 4],
+        "attn_weights": [2, 4, 4, 4], "attn_bias": [2, 4, 4], "moe_w_gate": [1, 2, 4],
+        "moe_weights_l1": [1, 2, 3, 4], "moe_bias_l1": [1, 2, 3], "moe_weights_l2": [1, 2, 4, 3], "moe_bias_l2": [1, 2, 4],
+        "vit_weights_l1": [1, 5, 4], "vit_bias_l1": [1, 5], "vit_weights_l2": [1, 4, 5], "vit_bias_l2": [1, 4],
+        "norm_weights": [2, 2, 4], "norm_bias": [2, 2, 4],
+    ]
+    for i in p.buffers.indices { p.buffers[i].shape = shapes[p.buffers[i].name]! }
+    return p
+}
+
+/// A tiny state_dict with small values (inside every type's range) except where a test overrides.
+func smallTiny(overrides: [String: [Float]] = [:]) -> MemorySource {
+    let d = 4
+    var specs: [(String, [Int])] = [("patch_embed.proj.weight", [d, 3, 2, 2]), ("patch_embed.proj.bias", [d]),
+                                    ("cls_token", [1, 1, d]), ("pos_embed", [1, 3, d])]
+    for i in 0..<2 {
+        specs += [("blocks.\(i).norm1.weight", [d]), ("blocks.\(i).norm1.bias", [d]),
+                  ("blocks.\(i).attn.qkv.weight", [3 * d, d]), ("blocks.\(i).attn.qkv.bias", [3 * d]),
+                  ("blocks.\(i).attn.proj.weight", [d, d]), ("blocks.\(i).attn.proj.bias", [d]),
+                  ("blocks.\(i).norm2.weight", [d]), ("blocks.\(i).norm2.bias", [d])]
+    }
+    specs += [("blocks.0.mlp.fc1.weight", [5, d]), ("blocks.0.mlp.fc1.bias", [5]),
+              ("blocks.0.mlp.fc2.weight", [d, 5]), ("blocks.0.mlp.fc2.bias", [d]),
+              ("blocks.1.mlp.gate.0.w_gate", [d, 2]), ("blocks.1.mlp.gate.1.w_gate", [d, 2]),
+              ("blocks.1.mlp.experts.htoh4.weight", [2, 3, d]), ("blocks.1.mlp.experts.htoh4.bias", [2, 3]),
+              ("blocks.1.mlp.experts.h4toh.weight", [2, d, 3]), ("blocks.1.mlp.experts.h4toh.bias", [2, d])]
+    var rng = SplitMix(seed: 7)
+    let tensors: [(String, [Int], [Float])] = specs.map { name, shape in
+        let n = shape.reduce(1, *)
+        return ("module.backbone." + name, shape, overrides[name] ?? (0..<n).map { _ in Float(rng.uniform() * 0.2 - 0.1) })
+    }
+    return MemorySource(path: "small.pth", container: "pytorch-zip", tensors: tensors)
+}
+
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func uniform() -> Double { Double(next() >> 11) / Double(1 << 53) }
+    mutating func normal() -> Double {
+        let u1 = max(uniform(), 1e-300), u2 = uniform()
+        return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
+    }
+}
+
+final class PackTests: XCTestCase {
+    func packSmall(_ src: MemorySource, to out: String, options: (inout PackOptions) -> Void = { _ in }) throws -> PackResult {
+        let profile = try tinyProfile()
+        let k = try KernelTensors(checkpoint: try BackboneCheckpoint(source: src, expected: profile.model))
+        var o = PackOptions(profile: profile, tool: "moepack test")
+        options(&o)
+        return try pack(kernel: k, options: o, outputDirectory: out)
+    }
+
+    func testEveryWeightBufferHoldsTheQuantizedKernelArray() throws {
+        let src = smallTiny()
+        let out = tempDir("pack") + "/img"
+        let r = try packSmall(src, to: out) { $0.task = 1 }
+        let image = try PackedImage(directory: out)
+        XCTAssertTrue(image.check().ok)
+        XCTAssertEqual(r.manifest.task, 1)
+        let k = try KernelTensors(checkpoint: try BackboneCheckpoint(source: src, expected: try tinyProfile().model))
+        for b in r.manifest.buffers where b.role == "weight" {
+            let t = try FixedType(parsing: b.ctype)
+            let expected = try k.array(b.name, task: 1).map { referenceRaw($0, width: t.width, integerBits: t.integerBits, truncWrap: false) }
+            XCTAssertEqual(littleEndianInts(try image.raw(b.name), elementBytes: b.element_bytes), expected, b.name)
+            XCTAssertEqual(b.offset % 4096, 0)
+        }
+        // Non-weight buffers are zero.
+        XCTAssertTrue(try image.raw("x").allSatisfy { $0 == 0 })
+        // The header names the same offsets.
+        let header = try String(contentsOfFile: out + "/moepack_ddr.h", encoding: .utf8)
+        let mw = r.manifest.buffer("moe_weights_l1")!
+        XCTAssertTrue(header.contains("#define MOEPACK_MOE_WEIGHTS_L1_OFFSET 0x\(String(mw.offset, radix: 16, uppercase: true))u"))
+        XCTAssertTrue(header.contains("#define MOEPACK_MOE_WEIGHTS_L1_REG 0xD4u"))
+    }
+
+    func testTruncWrapModes() throws {
+        // 2.5 in ap_fixed<16,2> wraps: floor(2.5·2^14) = 40960 → 40960 − 65536 = −24576.
+        var w = [Float](repeating: 0.01, count: 16)
+        w[0] = 2.5
+        w[1] = -0.00001 // floor → −1 LSB under AP_TRN, 0 under AP_RND_CONV
+        let src = smallTiny(overrides: ["blocks.0.attn.proj.weight": w])
+        let out = tempDir("trn") + "/img"
+        let r = try packSmall(src, to: out) { $0.quantization = .AP_TRN; $0.overflow = .AP_WRAP }
+        let raw = littleEndianInts(try PackedImage(directory: out).raw("attn_weights"), elementBytes: 2)
+        XCTAssertEqual(raw[48], -24576)
+        XCTAssertEqual(raw[49], -1)
+        XCTAssertEqual(r.warnings.count, 1)
+        XCTAssertTrue(r.warnings[0].hasPrefix("blocks.0.attn.proj.weight: 1 value(s) outside wt_linear_t = ap_fixed<16,2> range [-2, 1.99994], largest |value| 2.5"), r.warnings[0])
+        let out2 = tempDir("sat") + "/img"
+        _ = try packSmall(src, to: out2)
+        let sat = littleEndianInts(try PackedImage(directory: out2).raw("attn_weights"), elementBytes: 2)
+        XCTAssertEqual(sat[48], 32767)
+        XCTAssertEqual(sat[49], 0)
+    }
+
+    func testStrictOverflowIsAnErrorAndLeavesNothing() throws {
+        var w = [Float](repeating: 0.01, count: 16)
+        w[3] = -7
+        let src = smallTiny(overrides: ["blocks.1.attn.proj.weight": w])
+        let parent = tempDir("strict")
+        let out = parent + "/img"
+        XCTAssertThrowsError(try packSmall(src, to: out) { $0.strict = true }) { e in
+            XCTAssertEqual((e as! MoepackError).description,
+                           "small.pth: 'blocks.1.attn.proj.weight': 1 value(s) outside ap_fixed<16,2> range [-2, 1.99994], largest |value| 7 (--strict)")
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: parent), [], "no output and no temporary left")
+    }
+
+    func testNaNLeavesNoOutput() throws {
+        var w = [Float](repeating: 0.01, count: 20)
+        w[7] = .infinity
+        let src = smallTiny(overrides: ["blocks.0.mlp.fc2.weight": w])
+        let parent = tempDir("nan")
+        XCTAssertThrowsError(try packSmall(src, to: parent + "/img")) { e in
+            XCTAssertEqual((e as! MoepackError).description,
+                           "small.pth: 'module.backbone.blocks.0.mlp.fc2.weight': inf at flat index 7; NaN/Inf weights are refused")
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: parent), [])
+    }
+
+    func testDeterministic() throws {
+        let a = tempDir("det") + "/a", b = tempDir("det") + "/a"
+        _ = try packSmall(smallTiny(), to: a)
+        _ = try packSmall(smallTiny(), to: b)
+        for f in ["ddr.bin", "manifest.json", "moepack_ddr.h"] {
+            XCTAssertEqual(FileManager.default.contents(atPath: a + "/" + f), FileManager.default.contents(atPath: b + "/" + f), f)
+        }
+    }
+
+    func testCheckDetectsCorruption() throws {
+        let out = tempDir("corrupt") + "/img"
+        let r = try packSmall(smallTiny(), to: out)
+        let off = r.manifest.buffer("moe_bias_l2")!.offset + 3
+        let h = FileHandle(forUpdatingAtPath: out + "/ddr.bin")!
+        try h.seek(toOffset: UInt64(off))
+        let old = try h.read(upToCount: 1)![0]
+        try h.seek(toOffset: UInt64(off))
+        try h.write(contentsOf: [old ^ 0x40])
+        try h.close()
+        let c = try PackedImage(directory: out).check()
+        XCTAssertFalse(c.imageOK)
+        XCTAssertEqual(c.badBuffers, ["moe_bias_l2"])
+    }
+}

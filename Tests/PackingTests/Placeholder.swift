@@ -1,2 +1,0 @@
-import XCTest
-final class PackingTestsPlaceholder: XCTestCase { func testPlaceholder() {} }
