@@ -23,7 +23,8 @@ public enum Quantization: String, Sendable, Codable, CaseIterable {
 /// - `AP_SAT`: clamp to [min, max].
 /// - `AP_SAT_ZERO`: the result is 0 on overflow.
 /// - `AP_SAT_SYM`: for `ap_fixed`, clamp to [−max, max] (so the most negative code is never produced;
-///   the exact value `min` also becomes −max); for `ap_ufixed` the same as `AP_SAT`.
+///   the exact value `min` also becomes −max and counts as overflowed, as in the Vitis header); for
+///   `ap_ufixed`, and for the degenerate `ap_fixed<1,…>` (max = 0), the same as `AP_SAT`.
 /// The Vitis saturation-bit count N (5th template argument) is always 0 here.
 public enum Overflow: String, Sendable, Codable, CaseIterable {
     case AP_WRAP, AP_SAT, AP_SAT_ZERO, AP_SAT_SYM
