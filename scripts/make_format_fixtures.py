@@ -141,6 +141,15 @@ def main():
         f.create_dataset("meta/name", data="m3vit-small")
         f.create_dataset("empty", data=np.zeros((0, 3), dtype=np.float32))
         f["alias"] = h5py.SoftLink("/head/weight")
+        # bfloat16 as a custom HDF5 float type (sign bit 15, exponent 7..14 with bias 127, mantissa 0..6).
+        bf = h5py.h5t.IEEE_F32LE.copy()
+        bf.set_fields(15, 7, 8, 0, 7)
+        bf.set_ebias(127)
+        bf.set_size(2)
+        grp = f.create_group("bf16")
+        space = h5py.h5s.create_simple((2, 3, 4))
+        ds = h5py.h5d.create(grp.id, b"weight", bf, space)
+        ds.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(htoh4.float().numpy()))
 
     # ---- hostile safetensors ---------------------------------------------------------------------
     def st(name, header_bytes, data=b"", length=None):

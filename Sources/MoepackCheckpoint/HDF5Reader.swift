@@ -34,7 +34,8 @@ private func hdf5ErrorText() -> String {
 /// An HDF5 file (Keras `.h5`, h5py saves) opened for lazy reading through the system libhdf5.
 ///
 /// Every group is walked recursively (links in name order); the dataset at path `a/b/c` becomes tensor
-/// `a.b.c`. IEEE float datasets of 2, 4 or 8 bytes (either byte order) are weights (``entries``);
+/// `a.b.c`. Float datasets of 2 bytes (IEEE half, or bfloat16 stored as a custom float type), 4 or
+/// 8 bytes (either byte order) are weights (``entries``);
 /// integer, string, enum (h5py bool), compound and other datasets are listed in ``skipped`` with the
 /// reason, and asking to read one is an error naming the dataset. Soft and external links are not
 /// followed (listed in ``skipped``). Chunked and compressed (gzip/shuffle) datasets read through the
@@ -205,8 +206,12 @@ public final class HDF5Source: TensorSource {
 
             var dtype: DType?
             if cls == H5T_FLOAT {
+                var spos = 0, epos = 0, esize = 0, mpos = 0, msize = 0
+                H5Tget_fields(tid, &spos, &epos, &esize, &mpos, &msize)
                 switch size {
-                case 2: dtype = .float16
+                case 2 where esize == 8 && msize == 7: dtype = .bfloat16
+                case 2 where esize == 5 && msize == 10: dtype = .float16
+                case 2: refuse("2-byte float dataset with \(esize) exponent and \(msize) mantissa bits (neither IEEE half nor bfloat16)")
                 case 4: dtype = .float32
                 case 8: dtype = .float64
                 default: refuse("float dataset of \(size) bytes per element (only 2, 4, 8 are read)")
@@ -307,8 +312,9 @@ public final class HDF5Source: TensorSource {
         return try read(p, name: name, count: e.elementCount, memType: H5T_NATIVE_FLOAT_g, zero: 0 as Float)
     }
 
-    /// Reads the stored values as little-endian bytes of the stored dtype (F16 is read as float32 by the
-    /// library — libhdf5 1.10 has no native half type — and narrowed back exactly).
+    /// Reads the stored values as little-endian bytes of the stored dtype (F16 and BF16 are read as
+    /// float32 by the library — libhdf5 1.10 has no native half type — and narrowed back exactly; NaN
+    /// payloads are not preserved).
     public func readRaw(_ name: String) throws -> [UInt8] {
         let (p, e) = try check(name)
         hdf5Lock.lock()
@@ -323,6 +329,11 @@ public final class HDF5Source: TensorSource {
             let v = try read(p, name: name, count: e.elementCount, memType: H5T_NATIVE_FLOAT_g, zero: 0 as Float)
             out.reserveCapacity(v.count * 2)
             for x in v { withUnsafeBytes(of: Float16(x).bitPattern.littleEndian) { out.append(contentsOf: $0) } }
+        case .bfloat16:
+            // Every bfloat16 value is a float32 whose low 16 bits are zero: keep the high half.
+            let v = try read(p, name: name, count: e.elementCount, memType: H5T_NATIVE_FLOAT_g, zero: 0 as Float)
+            out.reserveCapacity(v.count * 2)
+            for x in v { withUnsafeBytes(of: UInt16(truncatingIfNeeded: x.bitPattern >> 16).littleEndian) { out.append(contentsOf: $0) } }
         default:
             let v = try read(p, name: name, count: e.elementCount, memType: H5T_NATIVE_FLOAT_g, zero: 0 as Float)
             out.reserveCapacity(v.count * 4)

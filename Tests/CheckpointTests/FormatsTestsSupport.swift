@@ -29,10 +29,11 @@ enum FormatsFixtures {
         v.flatMap { f in withUnsafeBytes(of: f.bitPattern.littleEndian) { Array($0) } }
     }
 
-    /// A fresh empty folder for writer outputs.
-    static func tempDir() throws -> String {
+    /// A fresh empty folder for writer outputs, removed when `test` ends.
+    static func tempDir(_ test: XCTestCase) throws -> String {
         let d = NSTemporaryDirectory() + "moepack-formats-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        test.addTeardownBlock { try? FileManager.default.removeItem(atPath: d) }
         return d
     }
 }

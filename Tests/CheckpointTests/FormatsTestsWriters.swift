@@ -23,7 +23,7 @@ final class FormatsTestsWriters: XCTestCase {
 
     func testStreamingCopyIsByteIdenticalToPython() throws {
         let src = try SafetensorsSource(path: F.path("model.safetensors"))
-        let dir = try F.tempDir()
+        let dir = try F.tempDir(self)
         let out = dir + "/copy.safetensors"
         // Selection order does not matter: the writer lays tensors out as Python does.
         let sel = src.entries.reversed().map { SafetensorsWriter.Selection(outName: $0.name, sourceName: $0.name) }
@@ -34,7 +34,7 @@ final class FormatsTestsWriters: XCTestCase {
 
     func testStreamingConversionMatchesTorch() throws {
         let src = try SafetensorsSource(path: F.path("model.safetensors"))
-        let dir = try F.tempDir()
+        let dir = try F.tempDir(self)
         let out = dir + "/converted.safetensors"
         let sel: [SafetensorsWriter.Selection] = [
             .init(outName: "q16", sourceName: "blocks.0.attn.qkv.weight", targetDType: .float16),
@@ -70,7 +70,7 @@ final class FormatsTestsWriters: XCTestCase {
             ("s", .int64, [], le([Int64(42)])),
             ("é/\"x\"", .float64, [1], le([(1.0 as Double).bitPattern])),
         ]
-        let dir = try F.tempDir()
+        let dir = try F.tempDir(self)
         let out = dir + "/mem.safetensors"
         try SafetensorsWriter.write(tensors: items, metadata: ["format": "np"], to: out)
         XCTAssertEqual(try F.bytes("writer_np.safetensors"), [UInt8](try Data(contentsOf: URL(fileURLWithPath: out))))
@@ -122,7 +122,7 @@ final class FormatsTestsWriters: XCTestCase {
     }
 
     func testNpyWriterMatchesNumpySave() throws {
-        let dir = try F.tempDir()
+        let dir = try F.tempDir(self)
         func check(_ fixture: String, _ write: (String) throws -> Void, line: UInt = #line) throws {
             let out = dir + "/" + fixture
             try write(out)
