@@ -311,8 +311,11 @@ public enum SafetensorsWriter {
                              metadata: [String: String]? = nil, to path: String) throws {
         do {
             var specs: [(name: String, dtype: DType, shape: [Int])] = []
+            var stored: [DType] = []
+            var byName: [String: TensorEntry] = [:]
+            for e in source.entries where byName[e.name] == nil { byName[e.name] = e }
             for s in selecting {
-                guard let e = source.entry(s.sourceName) else {
+                guard let e = byName[s.sourceName] else {
                     throw MoepackError(.badInput, file: source.path, item: s.sourceName, "no such tensor")
                 }
                 let target = s.targetDType ?? e.dtype
@@ -321,6 +324,7 @@ public enum SafetensorsWriter {
                                        "cannot convert \(e.dtype.rawValue) to \(target.rawValue) (only float targets)")
                 }
                 specs.append((s.outName, target, e.shape))
+                stored.append(e.dtype)
             }
             let (header, order) = try layout(specs, metadata: metadata)
             let w = try AtomicFileWriter(destination: path)
@@ -328,9 +332,8 @@ public enum SafetensorsWriter {
                 try w.write(header)
                 for (i, n) in order {
                     let sel = selecting[i]
-                    let storedType = source.entry(sel.sourceName)?.dtype
                     let bytes: [UInt8]
-                    if specs[i].dtype == storedType {
+                    if specs[i].dtype == stored[i] {
                         bytes = try source.readRaw(sel.sourceName)
                     } else {
                         bytes = try FloatConversion.encode(try source.readFloat32(sel.sourceName), as: specs[i].dtype)
