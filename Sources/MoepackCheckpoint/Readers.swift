@@ -28,8 +28,7 @@ func openFile(_ path: String, options: OpenOptions) throws -> any TensorSource {
         return try PyTorchLegacySource(file: file, options: options)
     }
     if starts([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]) {
-        // MERGE: the npy reader lives in NpyReader.swift (other helper): return try NpySource(path: path)
-        throw MoepackError(.unsupported, file: path, "npy reader not wired yet")
+        return try NpySource(path: path)
     }
     let hdf5Magic: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]
     var hdfOffset = 0
@@ -40,15 +39,12 @@ func openFile(_ path: String, options: OpenOptions) throws -> any TensorSource {
         hdfOffset = hdfOffset == 0 ? 512 : hdfOffset * 2
     }
     if isHDF5 {
-        // MERGE: the HDF5 reader lives in HDF5Reader.swift (other helper): return try HDF5Source(path: path)
-        throw MoepackError(.unsupported, file: path, "hdf5 reader not wired yet")
+        return try HDF5Source(path: path)
     }
     if head.count >= 9 {
         var r = LEReader(head)
         if let n = r.uint(8), n >= 2, n <= UInt64(file.size - 8), head[8] == 0x7b {
-            // MERGE: the safetensors reader lives in SafetensorsReader.swift (other helper):
-            // return try SafetensorsSource(path: path)
-            throw MoepackError(.unsupported, file: path, "safetensors reader not wired yet")
+            return try SafetensorsSource(path: path)
         }
     }
     if file.size >= 262 {
