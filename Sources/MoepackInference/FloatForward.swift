@@ -77,7 +77,7 @@ public final class FloatBackbone: Sendable {
         func bad(_ item: String?, _ msg: String) -> MoepackError { MoepackError(.mismatch, item: item, msg) }
         let dims = [c.embedDim, c.depth, c.heads, c.experts, c.expertHidden, c.mlpHidden, c.tasks, c.topK,
                     c.tokens, c.patchSize, c.inChans, c.imageHeight, c.imageWidth]
-        if dims.contains(where: { $0 < 0 }) || [c.embedDim, c.heads, c.tokens, c.patchSize, c.inChans].contains(where: { $0 <= 0 }) {
+        if dims.contains(where: { $0 < 0 }) || [c.embedDim, c.heads, c.tokens, c.patchSize, c.inChans, c.imageHeight, c.imageWidth].contains(where: { $0 <= 0 }) {
             return bad("config", "non-positive dimension in \(c)")
         }
         if c.embedDim % c.heads != 0 { return bad("config", "embedDim \(c.embedDim) not divisible by heads \(c.heads)") }
@@ -128,6 +128,7 @@ public final class FloatBackbone: Sendable {
             switch b.mlp {
             case let .dense(fc1Weight, fc1Bias, fc2Weight, fc2Bias):
                 if c.moeBlocks.contains(i) { return bad(pre + "mlp", "dense MLP but config lists block \(i) as MoE") }
+                if c.mlpHidden <= 0 { return bad("config", "mlpHidden \(c.mlpHidden) must be positive") }
                 if let e = check(pre + "fc1Weight", fc1Weight.count, c.mlpHidden, D) { return e }
                 if let e = check(pre + "fc1Bias", fc1Bias.count, c.mlpHidden) { return e }
                 if let e = check(pre + "fc2Weight", fc2Weight.count, D, c.mlpHidden) { return e }
@@ -137,6 +138,7 @@ public final class FloatBackbone: Sendable {
                 if c.experts <= 0 || c.topK <= 0 || c.topK > c.experts {
                     return bad("config", "topK \(c.topK) must be in 1...experts (\(c.experts))")
                 }
+                if c.expertHidden <= 0 { return bad("config", "expertHidden \(c.expertHidden) must be positive") }
                 if w.task < 0 || w.task >= gates.count {
                     return bad(pre + "gates", "task \(w.task) out of range (\(gates.count) gates)")
                 }

@@ -230,4 +230,16 @@ final class FloatForwardTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("dense MLP but config lists block 0 as MoE"), "\(e)")
         }
     }
+
+    // MARK: OpenBLAS core choice
+
+    func testPreferredOpenBLASCore() {
+        func flags(_ s: String) -> Set<Substring> { Set(s.split(separator: " ")) }
+        XCTAssertEqual(BLAS.preferredCore(flags: flags("sse2 avx avx2 fma avx512f avx512bw avx512vl avx512dq avx512cd")), "SkylakeX")
+        XCTAssertEqual(BLAS.preferredCore(flags: flags("sse2 avx avx2 fma avx512f")), "Haswell")
+        XCTAssertEqual(BLAS.preferredCore(flags: flags("sse2 avx")), "Sandybridge")
+        XCTAssertNil(BLAS.preferredCore(flags: flags("sse2 ssse3")))
+        XCTAssertGreaterThan(BLAS.threads, 0)
+        XCTAssertFalse(BLAS.coreName.isEmpty)
+    }
 }
