@@ -10,9 +10,31 @@ import Darwin
 /// Thread count: when the environment sets `OPENBLAS_NUM_THREADS` (or `OMP_NUM_THREADS`), OpenBLAS
 /// honours it itself and moepack leaves it alone; otherwise moepack sets
 /// `min(2, online cores)` once, before the first matrix product.
+///
+/// Kernel selection: a DYNAMIC_ARCH OpenBLAS that does not know the CPU model (0.3.21 and newer
+/// Xeons, e.g. family 6 model 207) falls back to its generic `Prescott` SSE3 kernels, about 2.5×
+/// slower here. When `OPENBLAS_CORETYPE` is unset and OpenBLAS reports `Prescott`, moepack picks the
+/// core from the CPU flags in /proc/cpuinfo (AVX-512 F/BW/VL/DQ/CD → `SkylakeX`, AVX2+FMA →
+/// `Haswell`, AVX → `Sandybridge`), sets `OPENBLAS_CORETYPE` and re-runs OpenBLAS's
+/// `gotoblas_dynamic_quit`/`gotoblas_dynamic_init` (exported by DYNAMIC_ARCH builds, found with
+/// `dlsym`; skipped when absent) before the first BLAS call. Set `OPENBLAS_CORETYPE` to override.
 enum BLAS {
+    /// OpenBLAS core (kernel set) in use after the check above, e.g. `SkylakeX`.
+    static let coreName: String = {
+        if environmentValue("OPENBLAS_CORETYPE") == nil, currentCoreName().lowercased() == "prescott",
+           let target = preferredCore(flags: cpuFlags()),
+           let quit = dlsym(nil, "gotoblas_dynamic_quit"), let reinit = dlsym(nil, "gotoblas_dynamic_init") {
+            typealias VoidFn = @convention(c) () -> Void
+            setenv("OPENBLAS_CORETYPE", target, 0)
+            unsafeBitCast(quit, to: VoidFn.self)()
+            unsafeBitCast(reinit, to: VoidFn.self)()
+        }
+        return currentCoreName()
+    }()
+
     /// Threads OpenBLAS uses; configured once, lazily and thread-safely (Swift global initialisation).
     static let threads: Int = {
+        _ = coreName
         if let env = environmentValue("OPENBLAS_NUM_THREADS") ?? environmentValue("OMP_NUM_THREADS"),
            let n = Int(env), n > 0 {
             return Int(openblas_get_num_threads())
@@ -22,6 +44,35 @@ enum BLAS {
         openblas_set_num_threads(Int32(n))
         return n
     }()
+
+    static func currentCoreName() -> String {
+        guard let p = openblas_get_corename() else { return "" }
+        return String(cString: p)
+    }
+
+    /// The `flags` line of /proc/cpuinfo as a set (empty when unreadable).
+    static func cpuFlags() -> Set<Substring> {
+        guard let f = fopen("/proc/cpuinfo", "r") else { return [] }
+        defer { fclose(f) }
+        var line = [CChar](repeating: 0, count: 1 << 14)
+        while fgets(&line, Int32(line.count), f) != nil {
+            let s = line.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+            if s.hasPrefix("flags"), let colon = s.firstIndex(of: ":") {
+                return Set(s[s.index(after: colon)...].split(whereSeparator: { $0 == " " || $0 == "\n" }))
+            }
+        }
+        return []
+    }
+
+    /// OpenBLAS core name for a set of CPU flags (nil: keep OpenBLAS's choice).
+    static func preferredCore(flags: Set<Substring>) -> String? {
+        if ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"].allSatisfy({ flags.contains($0[...]) }) {
+            return "SkylakeX"
+        }
+        if flags.contains("avx2"), flags.contains("fma") { return "Haswell" }
+        if flags.contains("avx") { return "Sandybridge" }
+        return nil
+    }
 
     /// C[m,n] = alpha · op(A)[m,k] · op(B)[k,n] + beta · C, all row-major.
     ///

@@ -30,7 +30,7 @@ public struct Frame: Sendable, Equatable {
 /// Accepted files (checked in this order):
 /// - PNG (signature `\x89PNG\r\n\x1a\n`): 8-bit grey, grey+alpha, RGB, RGBA, palette (expanded);
 ///   alpha is ignored (the colour samples are taken as stored). 16-bit files: the high byte of each
-///   sample. Decoded with libpng's simplified API (`png_image`), so a gAMA/sRGB chunk that differs
+///   sample (16-bit files with alpha are first composited onto black by libpng, in linear light). Decoded with libpng's simplified API (`png_image`), so a gAMA/sRGB chunk that differs
 ///   from sRGB is converted to sRGB.
 /// - NumPy `.npy` (magic `\x93NUMPY`, versions 1–3, C order): uint8 `[3,H,W]` or `[H,W,3]`, or
 ///   float32/float64 `[3,H,W]` or `[H,W,3]` holding byte/256 values.

@@ -87,6 +87,7 @@ final class FloatForwardFixtureTests: XCTestCase {
                 let scale = ref.map { abs($0) }.max()!
                 let err = zip(result.output, ref).map { abs($0 - $1) }.max()!
                 XCTAssertLessThan(err / scale, 1e-4, "\(refName): max abs err \(err), output scale \(scale)")
+                print("task \(task) \(refName): max abs err \(err), output scale \(scale)")
             }
             let refBlocks = try Self.readF32(dir.appendingPathComponent("ref_blocks_task\(task).f32"), count: c.depth * n)
             XCTAssertEqual(result.blockOutputs.count, c.depth)
