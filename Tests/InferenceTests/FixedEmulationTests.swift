@@ -27,9 +27,9 @@ final class FixedEmulationTests: XCTestCase {
         var x = [Int32](repeating: 3, count: 16)
         for i in 0..<16 { x.append(i % 2 == 0 ? 1_258_291 : -1_258_291) }
         var out = [Int32](repeating: 0, count: 4)
-        var xh = [Int32](repeating: 0, count: 16), xl = [Int32](repeating: 0, count: 16)
+        var scratch = [Int16](repeating: 0, count: 48)
         var wraps = 0, gw = 0
-        linearForward(layer, input: x, rows: 2, output: &out, gelu: false, xh: &xh, xl: &xl,
+        linearForward(layer, input: x, rows: 2, output: &out, gelu: false, scratch: &scratch,
                       wraps: &wraps, geluWraps: &gw)
         XCTAssertEqual(out, [8208, -32, 8184, -8])
         XCTAssertEqual(wraps, 0)
@@ -51,10 +51,38 @@ final class FixedEmulationTests: XCTestCase {
         var x = [Int32](repeating: 0, count: 16)
         x[0] = 1_258_291; x[1] = -1_258_291
         var out: [Int32] = [0]
-        var xh = [Int32](repeating: 0, count: 16), xl = [Int32](repeating: 0, count: 16)
+        var scratch = [Int16](repeating: 0, count: 48)
         var w = 0, g = 0
-        linearForward(layer, input: x, rows: 1, output: &out, gelu: false, xh: &xh, xl: &xl, wraps: &w, geluWraps: &g)
+        linearForward(layer, input: x, rows: 1, output: &out, gelu: false, scratch: &scratch, wraps: &w, geluWraps: &g)
         XCTAssertEqual(out, [880742 - 880743])
+    }
+
+    func testFastDotPathsEqualStepByStepReplay() {
+        // Seeded LCG values: rows with |x| < 128 (two-part split) and rows with large |x| (three-part
+        // split); the vectorised wrapped sums must equal the exact replay modulo 2^32.
+        var state: UInt64 = 12345
+        func next() -> UInt64 { state = state &* 6364136223846793005 &+ 1442695040888963407; return state >> 33 }
+        let n = 48
+        var scratch = [Int16](repeating: 0, count: 3 * n)
+        for trial in 0..<200 {
+            let big = trial % 2 == 1
+            let x: [Int32] = (0..<n).map { _ in
+                let r = Int32(truncatingIfNeeded: next())
+                return big ? r : r >> 3          // >> 3: |x| < 2^28
+            }
+            let w: [Int16] = (0..<n).map { _ in Int16(truncatingIfNeeded: next()) }
+            let bias = Int32(truncatingIfNeeded: next()) >> 8
+            var ignored = 0
+            let exact = dotReplay(x: x, w: w, n: n, start: bias, shift: 14, form: .perProduct, wraps: &ignored)
+            let fast: Int32 = scratch.withUnsafeMutableBufferPointer { sb in
+                let p = sb.baseAddress!
+                let (_, small) = splitRow(x, n: n, xc: p, xd: p + n, xb: p + 2 * n)
+                XCTAssertEqual(small, !big)
+                return bias &+ (small ? dotWrapped14Small(xa: p + n, xb: p + 2 * n, w: w, n: n)
+                                      : dotWrapped14(xc: p, xd: p + n, xb: p + 2 * n, w: w, n: n))
+            }
+            XCTAssertEqual(fast, exact, "trial \(trial)")
+        }
     }
 
     // MARK: wrap-around counting
@@ -69,9 +97,9 @@ final class FixedEmulationTests: XCTestCase {
         let layer = FixedLinear(outDim: 1, inDim: 16, w: wa, bias: [0])
         var x = [Int32](repeating: 0, count: 16); x[0] = 500 * one
         var out: [Int32] = [0]
-        var xh = [Int32](repeating: 0, count: 16), xl = [Int32](repeating: 0, count: 16)
+        var scratch = [Int16](repeating: 0, count: 48)
         var wraps = 0, g = 0
-        linearForward(layer, input: x, rows: 1, output: &out, gelu: false, xh: &xh, xl: &xl, wraps: &wraps, geluWraps: &g)
+        linearForward(layer, input: x, rows: 1, output: &out, gelu: false, scratch: &scratch, wraps: &wraps, geluWraps: &g)
         XCTAssertEqual(out, [-1_149_239_296])
         XCTAssertEqual(wraps, 1)
 
@@ -79,7 +107,7 @@ final class FixedEmulationTests: XCTestCase {
         let layer2 = FixedLinear(outDim: 1, inDim: 16, w: wb, bias: [0])
         var x2 = [Int32](repeating: 0, count: 16); x2[0] = 200 * one; x2[1] = 200 * one; x2[2] = -200 * one
         wraps = 0
-        linearForward(layer2, input: x2, rows: 1, output: &out, gelu: false, xh: &xh, xl: &xl, wraps: &wraps, geluWraps: &g)
+        linearForward(layer2, input: x2, rows: 1, output: &out, gelu: false, scratch: &scratch, wraps: &wraps, geluWraps: &g)
         XCTAssertEqual(out, [300 * one])
         XCTAssertEqual(wraps, 2)
 
