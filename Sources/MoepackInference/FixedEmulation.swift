@@ -106,6 +106,7 @@ public struct FixedForwardResult: Sendable {
 /// - LayerNorm (layernorm.cpp): mean and E[x²] accumulated in fm_t per block of 8 dims with the
 ///   factor fm_t(1/D) (floored) applied per term; variance = E[x²] − mean² + fm_t(eps);
 ///   rstd = fm_t(1) / hls::sqrt(variance); y = ((x − mean)·rstd)·γ + β, each step assigned to fm_t.
+///   eps comes from `config.layerNormEps` (the kernel hard-codes 1e-6; both give fm_t raw 4).
 /// - Linear (linear.cpp): out = bias; for each input in order, `addend = in * w` assigned to fm_t
 ///   (floored, wrapped), `out += addend`; GELU applied to fc1 outputs.
 /// - Attention (attention.cpp): per head, score = Σ over blocks of 8 dims of
@@ -330,10 +331,10 @@ extension FixedBackbone {
         let gathered = UnsafeMutablePointer<Int32>.allocate(capacity: T * D)
         let expertOut = UnsafeMutablePointer<Int32>.allocate(capacity: T * D)
         let hidden = UnsafeMutablePointer<Int32>.allocate(capacity: T * maxHidden)
-        let xh = UnsafeMutablePointer<Int32>.allocate(capacity: maxHidden)
-        let xl = UnsafeMutablePointer<Int32>.allocate(capacity: maxHidden)
+        let scratch = UnsafeMutablePointer<Int16>.allocate(capacity: 3 * maxHidden)
         defer {
-            for p in [x, h, qb, kb, vb, y, gathered, expertOut, hidden, xh, xl] { p.deallocate() }
+            for p in [x, h, qb, kb, vb, y, gathered, expertOut, hidden] { p.deallocate() }
+            scratch.deallocate()
         }
 
         patchEmbed(pixels: pixels, out: x, ledger: &ledger)
@@ -344,14 +345,14 @@ extension FixedBackbone {
             var w = 0, w2 = 0
             layerNorm(x, out: h, weight: layer.norm1Weight, bias: layer.norm1Bias, wraps: &w)
             ledger.add(l, "ln1", w); w = 0
-            linearForward(layer.q, input: h, rows: T, output: qb, gelu: false, xh: xh, xl: xl, wraps: &w, geluWraps: &w2)
+            linearForward(layer.q, input: h, rows: T, output: qb, gelu: false, scratch: scratch, wraps: &w, geluWraps: &w2)
             ledger.add(l, "attn.q", w); w = 0
-            linearForward(layer.k, input: h, rows: T, output: kb, gelu: false, xh: xh, xl: xl, wraps: &w, geluWraps: &w2)
+            linearForward(layer.k, input: h, rows: T, output: kb, gelu: false, scratch: scratch, wraps: &w, geluWraps: &w2)
             ledger.add(l, "attn.k", w); w = 0
-            linearForward(layer.v, input: h, rows: T, output: vb, gelu: false, xh: xh, xl: xl, wraps: &w, geluWraps: &w2)
+            linearForward(layer.v, input: h, rows: T, output: vb, gelu: false, scratch: scratch, wraps: &w, geluWraps: &w2)
             ledger.add(l, "attn.v", w); w = 0
             attention(q: qb, k: kb, v: vb, out: h, layer: l, ledger: &ledger)
-            linearForward(layer.proj, input: h, rows: T, output: y, gelu: false, xh: xh, xl: xl, wraps: &w, geluWraps: &w2)
+            linearForward(layer.proj, input: h, rows: T, output: y, gelu: false, scratch: scratch, wraps: &w, geluWraps: &w2)
             ledger.add(l, "attn.proj", w); w = 0
             residualAdd(x, y, count: T * D, wraps: &w)
             ledger.add(l, "add.attn", w); w = 0
@@ -359,13 +360,13 @@ extension FixedBackbone {
             ledger.add(l, "ln2", w); w = 0
             switch layer.mlp {
             case let .dense(fc1, fc2):
-                linearForward(fc1, input: h, rows: T, output: hidden, gelu: true, xh: xh, xl: xl, wraps: &w, geluWraps: &w2)
+                linearForward(fc1, input: h, rows: T, output: hidden, gelu: true, scratch: scratch, wraps: &w, geluWraps: &w2)
                 ledger.add(l, "mlp.fc1", w); ledger.add(l, "mlp.gelu", w2); w = 0; w2 = 0
-                linearForward(fc2, input: hidden, rows: T, output: y, gelu: false, xh: xh, xl: xl, wraps: &w, geluWraps: &w2)
+                linearForward(fc2, input: hidden, rows: T, output: y, gelu: false, scratch: scratch, wraps: &w, geluWraps: &w2)
                 ledger.add(l, "mlp.fc2", w); w = 0
             case let .moe(gate, fc1, fc2):
                 routing.append(moe(input: h, out: y, gate: gate, fc1: fc1, fc2: fc2, layer: l,
-                                   gathered: gathered, hidden: hidden, expertOut: expertOut, xh: xh, xl: xl,
+                                   gathered: gathered, hidden: hidden, expertOut: expertOut, scratch: scratch,
                                    ledger: &ledger))
             }
             residualAdd(x, y, count: T * D, wraps: &w)
@@ -543,13 +544,13 @@ extension FixedBackbone {
     func moe(input: UnsafePointer<Int32>, out: UnsafeMutablePointer<Int32>, gate: FixedLinear,
              fc1: [FixedLinear], fc2: [FixedLinear], layer: Int,
              gathered: UnsafeMutablePointer<Int32>, hidden: UnsafeMutablePointer<Int32>,
-             expertOut: UnsafeMutablePointer<Int32>, xh: UnsafeMutablePointer<Int32>,
-             xl: UnsafeMutablePointer<Int32>, ledger: inout WrapLedger) -> MoERoutingFixed {
+             expertOut: UnsafeMutablePointer<Int32>, scratch: UnsafeMutablePointer<Int16>,
+             ledger: inout WrapLedger) -> MoERoutingFixed {
         let D = config.embedDim, T = config.tokens, E = config.experts, K = config.topK
         var wGate = 0, wSoft = 0, wExpert = 0, wExpertGelu = 0, wCombine = 0, unused = 0
         var logits = [Int32](repeating: 0, count: T * E)
         logits.withUnsafeMutableBufferPointer { lb in
-            linearForward(gate, input: input, rows: T, output: lb.baseAddress!, gelu: false, xh: xh, xl: xl,
+            linearForward(gate, input: input, rows: T, output: lb.baseAddress!, gelu: false, scratch: scratch,
                           wraps: &wGate, geluWraps: &unused, form: .blockSum8)
         }
         var topExperts = [Int32](repeating: 0, count: T * K)
@@ -582,9 +583,9 @@ extension FixedBackbone {
             for (j, tok) in queues[e].enumerated() {
                 (gathered + j * D).update(from: input + Int(tok) * D, count: D)
             }
-            linearForward(fc1[e], input: gathered, rows: n, output: hidden, gelu: true, xh: xh, xl: xl,
+            linearForward(fc1[e], input: gathered, rows: n, output: hidden, gelu: true, scratch: scratch,
                           wraps: &wExpert, geluWraps: &wExpertGelu)
-            linearForward(fc2[e], input: hidden, rows: n, output: expertOut, gelu: false, xh: xh, xl: xl,
+            linearForward(fc2[e], input: hidden, rows: n, output: expertOut, gelu: false, scratch: scratch,
                           wraps: &wExpert, geluWraps: &wExpertGelu)
             for (j, tok) in queues[e].enumerated() {
                 let s = queueScores[e][j]

@@ -242,49 +242,94 @@ func dotReplay(x: UnsafePointer<Int32>, w: UnsafePointer<Int16>, n: Int, start: 
     return acc
 }
 
-/// Wrapped dot product Σ floor(x_i · w_i / 2^14) mod 2^32 for wt_linear_t weights, vectorisable:
-/// x = xh·2^14 + xl with 0 ≤ xl < 2^14, so floor(x·w/2^14) = xh·w + floor(xl·w/2^14) where the
-/// second product fits Int32 exactly and the first only needs its value mod 2^32.
-@inline(__always) func dotWrapped14(xh: UnsafePointer<Int32>, xl: UnsafePointer<Int32>,
+/// Wrapped dot product Σ floor(x_i · w_i / 2^14) mod 2^32 for wt_linear_t weights, written so the
+/// vectoriser can use 16-bit multiplies (SSE2 `pmaddwd`/`pmulhw`): x = c·2^29 + d·2^14 + b with
+/// c ∈ [−4, 4), d ∈ [0, 2^15), b ∈ [0, 2^14), so
+/// floor(x·w/2^14) = 2^15·c·w + d·w + floor(b·w/2^14), where only the last term needs a per-product
+/// floor (b·w fits 29 bits) and the others are only needed mod 2^32.
+@inline(__always) func dotWrapped14(xc: UnsafePointer<Int16>, xd: UnsafePointer<Int16>, xb: UnsafePointer<Int16>,
                                     w: UnsafePointer<Int16>, n: Int) -> Int32 {
-    var acc: Int32 = 0
+    var accC: Int32 = 0, accD: Int32 = 0, accB: Int32 = 0
     for i in 0..<n {
         let wi = Int32(w[i])
-        acc = acc &+ (xh[i] &* wi) &+ ((xl[i] &* wi) &>> 14)
+        accC = accC &+ Int32(xc[i]) &* wi
+        accD = accD &+ Int32(xd[i]) &* wi
+        accB = accB &+ ((Int32(xb[i]) &* wi) &>> 14)
+    }
+    return (accC &<< 15) &+ accD &+ accB
+}
+
+/// The common case of ``dotWrapped14`` when every |x_i| < 2^29 raw (|value| < 128): x = a·2^14 + b
+/// with a = x >> 14 fitting Int16, so floor(x·w/2^14) = a·w + floor(b·w/2^14); both products are
+/// 16×16-bit, done eight lanes at a time.
+@inline(__always) func dotWrapped14Small(xa: UnsafePointer<Int16>, xb: UnsafePointer<Int16>,
+                                         w: UnsafePointer<Int16>, n: Int) -> Int32 {
+    var accA = SIMD8<Int32>(repeating: 0), accB = SIMD8<Int32>(repeating: 0)
+    let ra = UnsafeRawPointer(xa), rb = UnsafeRawPointer(xb), rw = UnsafeRawPointer(w)
+    var i = 0
+    while i + 8 <= n {
+        let wv = SIMD8<Int32>(truncatingIfNeeded: rw.loadUnaligned(fromByteOffset: i &* 2, as: SIMD8<Int16>.self))
+        let av = SIMD8<Int32>(truncatingIfNeeded: ra.loadUnaligned(fromByteOffset: i &* 2, as: SIMD8<Int16>.self))
+        let bv = SIMD8<Int32>(truncatingIfNeeded: rb.loadUnaligned(fromByteOffset: i &* 2, as: SIMD8<Int16>.self))
+        accA &+= av &* wv
+        accB &+= (bv &* wv) &>> 14
+        i &+= 8
+    }
+    var acc = accA.wrappedSum() &+ accB.wrappedSum()
+    while i < n {
+        let wi = Int32(w[i])
+        acc = acc &+ Int32(xa[i]) &* wi &+ ((Int32(xb[i]) &* wi) &>> 14)
+        i &+= 1
     }
     return acc
 }
 
-/// Splits one input row into high and low parts for ``dotWrapped14`` and returns its L2 norm (raw).
-@inline(__always) func splitRow(_ x: UnsafePointer<Int32>, n: Int, xh: UnsafeMutablePointer<Int32>,
-                                xl: UnsafeMutablePointer<Int32>) -> Double {
+/// Splits one input row into the 16-bit parts for ``dotWrapped14`` / ``dotWrapped14Small`` and
+/// returns its L2 norm (raw) and whether every |x_i| < 2^29 (then `xd` holds a = x >> 14).
+@inline(__always) func splitRow(_ x: UnsafePointer<Int32>, n: Int, xc: UnsafeMutablePointer<Int16>,
+                                xd: UnsafeMutablePointer<Int16>, xb: UnsafeMutablePointer<Int16>) -> (Double, Bool) {
     var s = 0.0
+    var small = true
     for i in 0..<n {
         let v = x[i]
-        xh[i] = v &>> 14
-        xl[i] = v & 0x3FFF
         let d = Double(v)
         s += d * d
+        small = small && v >= -(1 << 29) && v < (1 << 29)
     }
-    return s.squareRoot()
+    if small {
+        for i in 0..<n {
+            let v = x[i]
+            xd[i] = Int16(truncatingIfNeeded: v &>> 14)
+            xb[i] = Int16(truncatingIfNeeded: v & 0x3FFF)
+        }
+    } else {
+        for i in 0..<n {
+            let v = x[i]
+            xc[i] = Int16(truncatingIfNeeded: v &>> 29)
+            xd[i] = Int16(truncatingIfNeeded: (v &>> 14) & 0x7FFF)
+            xb[i] = Int16(truncatingIfNeeded: v & 0x3FFF)
+        }
+    }
+    return (s.squareRoot(), small)
 }
 
 /// `compute_linear` on `rows` contiguous input rows of `layer.inDim` fm_t values, writing
 /// `rows × layer.outDim` fm_t values: out = bias, then per input in order `addend = in*w` (floored,
-/// wrapped), `out += addend`; optionally GELU on the result (use_gelu). `xh`/`xl` are scratch of
-/// ≥ inDim. Adds the wraps it observes to `wraps` (and GELU wraps to `geluWraps`).
+/// wrapped), `out += addend`; optionally GELU on the result (use_gelu). `scratch` holds
+/// ≥ 3·inDim values. Adds the wraps it observes to `wraps` (and GELU wraps to `geluWraps`).
 func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                    output: UnsafeMutablePointer<Int32>, gelu: Bool,
-                   xh: UnsafeMutablePointer<Int32>, xl: UnsafeMutablePointer<Int32>,
+                   scratch: UnsafeMutablePointer<Int16>,
                    wraps: inout Int, geluWraps: inout Int, form: DotForm = .perProduct) {
     let n = layer.inDim, m = layer.outDim
     layer.w.withUnsafeBufferPointer { wb in
         layer.bias.withUnsafeBufferPointer { bb in
             layer.rowNorm.withUnsafeBufferPointer { nb in
                 let wp = wb.baseAddress!
+                let xc = scratch, xd = scratch + n, xb = scratch + 2 * n
                 for r in 0..<rows {
                     let x = input + r * n
-                    let xNorm = splitRow(x, n: n, xh: xh, xl: xl)
+                    let (xNorm, small) = splitRow(x, n: n, xc: xc, xd: xd, xb: xb)
                     let out = output + r * m
                     for o in 0..<m {
                         let wRow = wp + o * n
@@ -293,7 +338,8 @@ func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                         let bound = Double(abs(Int64(b))) + xNorm * nb[o] / 16384.0 + Double(n) + 1
                         var v: Int32
                         if bound < 2_147_483_647.0 {
-                            v = b &+ dotWrapped14(xh: xh, xl: xl, w: wRow, n: n)
+                            v = b &+ (small ? dotWrapped14Small(xa: xd, xb: xb, w: wRow, n: n)
+                                           : dotWrapped14(xc: xc, xd: xd, xb: xb, w: wRow, n: n))
                         } else {
                             v = dotReplay(x: x, w: wRow, n: n, start: b, shift: 14, form: form, wraps: &wraps)
                         }
