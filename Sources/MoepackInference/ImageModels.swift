@@ -29,7 +29,8 @@ extension PackedImage {
     public func rawArray(_ name: String) throws -> RawArray {
         let t = try type(of: name)
         let bytes = try raw(name)
-        return RawArray(raw: Self.ints(bytes, type: t), shape: manifest.buffer(name)!.shape,
+        let shape = manifest.buffer(name)?.shape ?? KernelTensors.shape(of: name, config: manifest.model) ?? [bytes.count / t.containerBytes]
+        return RawArray(raw: Self.ints(bytes, type: t), shape: shape,
                         fracBits: t.fractionBits, width: t.width, signed: t.signed)
     }
 

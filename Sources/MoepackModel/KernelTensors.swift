@@ -70,8 +70,11 @@ public final class KernelTensors: @unchecked Sendable {
     }
 
     /// C shape of a kernel array for this model (one task's gates for `moe_w_gate`).
-    public func shape(of array: String) -> [Int]? {
-        let c = config, d = c.embedDim
+    public func shape(of array: String) -> [Int]? { Self.shape(of: array, config: config) }
+
+    /// C shape of kernel array `array` for a model of configuration `c`, or nil for unknown names.
+    public static func shape(of array: String, config c: M3ViTConfig) -> [Int]? {
+        let d = c.embedDim
         let nMoE = c.moeBlocks.count, nDense = c.denseBlocks.count
         switch array {
         case "patch_embed_weights": return [d, c.inChans, c.patchSize, c.patchSize]

@@ -88,6 +88,8 @@ public struct Manifest: Sendable, Codable, Equatable {
     public var registers: [String: Int]
     public var buffers: [Buffer]
     public var expert_records: [ExpertRecord]?
+    /// Expert-major images: element type of each expert array inside the records (w1 = moe_weights_l1, …).
+    public var expert_types: [String: String]?
     public var task_gates: [TaskGate]?
     /// Free-text notes for host programmers (e.g. how to switch tasks).
     public var notes: [String]

@@ -46,16 +46,40 @@ public final class PackedImage: @unchecked Sendable {
 
     /// The element type of buffer `name` (base spelling from the manifest, Vitis default modes).
     public func type(of name: String) throws -> FixedType {
+        let isExpert = ["moe_weights_l1", "moe_bias_l1", "moe_weights_l2", "moe_bias_l2"].contains(name)
+        if isExpert, manifest.buffer(name) == nil, let ctype = manifest.expert_types?[name] {
+            do { return try FixedType(parsing: ctype) } catch {
+                throw MoepackError(.badInput, file: directory, item: name, "bad type '\(ctype)'")
+            }
+        }
         guard let b = manifest.buffer(name) else { throw MoepackError(.badInput, file: directory, item: name, "no such buffer in the manifest") }
         do { return try FixedType(parsing: b.ctype) } catch {
             throw MoepackError(.badInput, file: directory, item: name, "bad type '\(b.ctype)'")
         }
     }
 
-    /// Raw bytes of buffer `name` (little-endian containers, C order).
+    /// Raw bytes of kernel array `name` in the kernel's layout (little-endian containers, C order).
+    /// In an expert-major image the four expert arrays are gathered back from the expert records.
     public func raw(_ name: String) throws -> ArraySlice<UInt8> {
-        guard let b = manifest.buffer(name) else { throw MoepackError(.badInput, file: directory, item: name, "no such buffer in the manifest") }
-        return bytes[b.offset..<(b.offset + b.bytes)]
+        if let b = manifest.buffer(name) { return bytes[b.offset..<(b.offset + b.bytes)] }
+        if let recs = manifest.expert_records, let k = ["moe_weights_l1", "moe_bias_l1", "moe_weights_l2", "moe_bias_l2"].firstIndex(of: name) {
+            let c = manifest.model
+            let eb = try type(of: name).containerBytes
+            let counts = [c.expertHidden * c.embedDim, c.expertHidden, c.embedDim * c.expertHidden, c.embedDim]
+            var out = [UInt8]()
+            out.reserveCapacity(recs.count * counts[k] * eb)
+            for block in c.moeBlocks {
+                for e in 0..<c.experts {
+                    guard let r = recs.first(where: { $0.block == block && $0.expert == e }) else {
+                        throw MoepackError(.badInput, file: directory, item: "expert_records", "no record for block \(block) expert \(e)")
+                    }
+                    let start = [r.w1, r.b1, r.w2, r.b2][k]
+                    out += try raw(offset: start, count: counts[k] * eb)
+                }
+            }
+            return out[...]
+        }
+        throw MoepackError(.badInput, file: directory, item: name, "no such buffer in the manifest")
     }
 
     /// Raw bytes at an absolute range of the image (for expert records and task gates).

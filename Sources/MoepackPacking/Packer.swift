@@ -5,11 +5,28 @@ import MoepackCheckpoint
 import MoepackModel
 import MoepackFixedPoint
 
+/// How expert weights are laid out in the image.
+public enum DDRLayout: String, Sendable, Codable, CaseIterable {
+    /// Every kernel argument exactly as `ViT_compute` declares it: what the published bitstream reads.
+    case kernel
+    /// The four expert arrays replaced by one `moe_experts` region of expert records in the order the
+    /// patch-reordered MoE schedule fetches them (block by block, experts ascending): each record holds
+    /// w1 (htoh4 weight [He][D]), b1 ([He]), w2 (h4toh weight [D][He]), b2 ([D]) back to back, each part
+    /// at a 64-byte (AXI) aligned offset, each record on a 4096-byte boundary so no burst crosses a
+    /// 4 KiB page. For kernels built with one expert base pointer:
+    /// record address = base + moe_index·stride_block + expert·stride_expert.
+    case expertMajor = "expert-major"
+}
+
 /// Options of `moepack pack`.
 public struct PackOptions: Sendable {
     public var profile: KernelProfile
     /// Task whose gates are packed into `moe_w_gate`.
     public var task: Int
+    /// Pack every task's gates (`--task all`): `moe_w_gate` holds task 0's, the others follow as
+    /// `moe_w_gate_task<t>` buffers; switching task on the board is one write of `moe_w_gate`'s register.
+    public var allTasks: Bool
+    public var layout: DDRLayout
     /// Quantization and overflow modes used to convert float weights (default AP_RND_CONV, AP_SAT;
     /// AP_TRN, AP_WRAP reproduce the published testbench's plain assignments).
     public var quantization: Quantization
@@ -20,9 +37,11 @@ public struct PackOptions: Sendable {
     public var frame: [UInt8]?
     public var tool: String
 
-    public init(profile: KernelProfile, task: Int = 0, quantization: Quantization = .AP_RND_CONV,
-                overflow: Overflow = .AP_SAT, strict: Bool = false, frame: [UInt8]? = nil, tool: String = "moepack") {
-        self.profile = profile; self.task = task; self.quantization = quantization; self.overflow = overflow
+    public init(profile: KernelProfile, task: Int = 0, allTasks: Bool = false, layout: DDRLayout = .kernel,
+                quantization: Quantization = .AP_RND_CONV, overflow: Overflow = .AP_SAT, strict: Bool = false,
+                frame: [UInt8]? = nil, tool: String = "moepack") {
+        self.profile = profile; self.task = task; self.allTasks = allTasks; self.layout = layout
+        self.quantization = quantization; self.overflow = overflow
         self.strict = strict; self.frame = frame; self.tool = tool
     }
 }
@@ -35,24 +54,69 @@ public struct PackResult: Sendable {
     public var overflowByType: [String: Int]
 }
 
-/// A buffer's place in the image.
+/// One region of the image: a kernel argument, an extra task's gates, or the expert records.
 public struct PlannedBuffer: Sendable {
+    public enum Content: Sendable {
+        /// A kernel array filled from the model (`task` selects the gates for `moe_w_gate`).
+        case kernelArray(String, task: Int)
+        /// Expert records of every MoE block (expert-major layout).
+        case expertRecords(ExpertRecordLayout)
+        /// Zeros (scratch, output) or the frame (`images`).
+        case zeros
+        case frame
+    }
     public var buffer: KernelProfile.Buffer
     public var type: FixedType
     public var offset: Int
     public var bytes: Int
+    public var content: Content
 }
 
-/// The DDR layout: every kernel argument in argument order, each at an `alignment`-byte offset.
+/// Geometry of the expert records (offsets relative to the region start).
+public struct ExpertRecordLayout: Sendable, Equatable {
+    public var moeBlocks: [Int]
+    public var experts: Int
+    public var w1Count: Int, b1Count: Int, w2Count: Int, b2Count: Int
+    public var elementBytes: Int
+    /// Element types of w1, b1, w2, b2 (those of moe_weights_l1, moe_bias_l1, moe_weights_l2, moe_bias_l2).
+    public var partTypes: [FixedType]
+    public var partAlignment: Int
+    public var recordAlignment: Int
+    /// Offsets of the parts inside a record.
+    public var w1: Int { 0 }
+    public var b1: Int { align(w1 + w1Count * elementBytes, partAlignment) }
+    public var w2: Int { align(b1 + b1Count * elementBytes, partAlignment) }
+    public var b2: Int { align(w2 + w2Count * elementBytes, partAlignment) }
+    /// Bytes of one record's payload and the distance between records.
+    public var recordBytes: Int { b2 + b2Count * elementBytes }
+    public var strideExpert: Int { align(recordBytes, recordAlignment) }
+    public var strideBlock: Int { strideExpert * experts }
+    public var totalBytes: Int { strideBlock * moeBlocks.count }
+    public func recordOffset(moeIndex: Int, expert: Int) -> Int { moeIndex * strideBlock + expert * strideExpert }
+}
+
+/// The four kernel arrays the expert-major layout replaces.
+public let expertArrayNames = ["moe_weights_l1", "moe_bias_l1", "moe_weights_l2", "moe_bias_l2"]
+
+/// The DDR layout: every kernel argument in argument order, each at an `alignment`-byte offset
+/// (plus extra task gates and expert records, depending on the options).
 public struct DDRPlan: Sendable {
     public var buffers: [PlannedBuffer]
     public var totalBytes: Int
+    public var expertLayout: ExpertRecordLayout?
 
-    /// Lays out the profile's buffers.
+    /// Lays out the profile's buffers for `options` (kernel layout, one task, by default).
+    /// - Parameter tasks: number of task gates the model has (for `allTasks`).
     /// - Throws: ``MoepackError`` when a type does not parse or sizes overflow.
-    public init(profile: KernelProfile) throws {
+    public init(profile: KernelProfile, layout: DDRLayout = .kernel, task: Int = 0, allTasks: Bool = false, tasks: Int = 1) throws {
         var offset = 0
         var out: [PlannedBuffer] = []
+        var expertLayout: ExpertRecordLayout?
+        func add(_ b: KernelProfile.Buffer, _ t: FixedType, _ bytes: Int, _ content: PlannedBuffer.Content) {
+            offset = align(offset, profile.alignment)
+            out.append(PlannedBuffer(buffer: b, type: t, offset: offset, bytes: bytes, content: content))
+            offset += bytes
+        }
         for b in profile.buffers {
             let t = try profile.fixedType(b.type)
             var count = 1
@@ -62,12 +126,48 @@ public struct DDRPlan: Sendable {
                 count = m
             }
             let bytes = count * t.containerBytes
-            offset = align(offset, profile.alignment)
-            out.append(PlannedBuffer(buffer: b, type: t, offset: offset, bytes: bytes))
-            offset += bytes
+            switch b.role {
+            case "weight":
+                if layout == .expertMajor, expertArrayNames.contains(b.name) {
+                    guard b.name == "moe_weights_l1" else { continue }
+                    let m = profile.model
+                    let partTypes = try expertArrayNames.map { n -> FixedType in
+                        guard let pb = profile.buffer(n) else { throw MoepackError(.badInput, file: profile.name, item: n, "expert-major layout needs this buffer in the profile") }
+                        return try profile.fixedType(pb.type)
+                    }
+                    guard Set(partTypes.map(\.containerBytes)).count == 1 else {
+                        throw MoepackError(.unsupported, file: profile.name, item: "moe_experts", "expert arrays of different container sizes")
+                    }
+                    let el = ExpertRecordLayout(moeBlocks: m.moeBlocks, experts: m.experts,
+                                                w1Count: m.expertHidden * m.embedDim, b1Count: m.expertHidden,
+                                                w2Count: m.embedDim * m.expertHidden, b2Count: m.embedDim,
+                                                elementBytes: t.containerBytes, partTypes: partTypes,
+                                                partAlignment: profile.axiAlignment ?? 64,
+                                                recordAlignment: 4096)
+                    expertLayout = el
+                    let region = KernelProfile.Buffer(name: "moe_experts", shape: [m.moeBlocks.count, m.experts, el.strideExpert / t.containerBytes],
+                                                      type: b.type, role: "weight", register: nil)
+                    add(region, t, el.totalBytes, .expertRecords(el))
+                    continue
+                }
+                if b.name == "moe_w_gate" && allTasks {
+                    add(b, t, bytes, .kernelArray(b.name, task: 0))
+                    for extra in 1..<max(tasks, 1) {
+                        add(KernelProfile.Buffer(name: "moe_w_gate_task\(extra)", shape: b.shape, type: b.type, role: "weight", register: nil),
+                            t, bytes, .kernelArray(b.name, task: extra))
+                    }
+                } else {
+                    add(b, t, bytes, .kernelArray(b.name, task: task))
+                }
+            case "input" where b.name == "images":
+                add(b, t, bytes, .frame)
+            default:
+                add(b, t, bytes, .zeros)
+            }
         }
         buffers = out
         totalBytes = align(offset, profile.alignment)
+        self.expertLayout = expertLayout
     }
 }
 
@@ -105,6 +205,50 @@ public func sha256OfPath(_ path: String) throws -> String {
     return hex(hasher.finalize())
 }
 
+/// Streams quantized bytes into the image while hashing the image and the current buffer.
+final class ImageStream {
+    let file: AtomicFileWriter
+    var imageHash = SHA256()
+    var bufferHash = SHA256()
+    var scratch = [UInt8]()
+    init(path: String) throws { file = try AtomicFileWriter(path: path) }
+    var position: Int { file.bytesWritten }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws {
+        try file.write(bytes)
+        imageHash.update(bufferPointer: bytes)
+        bufferHash.update(bufferPointer: bytes)
+    }
+
+    func zeros(_ n: Int, hashIntoBuffer: Bool = true) throws {
+        guard n > 0 else { return }
+        if scratch.count < min(n, 1 << 20) { scratch = [UInt8](repeating: 0, count: min(n, 1 << 20)) }
+        var left = n
+        while left > 0 {
+            let k = min(left, 1 << 20)
+            try scratch.withUnsafeBytes { raw in
+                let z = UnsafeRawBufferPointer(rebasing: raw[0..<k])
+                try file.write(z)
+                imageHash.update(bufferPointer: z)
+                if hashIntoBuffer { bufferHash.update(bufferPointer: z) }
+            }
+            left -= k
+        }
+    }
+
+    /// Quantizes `values` to `t` and writes them; returns the statistics.
+    func quantized(_ values: ArraySlice<Float>, _ t: FixedType) throws -> QuantizationStats {
+        var stats = QuantizationStats()
+        let n = values.count * t.containerBytes
+        var out = [UInt8](repeating: 0, count: n)
+        out.withUnsafeMutableBytes { raw in
+            values.withUnsafeBufferPointer { t.encode($0, into: raw, stats: &stats) }
+        }
+        try out.withUnsafeBytes { try write($0) }
+        return stats
+    }
+}
+
 /// Streams a checkpoint into `DIR/ddr.bin`, `DIR/manifest.json` and `DIR/moepack_ddr.h`.
 ///
 /// Weights are read tensor by tensor, folded, quantized to each buffer's `ap_fixed` type with the
@@ -119,110 +263,131 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
     guard options.task >= 0, options.task < max(cfg.tasks, 1) else {
         throw MoepackError(.usage, item: "--task", "task \(options.task) out of range: the checkpoint has \(cfg.tasks) task gate(s)")
     }
-    let plan = try DDRPlan(profile: profile)
-    // Every weight buffer must have exactly the element count the model gives.
-    for p in plan.buffers where p.buffer.role == "weight" {
-        guard let s = kernel.shape(of: p.buffer.name) else {
-            throw MoepackError(.unsupported, file: profile.name, item: p.buffer.name, "no model tensor maps to this kernel argument")
+    let plan = try DDRPlan(profile: profile, layout: options.layout, task: options.task, allTasks: options.allTasks, tasks: cfg.tasks)
+    // Every kernel array must have exactly the element count the model gives.
+    for p in plan.buffers {
+        guard case .kernelArray(let name, _) = p.content else { continue }
+        guard let s = kernel.shape(of: name) else {
+            throw MoepackError(.unsupported, file: profile.name, item: name, "no model tensor maps to this kernel argument")
         }
         if s.reduce(1, *) != p.buffer.shape.reduce(1, *) {
-            throw MoepackError(.mismatch, file: kernel.checkpoint.source.path, item: p.buffer.name,
+            throw MoepackError(.mismatch, file: kernel.checkpoint.source.path, item: name,
                                "model gives shape \(shapeString(s)), the profile declares \(shapeString(p.buffer.shape))")
         }
     }
     let stage = try StagedDirectory(destination: outputDirectory)
-    let image = try AtomicFileWriter(path: stage.path("ddr.bin"))
-    var imageHash = SHA256()
+    let image = try ImageStream(path: stage.path("ddr.bin"))
     var manifestBuffers: [Manifest.Buffer] = []
     var reports: [Manifest.TensorReport] = []
     var warnings: [String] = []
     var overflowByType: [String: Int] = [:]
+    var records: [Manifest.ExpertRecord] = []
 
-    func emit(_ bytes: UnsafeRawBufferPointer, _ bufferHash: inout SHA256) throws {
-        try image.write(bytes)
-        imageHash.update(bufferPointer: bytes)
-        bufferHash.update(bufferPointer: bytes)
-    }
-    var scratch = [UInt8]()
-    for p in plan.buffers {
-        let pad = p.offset - image.bytesWritten
-        if pad > 0 {
-            let zeros = [UInt8](repeating: 0, count: pad)
-            try image.write(zeros)
-            zeros.withUnsafeBytes { imageHash.update(bufferPointer: $0) }
-        }
-        var h = SHA256()
-        switch p.buffer.role {
-        case "weight":
-            let t = p.type.with(quantization: options.quantization, overflow: options.overflow)
-            try kernel.forEachPart(of: p.buffer.name, task: options.task) { part in
-                var stats = QuantizationStats()
-                let n = part.values.count * t.containerBytes
-                if scratch.count < n { scratch = [UInt8](repeating: 0, count: n) }
-                try scratch.withUnsafeMutableBytes { raw in
-                    let out = UnsafeMutableRawBufferPointer(rebasing: raw[0..<n])
-                    part.values.withUnsafeBufferPointer { t.encode($0, into: out, stats: &stats) }
-                    try emit(UnsafeRawBufferPointer(out), &h)
-                }
-                if stats.overflowCount > 0 {
-                    let msg = "\(part.name): \(stats.overflowCount) value(s) outside \(p.buffer.type) = \(p.type.baseDescription) range [\(fmt(t.minValue)), \(fmt(t.maxValue))], largest |value| \(fmt(stats.maxOverflowMagnitude)) (\(options.overflow.rawValue))"
-                    if options.strict {
-                        throw MoepackError(.numeric, file: kernel.checkpoint.source.path, item: part.name,
-                                           "\(stats.overflowCount) value(s) outside \(p.type.baseDescription) range [\(fmt(t.minValue)), \(fmt(t.maxValue))], largest |value| \(fmt(stats.maxOverflowMagnitude)) (--strict)")
-                    }
-                    warnings.append(msg)
-                    warn(msg)
-                }
-                overflowByType[p.buffer.type, default: 0] += stats.overflowCount
-                reports.append(Manifest.TensorReport(
-                    name: part.name, buffer: p.buffer.name, type: p.buffer.type, count: stats.count,
-                    min: stats.min, max: stats.max, overflow: stats.overflowCount,
-                    sqnr_db: stats.sqnrDB.isFinite ? (stats.sqnrDB * 1000).rounded() / 1000 : nil,
-                    max_abs_error: stats.maxAbsError))
+    func account(_ name: String, _ p: PlannedBuffer, _ t: FixedType, _ stats: QuantizationStats) throws {
+        if stats.overflowCount > 0 {
+            let range = "\(p.type.baseDescription) range [\(fmt(t.minValue)), \(fmt(t.maxValue))], largest |value| \(fmt(stats.maxOverflowMagnitude))"
+            if options.strict {
+                throw MoepackError(.numeric, file: kernel.checkpoint.source.path, item: name,
+                                   "\(stats.overflowCount) value(s) outside \(range) (--strict)")
             }
-        case "input" where p.buffer.name == "images" && options.frame != nil:
+            let msg = "\(name): \(stats.overflowCount) value(s) outside \(p.buffer.type) = \(range) (\(options.overflow.rawValue))"
+            warnings.append(msg)
+            warn(msg)
+        }
+        overflowByType[p.buffer.type, default: 0] += stats.overflowCount
+        reports.append(Manifest.TensorReport(
+            name: name, buffer: p.buffer.name, type: p.buffer.type, count: stats.count,
+            min: stats.count > 0 ? stats.min : 0, max: stats.count > 0 ? stats.max : 0, overflow: stats.overflowCount,
+            sqnr_db: stats.sqnrDB.isFinite ? (stats.sqnrDB * 1000).rounded() / 1000 : nil,
+            max_abs_error: stats.maxAbsError))
+    }
+
+    for p in plan.buffers {
+        try image.zeros(p.offset - image.position, hashIntoBuffer: false)
+        image.bufferHash = SHA256()
+        let t = p.type.with(quantization: options.quantization, overflow: options.overflow)
+        switch p.content {
+        case .kernelArray(let name, let task):
+            try kernel.forEachPart(of: name, task: task) { part in
+                try account(part.name, p, t, try image.quantized(part.values[...], t))
+            }
+        case .expertRecords(let el):
+            let tensors = ["htoh4.weight", "htoh4.bias", "h4toh.weight", "h4toh.bias"]
+            let counts = [el.w1Count, el.b1Count, el.w2Count, el.b2Count]
+            let partOffsets = [el.w1, el.b1, el.w2, el.b2]
+            for (mi, block) in el.moeBlocks.enumerated() {
+                let values = try tensors.map { try kernel.checkpoint.read("blocks.\(block).mlp.experts.\($0)") }
+                var stats = [QuantizationStats](repeating: QuantizationStats(), count: 4)
+                for e in 0..<el.experts {
+                    let recordStart = p.offset + el.recordOffset(moeIndex: mi, expert: e)
+                    for k in 0..<4 {
+                        try image.zeros(recordStart + partOffsets[k] - image.position)
+                        let pt = el.partTypes[k].with(quantization: options.quantization, overflow: options.overflow)
+                        stats[k].merge(try image.quantized(values[k][(e * counts[k])..<((e + 1) * counts[k])], pt))
+                    }
+                    records.append(Manifest.ExpertRecord(block: block, expert: e, offset: recordStart, bytes: el.recordBytes,
+                                                         w1: recordStart + el.w1, b1: recordStart + el.b1,
+                                                         w2: recordStart + el.w2, b2: recordStart + el.b2))
+                }
+                for k in 0..<4 {
+                    var pk = p
+                    pk.buffer.type = options.profile.buffer(expertArrayNames[k])?.type ?? p.buffer.type
+                    pk.type = el.partTypes[k]
+                    try account("blocks.\(block).mlp.experts.\(tensors[k])", pk, el.partTypes[k].with(quantization: options.quantization, overflow: options.overflow), stats[k])
+                }
+            }
+            try image.zeros(p.offset + p.bytes - image.position)
+        case .frame where options.frame != nil:
             let frame = options.frame!
             guard frame.count * p.type.containerBytes <= p.bytes else {
                 throw MoepackError(.mismatch, item: "images", "frame has \(frame.count) bytes, the slot holds \(p.bytes)")
             }
-            try frame.withUnsafeBytes { try emit($0, &h) }
-            let rest = [UInt8](repeating: 0, count: p.bytes - frame.count)
-            try rest.withUnsafeBytes { try emit($0, &h) }
-        default:
-            let zeros = [UInt8](repeating: 0, count: p.bytes)
-            try zeros.withUnsafeBytes { try emit($0, &h) }
+            try frame.withUnsafeBytes { try image.write($0) }
+            try image.zeros(p.bytes - frame.count)
+        case .frame, .zeros:
+            try image.zeros(p.bytes)
         }
-        guard image.bytesWritten == p.offset + p.bytes else {
-            throw MoepackError(.mismatch, item: p.buffer.name, "wrote \(image.bytesWritten - p.offset) bytes, planned \(p.bytes)")
+        guard image.position == p.offset + p.bytes else {
+            throw MoepackError(.mismatch, item: p.buffer.name, "wrote \(image.position - p.offset) bytes, planned \(p.bytes)")
         }
         manifestBuffers.append(Manifest.Buffer(
             name: p.buffer.name, offset: p.offset, bytes: p.bytes, type: p.buffer.type,
             ctype: p.type.baseDescription, element_bytes: p.type.containerBytes, shape: p.buffer.shape,
-            register: p.buffer.register, role: p.buffer.role, sha256: hex(h.finalize())))
+            register: p.buffer.register, role: p.buffer.role, sha256: hex(image.bufferHash.finalize())))
     }
-    let tail = plan.totalBytes - image.bytesWritten
-    if tail > 0 {
-        let zeros = [UInt8](repeating: 0, count: tail)
-        try image.write(zeros)
-        zeros.withUnsafeBytes { imageHash.update(bufferPointer: $0) }
-    }
-    try image.commit()
+    try image.zeros(plan.totalBytes - image.position, hashIntoBuffer: false)
+    try image.file.commit()
 
     let src = kernel.checkpoint.source
     var notes = [
         "Write each buffer's physical address (image base + offset) to its register (low 32 bits) and register+4 (high 32 bits), num_images to \(profile.registers["num_images"].map(String.init) ?? "num_images"), reload_one_time_weights=1 on the first run, then start through CTRL (offset \(profile.registers["CTRL"] ?? 0)).",
-        "moe_w_gate holds task \(options.task)'s gates.",
     ]
+    var taskGates: [Manifest.TaskGate]?
+    if options.allTasks {
+        taskGates = plan.buffers.compactMap { p in
+            guard case .kernelArray("moe_w_gate", let task) = p.content else { return nil }
+            return Manifest.TaskGate(task: task, offset: p.offset, bytes: p.bytes)
+        }
+        let reg = profile.buffer("moe_w_gate")?.register.map { String($0) } ?? "moe_w_gate's register"
+        notes.append("All task gates are packed (task_gates); moe_w_gate points at task 0's copy. To switch task on the board, write base + task_gates[t].offset to register \(reg) (one register write) before starting the kernel.")
+    } else {
+        notes.append("moe_w_gate holds task \(options.task)'s gates.")
+    }
+    if let el = plan.expertLayout, let region = plan.buffers.first(where: { $0.buffer.name == "moe_experts" }) {
+        notes.append("expert-major layout: for kernels built with one expert base pointer. Record address = base + \(region.offset) + moe_index·\(el.strideBlock) + expert·\(el.strideExpert); inside a record w1 at +\(el.w1), b1 at +\(el.b1), w2 at +\(el.w2), b2 at +\(el.b2). The published bitstream needs --layout kernel.")
+    }
     if kernel.checkpoint.naming == .edgeMoE { notes.append("Source is an Edge-MoE folder: already folded, folds not applied.") }
     let manifest = Manifest(
         format: "moepack-ddr/1", tool: options.tool, profile: profile.name, kernel: profile.kernel,
-        task: options.task, layout: "kernel", model: cfg,
+        task: options.allTasks ? 0 : options.task, layout: options.layout.rawValue, model: cfg,
         folds: kernel.checkpoint.naming == .m3vit ? kernel.folds : nil,
         quantization: Manifest.Quantization(mode: options.quantization.rawValue, overflow: options.overflow.rawValue, tensors: reports),
         source: Manifest.Source(path: src.path, container: src.container, sha256: try sha256OfPath(src.path), notes: src.notes),
-        image: Manifest.Image(file: "ddr.bin", bytes: plan.totalBytes, sha256: hex(imageHash.finalize())),
+        image: Manifest.Image(file: "ddr.bin", bytes: plan.totalBytes, sha256: hex(image.imageHash.finalize())),
         alignment: profile.alignment, types: profile.types, registers: profile.registers, buffers: manifestBuffers,
-        expert_records: nil, task_gates: nil, notes: notes)
+        expert_records: records.isEmpty ? nil : records,
+        expert_types: plan.expertLayout.map { el in Dictionary(uniqueKeysWithValues: zip(expertArrayNames, el.partTypes.map(\.baseDescription))) },
+        task_gates: taskGates, notes: notes)
     try AtomicFileWriter.write(Array(try manifest.encoded()), to: stage.path("manifest.json"))
     try AtomicFileWriter.write(Array(CHeader.render(manifest).utf8), to: stage.path("moepack_ddr.h"))
     try stage.commit()

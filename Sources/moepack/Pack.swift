@@ -5,9 +5,12 @@ import MoepackCheckpoint
 import MoepackModel
 import MoepackFixedPoint
 import MoepackPacking
+import MoepackInference
+import MoepackVerify
 
 extension Quantization: ExpressibleByArgument {}
 extension Overflow: ExpressibleByArgument {}
+extension DDRLayout: ExpressibleByArgument {}
 
 /// Options shared by every command that opens a checkpoint.
 struct CheckpointOptions: ParsableArguments {
@@ -58,8 +61,14 @@ struct Pack: ParsableCommand {
     @OptionGroup var profileOptions: ProfileOptions
     @OptionGroup var checkpointOptions: CheckpointOptions
 
-    @Option(help: "Task whose gates go into moe_w_gate.")
-    var task: Int = 0
+    @Option(help: "Task whose gates go into moe_w_gate, or 'all' to pack every task's gates (switch on the board with one register write).")
+    var task: String = "0"
+
+    @Option(help: "DDR layout: kernel (what the published bitstream reads) or expert-major (expert records in MoE schedule order, for kernels with one expert base pointer).")
+    var layout: DDRLayout = .kernel
+
+    @Option(help: "Write a self-contained HTML quantization report (ranges vs types, SQNR, and with --image the routing heat maps).")
+    var report: String?
 
     @Option(help: "ap_fixed quantization mode for float → fixed conversion: \(Quantization.allCases.map(\.rawValue).joined(separator: ", ")).")
     var quantization: Quantization = .AP_RND_CONV
@@ -82,12 +91,25 @@ struct Pack: ParsableCommand {
             let source = try openCheckpoint(checkpoint, options: checkpointOptions.open)
             let backbone = try BackboneCheckpoint(source: source, expected: profile.model)
             let kernel = try KernelTensors(checkpoint: backbone, folds: checkpointOptions.folds)
-            var frame: [UInt8]? = nil
-            if let image { frame = try loadFrameBytes(image, config: profile.model) }
-            let options = PackOptions(profile: profile, task: task, quantization: quantization, overflow: overflow,
-                                      strict: strict, frame: frame, tool: "moepack \(Moepack.version)")
+            var frame: Frame? = nil
+            if let image { frame = try FrameLoader.load(path: image, config: profile.model) }
+            let allTasks = task == "all"
+            guard allTasks || Int(task) != nil else {
+                throw MoepackError(.usage, item: "--task", "'\(task)' is neither a task index nor 'all'")
+            }
+            let options = PackOptions(profile: profile, task: Int(task) ?? 0, allTasks: allTasks, layout: layout,
+                                      quantization: quantization, overflow: overflow,
+                                      strict: strict, frame: frame?.bytes, tool: "moepack \(Moepack.version)")
             let result = try pack(kernel: kernel, options: options, outputDirectory: output) { note("moepack: warning: \($0)") }
             if !quiet { print(packSummary(result, output: output)) }
+            if let report {
+                var heatmap: RoutingHeatmap? = nil
+                if let frame {
+                    heatmap = try routingHeatmap(kernel: kernel, image: try PackedImage(directory: output), frame: frame)
+                }
+                try AtomicFileWriter.write(Array(QuantReport.html(manifest: result.manifest, routing: heatmap).utf8), to: report)
+                if !quiet { print("  report: \(report)") }
+            }
         }
     }
 }

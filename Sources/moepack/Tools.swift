@@ -1,0 +1,134 @@
+import ArgumentParser
+import Foundation
+import MoepackCore
+import MoepackCheckpoint
+import MoepackModel
+import MoepackFixedPoint
+import MoepackPacking
+import MoepackInference
+
+struct ImageCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "image",
+        abstract: "Write a frame in the kernel's `images` layout (ap_ufixed<8,0> [3][H][W], byte/256) for the host to copy into the images buffer.",
+        discussion: "Accepts PNG (8-bit RGB/RGBA/grey), .npy (uint8 or float in [0,1)) and raw uint8 [3,H,W]; other sizes are resized with an area filter.")
+
+    @Argument(help: "Frame file.")
+    var frame: String
+
+    @Option(name: .shortAndLong, help: "Output file (raw bytes, 3·H·W).")
+    var output: String
+
+    @OptionGroup var profileOptions: ProfileOptions
+
+    func run() throws {
+        try guarded {
+            let profile = try profileOptions.load()
+            let f = try FrameLoader.load(path: frame, config: profile.model)
+            try AtomicFileWriter.write(f.bytes, to: output)
+            if let n = f.note { note("moepack: \(frame): \(n)") }
+            print("wrote \(output): \(f.bytes.count) bytes, ap_ufixed<8,0> [3][\(profile.model.imageHeight)][\(profile.model.imageWidth)]")
+        }
+    }
+}
+
+struct Schedule: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print, per MoE block, the expert visit order, queue lengths and the DDR bytes fetched in that order for one frame.",
+        discussion: "The numbers users need to size the kernel's double buffer: computed from the routing of the frame through the packed image (float datapath).")
+
+    @Argument(help: "Folder written by `moepack pack`.")
+    var directory: String
+
+    @Option(help: "Frame to route.")
+    var image: String
+
+    @Option(help: "Task (default: the image's task).")
+    var task: Int?
+
+    @Option(help: "AXI burst length in bytes used to count bursts (256-bit × 16 beats = 512).")
+    var burstBytes: Int = 512
+
+    @Flag(help: "JSON output.")
+    var json = false
+
+    struct BlockSchedule: Encodable {
+        var block: Int
+        var visit_order: [Int]
+        var queue_lengths: [Int]
+        var bytes_fetched: Int
+        var bursts: Int
+        var largest_expert_bytes: Int
+    }
+
+    func run() throws {
+        try guarded {
+            let img = try PackedImage(directory: directory)
+            let c = img.manifest.model
+            let frame = try FrameLoader.load(path: image, config: c)
+            let model = try ImageModel(image: img, mode: .float, task: task)
+            let r = try model.run(frame)
+            let eb = try img.type(of: "moe_weights_l1").containerBytes
+            let perExpert = (2 * c.expertHidden * c.embedDim + c.expertHidden + c.embedDim) * eb
+            var out: [BlockSchedule] = []
+            for route in r.routing {
+                let lengths = route.queues.map(\.count)
+                let order = (0..<c.experts).filter { lengths[$0] > 0 }
+                // Bytes of each part rounded up to whole bursts, per visited expert.
+                func bursts(_ bytes: Int) -> Int { (bytes + burstBytes - 1) / burstBytes }
+                let parts = [c.expertHidden * c.embedDim * eb, c.expertHidden * eb, c.embedDim * c.expertHidden * eb, c.embedDim * eb]
+                let b = order.count * parts.map(bursts).reduce(0, +)
+                out.append(BlockSchedule(block: route.block, visit_order: order, queue_lengths: lengths,
+                                         bytes_fetched: order.count * perExpert, bursts: b, largest_expert_bytes: perExpert))
+            }
+            if json {
+                let enc = JSONEncoder()
+                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try enc.encode(out), as: UTF8.self))
+                return
+            }
+            print("schedule of \(directory) on \(image) (task \(model.task)): experts visited in ascending index, each over its whole token queue")
+            for s in out {
+                print("  block \(s.block): visits \(s.visit_order.count)/\(c.experts) experts \(s.visit_order), queue lengths \(s.queue_lengths), fetches \(s.bytes_fetched) bytes in \(s.bursts) bursts of ≤\(burstBytes) B")
+            }
+            let total = out.reduce(0) { $0 + $1.bytes_fetched }
+            print("  total expert bytes fetched per frame: \(total); double buffer needs 2 × \(perExpert) bytes (one expert's w1+b1+w2+b2)")
+        }
+    }
+}
+
+struct Suggest: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Propose, per kernel weight type, the ap_fixed<W,I> with the fewest integer bits that holds every value it carries, and the SQNR gain.",
+        discussion: "Never changes a profile: rebuild the bitstream with the suggested typedefs, then pack with a profile that declares them.")
+
+    @Argument(help: "Checkpoint file or folder.")
+    var checkpoint: String
+
+    @OptionGroup var profileOptions: ProfileOptions
+    @OptionGroup var checkpointOptions: CheckpointOptions
+
+    @Option(help: "Task whose gates are considered.")
+    var task: Int = 0
+
+    @Flag(help: "JSON output.")
+    var json = false
+
+    func run() throws {
+        try guarded {
+            let profile = try profileOptions.load()
+            let source = try openCheckpoint(checkpoint, options: checkpointOptions.open)
+            let kernel = try KernelTensors(checkpoint: try BackboneCheckpoint(source: source, expected: profile.model),
+                                           folds: checkpointOptions.folds)
+            let s = try suggestTypes(kernel: kernel, profile: profile, task: task)
+            if json {
+                let enc = JSONEncoder()
+                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+                enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+                print(String(decoding: try enc.encode(s), as: UTF8.self))
+            } else {
+                print(renderSuggestions(s))
+            }
+        }
+    }
+}
