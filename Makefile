@@ -25,7 +25,7 @@ release: deps
 	$(SWIFT) build -c release --product moepack
 
 demo: release
-	$(BIN) pack $(CKPT) -o $(OUT) --image $(FRAME)
+	$(BIN) pack $(CKPT) -o $(OUT) --image $(FRAME) --report packed/report.html
 	$(BIN) run $(OUT) --image $(FRAME) -o packed/demo-output.npy
 	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME)
 	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --mode fixed
@@ -40,6 +40,9 @@ bench: release
 # Regenerates committed fixtures and the bundled checkpoint (needs a venv with torch, numpy, h5py, safetensors).
 fixtures:
 	$(PYTHON) scripts/make_fixtures.py
+
+fuzz:
+	bash fuzz/run.sh
 
 clean:
 	rm -rf .build packed/edge-moe-zcu102 packed/demo-output.npy
