@@ -39,7 +39,9 @@ public func decodeToFloat32(_ bytes: UnsafeRawBufferPointer, dtype: DType, count
     case .float64:
         for i in 0..<count { out[i] = Float(Double(bitPattern: UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)))) }
     case .float16:
-        for i in 0..<count { out[i] = Float(Float16(bitPattern: UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)))) }
+        float16Table.withUnsafeBufferPointer { table in
+            for i in 0..<count { out[i] = table[Int(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self)))] }
+        }
     case .bfloat16:
         for i in 0..<count { out[i] = Float(bitPattern: UInt32(UInt16(littleEndian: bytes.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self))) << 16) }
     case .int64:
@@ -60,3 +62,7 @@ public func decodeToFloat32(_ bytes: UnsafeRawBufferPointer, dtype: DType, count
         for i in 0..<count { out[i] = Float(bytes[i]) }
     }
 }
+
+/// Every float16 bit pattern widened to float32 (exact), so bulk decoding is a table lookup instead of
+/// a runtime call per element.
+let float16Table: [Float] = (0...UInt16.max).map { Float(Float16(bitPattern: $0)) }

@@ -147,22 +147,25 @@ extension FixedType {
                 if fast {
                     let y = x * scale
                     if y >= lo - 1 && y <= hi + 1 {
-                        let fl = y.rounded(.down)
-                        let d = y - fl  // exact, in [0, 1)
-                        var r: Double
+                        // floor without a libm call: |y| ≤ 2^32 + 1, so Int64(y) (toward zero) is exact.
+                        let t = Int64(y)
+                        let fl = Double(t) > y ? t &- 1 : t
+                        let d = y - Double(fl)  // exact, in [0, 1)
+                        let up: Bool
                         switch q {
-                        case .AP_TRN: r = fl
-                        case .AP_TRN_ZERO: r = (y < 0 && d > 0) ? fl + 1 : fl
-                        case .AP_RND: r = d >= 0.5 ? fl + 1 : fl
-                        case .AP_RND_ZERO: r = (d > 0.5 || (d == 0.5 && y < 0)) ? fl + 1 : fl
-                        case .AP_RND_MIN_INF: r = d > 0.5 ? fl + 1 : fl
-                        case .AP_RND_INF: r = (d > 0.5 || (d == 0.5 && y > 0)) ? fl + 1 : fl
-                        case .AP_RND_CONV:
-                            r = (d > 0.5 || (d == 0.5 && fl.truncatingRemainder(dividingBy: 2) != 0)) ? fl + 1 : fl
+                        case .AP_TRN: up = false
+                        case .AP_TRN_ZERO: up = y < 0 && d > 0
+                        case .AP_RND: up = d >= 0.5
+                        case .AP_RND_ZERO: up = d > 0.5 || (d == 0.5 && y < 0)
+                        case .AP_RND_MIN_INF: up = d > 0.5
+                        case .AP_RND_INF: up = d > 0.5 || (d == 0.5 && y > 0)
+                        case .AP_RND_CONV: up = d > 0.5 || (d == 0.5 && fl & 1 != 0)
                         }
-                        if r >= lo && r <= hi {
-                            raw = Int64(r)
-                            qv = r * invScale
+                        let r = up ? fl &+ 1 : fl
+                        let rd = Double(r)
+                        if rd >= lo && rd <= hi {
+                            raw = r
+                            qv = rd * invScale
                             done = true
                         }
                     }

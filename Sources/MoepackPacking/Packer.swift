@@ -205,6 +205,23 @@ public func sha256OfPath(_ path: String) throws -> String {
     return hex(hasher.finalize())
 }
 
+/// A value computed on a background thread; ``value()`` waits for it.
+final class Background<T: Sendable>: @unchecked Sendable {
+    private let group = DispatchGroup()
+    private var result: Result<T, Error>?
+    init(_ work: @escaping @Sendable () throws -> T) {
+        group.enter()
+        DispatchQueue.global().async {
+            self.result = Result { try work() }
+            self.group.leave()
+        }
+    }
+    func value() throws -> T {
+        group.wait()
+        return try result!.get()
+    }
+}
+
 /// Streams quantized bytes into the image while hashing the image and the current buffer.
 final class ImageStream {
     let file: AtomicFileWriter
@@ -275,6 +292,9 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
                                "model gives shape \(shapeString(s)), the profile declares \(shapeString(p.buffer.shape))")
         }
     }
+    // The source checksum reads the whole checkpoint file: do it on the other core meanwhile.
+    let sourcePath = kernel.checkpoint.source.path
+    let sourceHash = Background { try sha256OfPath(sourcePath) }
     let stage = try StagedDirectory(destination: outputDirectory)
     let image = try ImageStream(path: stage.path("ddr.bin"))
     var manifestBuffers: [Manifest.Buffer] = []
@@ -382,7 +402,7 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
         task: options.allTasks ? 0 : options.task, layout: options.layout.rawValue, model: cfg,
         folds: kernel.checkpoint.naming == .m3vit ? kernel.folds : nil,
         quantization: Manifest.Quantization(mode: options.quantization.rawValue, overflow: options.overflow.rawValue, tensors: reports),
-        source: Manifest.Source(path: src.path, container: src.container, sha256: try sha256OfPath(src.path), notes: src.notes),
+        source: Manifest.Source(path: src.path, container: src.container, sha256: try sourceHash.value(), notes: src.notes),
         image: Manifest.Image(file: "ddr.bin", bytes: plan.totalBytes, sha256: hex(image.imageHash.finalize())),
         alignment: profile.alignment, types: profile.types, registers: profile.registers, buffers: manifestBuffers,
         expert_records: records.isEmpty ? nil : records,
