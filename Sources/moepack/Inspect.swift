@@ -30,11 +30,25 @@ struct Inspect: ParsableCommand {
         var skipped: [SkippedEntry]
         var config: M3ViTConfig?
         var config_error: String?
+        /// state_dict key the torch.save reader used (nil: top-level dict or not a torch.save file).
+        var state_dict_key: String?
+        // The inferred configuration again, in snake_case (absent when it could not be inferred).
+        var embed_dim: Int?
+        var depth: Int?
+        var moe_blocks: [Int]?
+        var experts: Int?
+        var expert_hidden: Int?
+        var mlp_hidden: Int?
+        var tasks: Int?
+        var tokens: Int?
+        var patch_size: Int?
+        var in_chans: Int?
     }
 
     func run() throws {
         try guarded {
             let source = try openCheckpoint(checkpoint, options: OpenOptions(stateDictKey: key))
+            try checkKeyApplies(key, to: source)
             let expected = profile == "none" ? nil : try KernelProfile.load(profile).model
             var config: M3ViTConfig?
             var configError: String?
@@ -48,10 +62,16 @@ struct Inspect: ParsableCommand {
             } catch let e as MoepackError {
                 configError = e.description
             }
-            let report = Report(
+            var report = Report(
                 path: source.path, container: source.container, notes: source.notes,
                 tensors: source.entries.map { .init(name: $0.name, dtype: $0.dtype.rawValue, shape: $0.shape, backbone: reverse[$0.name]) },
-                skipped: skipped, config: config, config_error: configError)
+                skipped: skipped, config: config, config_error: configError,
+                state_dict_key: stateDictKey(fromNotes: source.notes))
+            if let c = config {
+                report.embed_dim = c.embedDim; report.depth = c.depth; report.moe_blocks = c.moeBlocks
+                report.experts = c.experts; report.expert_hidden = c.expertHidden; report.mlp_hidden = c.mlpHidden
+                report.tasks = c.tasks; report.tokens = c.tokens; report.patch_size = c.patchSize; report.in_chans = c.inChans
+            }
             if json {
                 let enc = JSONEncoder()
                 enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
