@@ -74,6 +74,9 @@ enum TorchCheckpoint {
             guard case .dict = item.value else {
                 throw MoepackError(.badInput, file: file, item: k, "top-level entry is a \(item.value.typeName), expected a state_dict")
             }
+            guard hasTensor(item.value) else {
+                throw MoepackError(.badInput, file: file, item: k, "top-level entry holds no tensors, expected a state_dict")
+            }
             chosen = k
         } else {
             for k in stateDictKeys {
@@ -94,7 +97,7 @@ enum TorchCheckpoint {
             for a in topAttrs { skipped.append(SkippedEntry(name: keyName(a.key), reason: "pickled attribute of the checkpoint dict")) }
         } else {
             guard hasTensor(root) else {
-                throw MoepackError(.badInput, file: file, "no tensors found: the top-level dict has no tensor values and none of the keys \(stateDictKeys.joined(separator: ", ")) holds a state_dict (use --state-dict-key)")
+                throw MoepackError(.badInput, file: file, "no tensors found: the top-level dict has no tensor values and none of the keys \(stateDictKeys.joined(separator: ", ")) holds a state_dict (name the key with --key)")
             }
             notes.append("state_dict is the top-level dict")
             sdItems = top; sdAttrs = topAttrs
