@@ -57,11 +57,11 @@ public final class AtomicFileWriter {
         buffer.removeAll(keepingCapacity: true)
     }
 
-    /// Flushes, syncs and renames the temporary file to `path`.
+    /// Flushes and renames the temporary file to `path`. (No fsync: the rename makes the result
+    /// all-or-nothing for other processes; durability across a power cut is left to the file system.)
     public func commit() throws {
         try flush()
         guard let h = handle else { throw MoepackError(.io, file: path, "already closed") }
-        try? h.synchronize()
         try? h.close()
         handle = nil
         if rename(temporaryPath, path) != 0 {

@@ -116,8 +116,33 @@ extension FixedType {
     /// - Precondition: `output.count ≥ values.count · containerBytes` (a programming error otherwise).
     public func encode(_ values: UnsafeBufferPointer<Float>, into output: UnsafeMutableRawBufferPointer,
                        stats: inout QuantizationStats) {
-        let cb = containerBytes
-        precondition(output.count >= values.count * cb, "FixedType.encode: output buffer too small")
+        precondition(output.count >= values.count * containerBytes, "FixedType.encode: output buffer too small")
+        // One loop per (rounding rule, container size), so the per-element work has no mode dispatch.
+        switch quantization {
+        case .AP_TRN: encodeLoop(values, output, &stats, RoundTRN.self)
+        case .AP_TRN_ZERO: encodeLoop(values, output, &stats, RoundTRNZero.self)
+        case .AP_RND: encodeLoop(values, output, &stats, RoundRND.self)
+        case .AP_RND_ZERO: encodeLoop(values, output, &stats, RoundRNDZero.self)
+        case .AP_RND_MIN_INF: encodeLoop(values, output, &stats, RoundRNDMinInf.self)
+        case .AP_RND_INF: encodeLoop(values, output, &stats, RoundRNDInf.self)
+        case .AP_RND_CONV: encodeLoop(values, output, &stats, RoundRNDConv.self)
+        }
+    }
+
+    @inline(__always)
+    private func encodeLoop<R: RoundingRule>(_ values: UnsafeBufferPointer<Float>, _ output: UnsafeMutableRawBufferPointer,
+                                             _ stats: inout QuantizationStats, _ rule: R.Type) {
+        switch containerBytes {
+        case 1: encodeLoop(values, output, &stats, rule, UInt8.self)
+        case 2: encodeLoop(values, output, &stats, rule, UInt16.self)
+        case 4: encodeLoop(values, output, &stats, rule, UInt32.self)
+        default: encodeLoop(values, output, &stats, rule, UInt64.self)
+        }
+    }
+
+    private func encodeLoop<R: RoundingRule, C: FixedWidthInteger & UnsignedInteger>(
+        _ values: UnsafeBufferPointer<Float>, _ output: UnsafeMutableRawBufferPointer,
+        _ stats: inout QuantizationStats, _ rule: R.Type, _ container: C.Type) {
         let f = fractionBits
         // x·2^F and q·2^−F are exact in Double for float32 x and |q| < 2^32 while 2^±F is far from
         // the Double range limits.
@@ -127,72 +152,50 @@ extension FixedType {
         let hi = Double(maxRaw)
         let lo: Double = !signed ? 0
             : (overflow == .AP_SAT_SYM && width > 1 ? -Double(maxRaw) : Double(minRaw))
-        let q = quantization
+        let loGuard = lo - 1, hiGuard = hi + 1
 
         var local = QuantizationStats()
         var mn = Double.infinity, mx = -Double.infinity
         var sx = 0.0, se = 0.0, maxErr = 0.0, maxOvf = 0.0
         var ovf = 0, nonFinite = 0
         var firstBad: Int? = nil
+        let out = output.baseAddress!
 
         for i in 0..<values.count {
             let x = Double(values[i])
             var raw: Int64 = 0
             var qv = 0.0
-            if !x.isFinite {
+            let y = x * scale
+            // NaN fails both comparisons; ±∞ fails one.
+            if fast && y >= loGuard && y <= hiGuard {
+                // floor without a libm call: |y| ≤ 2^32 + 1, so Int64(y) (toward zero) is exact.
+                let t = Int64(y)
+                let fl = Double(t) > y ? t &- 1 : t
+                let d = y - Double(fl)  // exact, in [0, 1)
+                let r = R.roundUp(y: y, floor: fl, fraction: d) ? fl &+ 1 : fl
+                let rd = Double(r)
+                if rd >= lo && rd <= hi {
+                    raw = r
+                    qv = rd * invScale
+                } else {
+                    (raw, qv) = slowPath(x, &ovf, &maxOvf)
+                }
+            } else if !x.isFinite {
                 nonFinite += 1
                 if firstBad == nil { firstBad = i }
+                out.storeBytes(of: C(0), toByteOffset: i &* MemoryLayout<C>.size, as: C.self)
+                continue
             } else {
-                var done = false
-                if fast {
-                    let y = x * scale
-                    if y >= lo - 1 && y <= hi + 1 {
-                        // floor without a libm call: |y| ≤ 2^32 + 1, so Int64(y) (toward zero) is exact.
-                        let t = Int64(y)
-                        let fl = Double(t) > y ? t &- 1 : t
-                        let d = y - Double(fl)  // exact, in [0, 1)
-                        let up: Bool
-                        switch q {
-                        case .AP_TRN: up = false
-                        case .AP_TRN_ZERO: up = y < 0 && d > 0
-                        case .AP_RND: up = d >= 0.5
-                        case .AP_RND_ZERO: up = d > 0.5 || (d == 0.5 && y < 0)
-                        case .AP_RND_MIN_INF: up = d > 0.5
-                        case .AP_RND_INF: up = d > 0.5 || (d == 0.5 && y > 0)
-                        case .AP_RND_CONV: up = d > 0.5 || (d == 0.5 && fl & 1 != 0)
-                        }
-                        let r = up ? fl &+ 1 : fl
-                        let rd = Double(r)
-                        if rd >= lo && rd <= hi {
-                            raw = r
-                            qv = rd * invScale
-                            done = true
-                        }
-                    }
-                }
-                if !done {
-                    let res = quantize(x)
-                    raw = res.raw
-                    qv = value(raw: raw)
-                    if res.overflowed {
-                        ovf += 1
-                        maxOvf = Swift.max(maxOvf, abs(x))
-                    }
-                }
-                mn = Swift.min(mn, x)
-                mx = Swift.max(mx, x)
-                sx += x * x
-                let err = x - qv
-                se += err * err
-                maxErr = Swift.max(maxErr, abs(err))
+                (raw, qv) = slowPath(x, &ovf, &maxOvf)
             }
-            let off = i &* cb
-            switch cb {
-            case 1: output.storeBytes(of: UInt8(truncatingIfNeeded: raw), toByteOffset: off, as: UInt8.self)
-            case 2: output.storeBytes(of: UInt16(truncatingIfNeeded: raw).littleEndian, toByteOffset: off, as: UInt16.self)
-            case 4: output.storeBytes(of: UInt32(truncatingIfNeeded: raw).littleEndian, toByteOffset: off, as: UInt32.self)
-            default: output.storeBytes(of: UInt64(bitPattern: raw).littleEndian, toByteOffset: off, as: UInt64.self)
-            }
+            mn = x < mn ? x : mn
+            mx = x > mx ? x : mx
+            sx += x * x
+            let err = x - qv
+            se += err * err
+            let ae = abs(err)
+            maxErr = ae > maxErr ? ae : maxErr
+            out.storeBytes(of: C(truncatingIfNeeded: raw).littleEndian, toByteOffset: i &* MemoryLayout<C>.size, as: C.self)
         }
         local.count = values.count
         local.nonFiniteCount = nonFinite
@@ -205,6 +208,17 @@ extension FixedType {
         local.sumSquaredError = se
         local.maxAbsError = maxErr
         stats.merge(local)
+    }
+
+    /// The exact conversion for values the fast path cannot take (out of range, W > 32, huge F).
+    @inline(never)
+    private func slowPath(_ x: Double, _ ovf: inout Int, _ maxOvf: inout Double) -> (Int64, Double) {
+        let res = quantize(x)
+        if res.overflowed {
+            ovf += 1
+            maxOvf = Swift.max(maxOvf, abs(x))
+        }
+        return (res.raw, value(raw: res.raw))
     }
 
     /// Convenience: converts an array and returns the container bytes and the statistics.
@@ -252,3 +266,23 @@ extension FixedType {
         return out
     }
 }
+
+/// Whether the exact value y = x·2^F, with floor `floor` and fraction `fraction` = y − floor ∈ [0, 1),
+/// rounds up to floor + 1 under a quantization mode (UG1399 definitions; ties are fraction == 0.5).
+protocol RoundingRule {
+    static func roundUp(y: Double, floor: Int64, fraction d: Double) -> Bool
+}
+/// AP_TRN: toward −∞.
+enum RoundTRN: RoundingRule { @inline(__always) static func roundUp(y: Double, floor: Int64, fraction d: Double) -> Bool { false } }
+/// AP_TRN_ZERO: toward zero.
+enum RoundTRNZero: RoundingRule { @inline(__always) static func roundUp(y: Double, floor: Int64, fraction d: Double) -> Bool { y < 0 && d > 0 } }
+/// AP_RND: ties toward +∞.
+enum RoundRND: RoundingRule { @inline(__always) static func roundUp(y: Double, floor: Int64, fraction d: Double) -> Bool { d >= 0.5 } }
+/// AP_RND_ZERO: ties toward zero.
+enum RoundRNDZero: RoundingRule { @inline(__always) static func roundUp(y: Double, floor: Int64, fraction d: Double) -> Bool { d > 0.5 || (d == 0.5 && y < 0) } }
+/// AP_RND_MIN_INF: ties toward −∞.
+enum RoundRNDMinInf: RoundingRule { @inline(__always) static func roundUp(y: Double, floor: Int64, fraction d: Double) -> Bool { d > 0.5 } }
+/// AP_RND_INF: ties away from zero.
+enum RoundRNDInf: RoundingRule { @inline(__always) static func roundUp(y: Double, floor: Int64, fraction d: Double) -> Bool { d > 0.5 || (d == 0.5 && y > 0) } }
+/// AP_RND_CONV: ties to even.
+enum RoundRNDConv: RoundingRule { @inline(__always) static func roundUp(y: Double, floor: Int64, fraction d: Double) -> Bool { d > 0.5 || (d == 0.5 && floor & 1 != 0) } }
