@@ -87,13 +87,11 @@ struct Run: ParsableCommand {
             }
             let stage = try StagedDirectory(destination: output)
             let progress = progressReporter("run")
-            var done = 0
-            for nf in inputs {
-                let r = try model.run(nf.frame)
+            // Frames run in parallel across the cores; outputs are written in input order.
+            let outputs = try runFrames(model, inputs, progress: progress)
+            for (nf, values) in zip(inputs, outputs) {
                 let base = ((nf.name as NSString).lastPathComponent as NSString).deletingPathExtension
-                try NpyWriter.write(Tensor(shape: [c.tokens, c.embedDim], values: r.output), to: stage.path(base + ".npy"))
-                done += 1
-                progress?(done, inputs.count)
+                try NpyWriter.write(Tensor(shape: [c.tokens, c.embedDim], values: values), to: stage.path(base + ".npy"))
             }
             try stage.commit()
             print("wrote \(inputs.count) outputs to \(output)/ ([\(c.tokens), \(c.embedDim)] float32 each, \(mode.rawValue) datapath, task \(model.task))")
@@ -165,4 +163,30 @@ struct Verify: ParsableCommand {
             if !report.passed { throw ExitCode(1) }
         }
     }
+}
+
+/// Runs every frame through `model`, in parallel across the cores, returning outputs in input order.
+func runFrames(_ model: ImageModel, _ frames: [NamedFrame], progress: (@Sendable (Int, Int) -> Void)?) throws -> [[Float]] {
+    final class Slots: @unchecked Sendable {
+        let lock = NSLock()
+        var values: [Result<[Float], Error>?]
+        var done = 0
+        init(_ n: Int) { values = Array(repeating: nil, count: n) }
+    }
+    let slots = Slots(frames.count)
+    let workers = min(frames.count, max(1, ProcessInfo.processInfo.activeProcessorCount))
+    DispatchQueue.concurrentPerform(iterations: workers) { w in
+        var i = w
+        while i < frames.count {
+            let r = Result { try model.run(frames[i].frame).output }
+            slots.lock.lock()
+            slots.values[i] = r
+            slots.done += 1
+            let d = slots.done
+            slots.lock.unlock()
+            progress?(d, frames.count)
+            i += workers
+        }
+    }
+    return try slots.values.map { try $0!.get() }
 }
