@@ -1,0 +1,106 @@
+import XCTest
+import Foundation
+
+/// The main job through the built binary on the tiny fixture model: pack → check → run → verify
+/// (float and fixed), with values checked against the PyTorch reference of scripts/reference_m3vit.py.
+final class CLIEndToEndTests: XCTestCase {
+    private let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    private func moepack(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+        let bin = repo.appendingPathComponent(".build/debug/moepack").path
+        guard FileManager.default.isExecutableFile(atPath: bin) else { throw XCTSkip("\(bin) not built (run `swift build` first)") }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: bin)
+        p.arguments = args
+        p.currentDirectoryURL = repo
+        let errFile = NSTemporaryDirectory() + "moepack-e2e-stderr-\(UUID().uuidString)"
+        FileManager.default.createFile(atPath: errFile, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: errFile) }
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = FileHandle(forWritingAtPath: errFile)
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        let e = FileManager.default.contents(atPath: errFile) ?? Data()
+        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    }
+
+    private func npyFloats(_ path: String) throws -> [Float] {
+        let b = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        let headerLen = Int(b[8]) | Int(b[9]) << 8
+        return b[(10 + headerLen)...].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+    }
+
+    private func rawFloats(_ name: String) throws -> [Float] {
+        let d = try Data(contentsOf: repo.appendingPathComponent("Tests/Fixtures/tiny/\(name)"))
+        return d.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+    }
+
+    func testPackRunVerifyTinyModel() throws {
+        let dir = NSTemporaryDirectory() + "moepack-e2e-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ckpt = "Tests/Fixtures/tiny/model.pth", frame = "Tests/Fixtures/tiny/frame.u8"
+
+        let pack = try moepack(["pack", ckpt, "-o", dir + "/img", "--profile", "tiny-test", "--image", frame])
+        XCTAssertEqual(pack.status, 0, pack.stderr)
+        XCTAssertTrue(pack.stdout.contains("profile tiny-test, task 0, AP_RND_CONV/AP_SAT"), pack.stdout)
+        XCTAssertEqual(pack.stderr, "", "no warnings for an in-range model")
+        let check = try moepack(["check", dir + "/img"])
+        XCTAssertEqual(check.status, 0, check.stderr)
+
+        // run --mode float equals PyTorch's forward of the dequantized model (float32 tolerance).
+        let run = try moepack(["run", dir + "/img", "--image", frame, "-o", dir + "/out.npy"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let out = try npyFloats(dir + "/out.npy")
+        let ref = try rawFloats("ref_dequant_out_task0.f32")
+        XCTAssertEqual(out.count, 9 * 32)
+        let maxErr = zip(out, ref).map { abs($0 - $1) }.max()!
+        XCTAssertLessThan(maxErr, 1e-4, "float path vs PyTorch on the dequantized weights")
+
+        for mode in ["float", "fixed"] {
+            let v = try moepack(["verify", dir + "/img", "--checkpoint", ckpt, "--image", frame, "--mode", mode, "--json"])
+            XCTAssertEqual(v.status, 0, v.stderr)
+            let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(v.stdout.utf8)) as? [String: Any])
+            XCTAssertEqual(json["passed"] as? Bool, true)
+            let moe = try XCTUnwrap(json["moe_blocks"] as? [[String: Any]])
+            XCTAssertEqual(moe.map { $0["block"] as? Int }, [1, 3])
+            for b in moe { XCTAssertGreaterThanOrEqual(b["routing_agreement"] as? Double ?? 0, 0.98) }
+            let frames = try XCTUnwrap(json["frames"] as? [[String: Any]])
+            let o = try XCTUnwrap(frames.first?["output"] as? [String: Any])
+            XCTAssertLessThan(o["mse"] as? Double ?? 1, 1e-3)
+            XCTAssertEqual((frames.first?["blocks"] as? [Any])?.count, 4)
+        }
+
+        // A threshold that cannot be met: exit 1 and a FAIL line.
+        let strictV = try moepack(["verify", dir + "/img", "--checkpoint", ckpt, "--image", frame, "--min-cosine", "1.0000001"])
+        XCTAssertEqual(strictV.status, 1)
+        XCTAssertTrue(strictV.stdout.contains("FAIL: cosine"), strictV.stdout)
+    }
+
+    func testQuantizeRoundTrip() throws {
+        let dir = NSTemporaryDirectory() + "moepack-q-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // A float32 .npy [4] = {0.5, -1.25, 1.99999, 3.0} written by hand (NPY v1.0).
+        var header = Array("{'descr': '<f4', 'fortran_order': False, 'shape': (4,), }".utf8)
+        while (10 + header.count + 1) % 64 != 0 { header.append(0x20) }
+        header.append(0x0A)
+        var bytes: [UInt8] = [0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.count & 0xFF), UInt8(header.count >> 8)] + header
+        for v: Float in [0.5, -1.25, 1.99999, 3.0] { withUnsafeBytes(of: v.bitPattern.littleEndian) { bytes += $0 } }
+        try Data(bytes).write(to: URL(fileURLWithPath: dir + "/w.npy"))
+        let q = try moepack(["quantize", dir + "/w.npy", "--type", "ap_fixed<8,2,AP_RND_CONV,AP_SAT>", "-o", dir + "/raw.npy"])
+        XCTAssertEqual(q.status, 0, q.stderr)
+        XCTAssertTrue(q.stderr.contains("2 value(s) outside ap_fixed<8,2,AP_RND_CONV,AP_SAT> range [-2.0, 1.984375], largest |value| 3.0"), q.stderr)
+        let raw = [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/raw.npy")))
+        let hl = Int(raw[8]) | Int(raw[9]) << 8
+        XCTAssertTrue(String(decoding: raw[10..<(10 + hl)], as: UTF8.self).contains("'descr': '|i1'"))
+        // ap_fixed<8,2>: 6 fraction bits, LSB 1/64, max 127/64 = 1.984375. 0.5 → 32; −1.25 → −80;
+        // 1.99999·64 = 127.99936 → 128 > 127 → saturates to 127 (overflow); 3.0 → 127 (overflow).
+        XCTAssertEqual(raw[(10 + hl)...].map { Int8(bitPattern: $0) }, [32, -80, 127, 127])
+        let back = try moepack(["quantize", dir + "/raw.npy", "--type", "ap_fixed<8,2>", "--dequantize", "-o", dir + "/back.npy"])
+        XCTAssertEqual(back.status, 0, back.stderr)
+        XCTAssertEqual(try npyFloats(dir + "/back.npy"), [0.5, -1.25, 1.984375, 1.984375])
+    }
+}
