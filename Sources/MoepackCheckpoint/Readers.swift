@@ -1,11 +1,75 @@
+import Foundation
 import MoepackCore
 
-// Container dispatch. Each reader lives in its own file.
+// Container dispatch by content (magic bytes), never by file extension.
 
+/// Opens a checkpoint file, choosing the reader from its first bytes:
+/// `PK\x03\x04`/`PK\x05\x06` zip (PyTorch zip when it has `data.pkl`, npz when it has `.npy` members),
+/// `\x80 n \x8a` pickle PROTO + LONG1 (PyTorch legacy magic number), `\x93NUMPY` (npy), `\x89HDF\r\n\x1a\n` at 0/512/1024/…
+/// (HDF5), 8-byte little-endian header length followed by `{` (safetensors).
+/// - Throws: ``MoepackError`` (`badInput`) "not a checkpoint: unknown container (first bytes …)".
 func openFile(_ path: String, options: OpenOptions) throws -> any TensorSource {
-    throw MoepackError(.unsupported, file: path, "container readers not implemented yet")
+    let file = try RandomAccessFile(path)
+    let head = try file.prefix(16)
+    func starts(_ magic: [UInt8]) -> Bool { head.count >= magic.count && Array(head.prefix(magic.count)) == magic }
+
+    if starts([0x50, 0x4b, 0x03, 0x04]) || starts([0x50, 0x4b, 0x05, 0x06]) {
+        let zip = try ZipArchive(file: file)
+        if zip.entries.contains(where: { $0.name == "data.pkl" || $0.name.hasSuffix("/data.pkl") }) {
+            return try PyTorchZipSource(archive: zip, options: options)
+        }
+        if !zip.entries.isEmpty, zip.entries.allSatisfy({ $0.name.hasSuffix(".npy") || $0.name.hasSuffix("/") }) {
+            return try NpzSource(archive: zip)
+        }
+        throw MoepackError(.badInput, file: path, "not a checkpoint: zip archive without a data.pkl record or .npy members")
+    }
+    if head.count >= 3, head[0] == 0x80, (2...5).contains(head[1]), head[2] == 0x8a {
+        // Legacy torch.save: first pickle is PROTO n, LONG1 <magic number>.
+        return try PyTorchLegacySource(file: file, options: options)
+    }
+    if starts([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]) {
+        return try NpySource(path: path)
+    }
+    let hdf5Magic: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]
+    var hdfOffset = 0
+    var isHDF5 = false
+    while hdfOffset + 8 <= file.size {
+        let m = hdfOffset == 0 ? Array(head.prefix(8)) : try file.read(at: hdfOffset, count: 8, what: "header")
+        if m == hdf5Magic { isHDF5 = true; break }
+        hdfOffset = hdfOffset == 0 ? 512 : hdfOffset * 2
+    }
+    if isHDF5 {
+        return try HDF5Source(path: path)
+    }
+    if head.count >= 9 {
+        var r = LEReader(head)
+        if let n = r.uint(8), n >= 2, n <= UInt64(file.size - 8), head[8] == 0x7b {
+            return try SafetensorsSource(path: path)
+        }
+    }
+    if file.size >= 262 {
+        let tar = try file.read(at: 257, count: 5, what: "header")
+        if tar == Array("ustar".utf8) {
+            throw MoepackError(.unsupported, file: path, "tar-based PyTorch checkpoint (torch < 0.4) is not supported")
+        }
+    }
+    if head.isEmpty { throw MoepackError(.badInput, file: path, "not a checkpoint: empty file") }
+    throw MoepackError(.badInput, file: path, "not a checkpoint: unknown container (first bytes \(hexPrefix(head)))")
 }
 
+/// Opens a checkpoint folder: expert-parallel (`0.pth` present) or the Edge-MoE raw float32 folder
+/// (`*.float32.bin` files).
+/// - Throws: ``MoepackError`` (`badInput`) naming the folder when it is neither.
 func openFolder(_ path: String, options: OpenOptions) throws -> any TensorSource {
-    throw MoepackError(.unsupported, file: path, "folder readers not implemented yet")
+    let names: [String]
+    do { names = try FileManager.default.contentsOfDirectory(atPath: path) } catch {
+        throw MoepackError(.io, file: path, "cannot list folder")
+    }
+    if names.contains("0.pth") {
+        return try ExpertParallelSource(path: path, options: options)
+    }
+    if names.contains(where: { $0.hasSuffix(".float32.bin") }) {
+        return try EdgeMoEFolderSource(path: path)
+    }
+    throw MoepackError(.badInput, file: path, "not a checkpoint folder: no 0.pth (expert-parallel ranks) and no *.float32.bin files (Edge-MoE folder)")
 }

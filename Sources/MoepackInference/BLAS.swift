@@ -1,0 +1,119 @@
+import COpenBLAS
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Thin wrappers over OpenBLAS `cblas_sgemm` (row-major, float32) used by the float reference.
+///
+/// Thread count: when the environment sets `OPENBLAS_NUM_THREADS` (or `OMP_NUM_THREADS`), OpenBLAS
+/// honours it itself and moepack leaves it alone; otherwise moepack sets
+/// `min(2, online cores)` once, before the first matrix product.
+///
+/// Kernel selection: a DYNAMIC_ARCH OpenBLAS that does not know the CPU model (0.3.21 and newer
+/// Xeons, e.g. family 6 model 207) falls back to its generic `Prescott` SSE3 kernels, about 2.5×
+/// slower here. When `OPENBLAS_CORETYPE` is unset and OpenBLAS reports `Prescott`, moepack picks the
+/// core from the CPU flags in /proc/cpuinfo (AVX-512 F/BW/VL/DQ/CD → `SkylakeX`, AVX2+FMA →
+/// `Haswell`, AVX → `Sandybridge`), sets `OPENBLAS_CORETYPE` and re-runs OpenBLAS's
+/// `gotoblas_dynamic_quit`/`gotoblas_dynamic_init` (exported by DYNAMIC_ARCH builds, found with
+/// `dlsym`; skipped when absent) before the first BLAS call. Set `OPENBLAS_CORETYPE` to override.
+enum BLAS {
+    /// OpenBLAS core (kernel set) in use after the check above, e.g. `SkylakeX`.
+    static let coreName: String = {
+        if environmentValue("OPENBLAS_CORETYPE") == nil, currentCoreName().lowercased() == "prescott",
+           let target = preferredCore(flags: cpuFlags()),
+           let quit = dlsym(nil, "gotoblas_dynamic_quit"), let reinit = dlsym(nil, "gotoblas_dynamic_init") {
+            typealias VoidFn = @convention(c) () -> Void
+            setenv("OPENBLAS_CORETYPE", target, 0)
+            unsafeBitCast(quit, to: VoidFn.self)()
+            unsafeBitCast(reinit, to: VoidFn.self)()
+        }
+        return currentCoreName()
+    }()
+
+    /// Threads OpenBLAS uses; configured once, lazily and thread-safely (Swift global initialisation).
+    static let threads: Int = {
+        _ = coreName
+        if let env = environmentValue("OPENBLAS_NUM_THREADS") ?? environmentValue("OMP_NUM_THREADS"),
+           let n = Int(env), n > 0 {
+            return Int(openblas_get_num_threads())
+        }
+        let cores = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
+        let n = min(2, cores)
+        openblas_set_num_threads(Int32(n))
+        return n
+    }()
+
+    static func currentCoreName() -> String {
+        guard let p = openblas_get_corename() else { return "" }
+        return String(cString: p)
+    }
+
+    /// The `flags` line of /proc/cpuinfo as a set (empty when unreadable).
+    static func cpuFlags() -> Set<Substring> {
+        guard let f = fopen("/proc/cpuinfo", "r") else { return [] }
+        defer { fclose(f) }
+        var line = [CChar](repeating: 0, count: 1 << 14)
+        while fgets(&line, Int32(line.count), f) != nil {
+            let s = line.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+            if s.hasPrefix("flags"), let colon = s.firstIndex(of: ":") {
+                return Set(s[s.index(after: colon)...].split(whereSeparator: { $0 == " " || $0 == "\n" }))
+            }
+        }
+        return []
+    }
+
+    /// OpenBLAS core name for a set of CPU flags (nil: keep OpenBLAS's choice).
+    static func preferredCore(flags: Set<Substring>) -> String? {
+        if ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"].allSatisfy({ flags.contains($0[...]) }) {
+            return "SkylakeX"
+        }
+        if flags.contains("avx2"), flags.contains("fma") { return "Haswell" }
+        if flags.contains("avx") { return "Sandybridge" }
+        return nil
+    }
+
+    /// C[m,n] = alpha · op(A)[m,k] · op(B)[k,n] + beta · C, all row-major.
+    ///
+    /// `transA`/`transB` select Aᵀ/Bᵀ; `lda`, `ldb`, `ldc` are the row strides (in elements) of the
+    /// matrices as stored.
+    @inline(__always)
+    static func gemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
+                     alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+                     b: UnsafePointer<Float>, ldb: Int,
+                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        _ = threads
+        if m == 0 || n == 0 { return }
+        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
+                    blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb),
+                    beta, c, blasint(ldc))
+    }
+
+    /// Kernel-form linear layer: Y[m, out] = X[m, in] · W[out, in]ᵀ + bias[out]; with `accumulate`,
+    /// Y += X · Wᵀ + bias. `ldx`/`ldy` are row strides (default: `inDim` / `outDim`).
+    static func linear(x: UnsafePointer<Float>, m: Int, inDim: Int, ldx: Int? = nil,
+                       weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, outDim: Int,
+                       y: UnsafeMutablePointer<Float>, ldy: Int? = nil, accumulate: Bool = false) {
+        let ldy = ldy ?? outDim
+        if let bias {
+            for r in 0..<m {
+                let row = y + r * ldy
+                if accumulate {
+                    for j in 0..<outDim { row[j] += bias[j] }
+                } else {
+                    row.update(from: bias, count: outDim)
+                }
+            }
+        }
+        let beta: Float = (bias != nil || accumulate) ? 1 : 0
+        gemm(transB: true, m: m, n: outDim, k: inDim, a: x, lda: ldx ?? inDim, b: weight, ldb: inDim,
+             beta: beta, c: y, ldc: ldy)
+    }
+}
+
+/// `getenv` as a Swift string (nil when unset).
+func environmentValue(_ name: String) -> String? {
+    guard let p = getenv(name) else { return nil }
+    return String(cString: p)
+}

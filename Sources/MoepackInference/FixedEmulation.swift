@@ -1,0 +1,634 @@
+import MoepackCore
+import MoepackModel
+
+/// One kernel argument array as raw fixed-point integers, exactly as it sits in the packed DDR image.
+///
+/// `raw` holds the two's-complement values of an `ap_fixed<width, width − fracBits>` (or
+/// `ap_ufixed` when `signed` is false), sign-extended (zero-extended if unsigned) to Int32, in C
+/// order of `shape`. Value = raw · 2^−fracBits.
+public struct RawArray: Sendable, Equatable {
+    public var raw: [Int32]
+    public var shape: [Int]
+    public var fracBits: Int
+    public var width: Int
+    public var signed: Bool
+
+    public init(raw: [Int32], shape: [Int], fracBits: Int, width: Int, signed: Bool = true) {
+        self.raw = raw; self.shape = shape; self.fracBits = fracBits; self.width = width; self.signed = signed
+    }
+}
+
+/// The `ViT_compute` weight arguments of one task, keyed by the kernel argument names
+/// (include/kernel.hpp), with the model configuration.
+///
+/// Expected keys, shapes and element types (D = embedDim, T = tokens, p = patchSize, E = experts,
+/// He = expertHidden, Hm = mlpHidden, nMoE = moeBlocks.count, nDense = denseBlocks.count; the first
+/// axis of the moe_* / vit_* arrays may be longer than needed, as in the kernel's `max(n, 1)`):
+/// - `patch_embed_weights` [D][inChans][p][p] ap_fixed<16,0>; `patch_embed_bias` [D] ap_fixed<16,5>
+/// - `pos_embed` [T][D] ap_fixed<32,10> (row 0 already holds cls token + position 0)
+/// - `attn_weights` [depth][4][D][D] ap_fixed<16,2> (Q, K, V, proj; [out][in]);
+///   `attn_bias` [depth][4][D] ap_fixed<16,7>
+/// - `moe_w_gate` [nMoE][E][D] ap_fixed<16,2> (this task's gate)
+/// - `moe_weights_l1` [nMoE][E][He][D], `moe_weights_l2` [nMoE][E][D][He] ap_fixed<16,2>;
+///   `moe_bias_l1` [nMoE][E][He], `moe_bias_l2` [nMoE][E][D] ap_fixed<16,5>
+/// - `vit_weights_l1` [nDense][Hm][D], `vit_weights_l2` [nDense][D][Hm] ap_fixed<16,2>;
+///   `vit_bias_l1` [nDense][Hm], `vit_bias_l2` [nDense][D] ap_fixed<16,5>
+/// - `norm_weights` [depth][2][D] ap_fixed<16,5>; `norm_bias` [depth][2][D] ap_fixed<16,5>
+///
+/// MoE block `config.moeBlocks[i]` uses entry i of the moe_* arrays and dense block
+/// `config.denseBlocks[i]` entry i of the vit_* arrays (for the published build, odd/even layers,
+/// this is the kernel's `layer / 2`).
+public struct KernelArrays: Sendable {
+    public var config: M3ViTConfig
+    public var arrays: [String: RawArray]
+
+    public init(config: M3ViTConfig, arrays: [String: RawArray]) {
+        self.config = config; self.arrays = arrays
+    }
+}
+
+/// Routing decisions of one MoE block in the fixed-point emulation (same fields as the float path's
+/// `MoERouting`).
+public struct MoERoutingFixed: Sendable, Equatable {
+    /// Block index (0-based transformer layer).
+    public var block: Int
+    /// Chosen experts, [tokens, topK] row-major, in the kernel's top-k slot order.
+    public var topExperts: [Int32]
+    /// The kernel's gate weights of the chosen experts (`exp(logit − max) / sum`, fm_t) dequantised,
+    /// [tokens, topK], aligned with `topExperts`.
+    public var topWeights: [Float]
+    /// Per expert (ascending index), the tokens routed to it in token order (`expert_queues`).
+    public var queues: [[Int32]]
+
+    public init(block: Int, topExperts: [Int32], topWeights: [Float], queues: [[Int32]]) {
+        self.block = block; self.topExperts = topExperts; self.topWeights = topWeights; self.queues = queues
+    }
+}
+
+/// Number of fm_t wrap-arounds one unit produced in one forward pass.
+///
+/// A wrap is an assignment to an fm_t (ap_fixed<32,10>, AP_WRAP) whose exact value lies outside
+/// [−512, 512): a product assigned to fm_t, a running-sum update, a conversion.
+public struct OverflowCount: Sendable, Equatable {
+    /// Transformer layer, or −1 for the patch embedding.
+    public var layer: Int
+    /// Unit: `patch_embed`, `pos_embed` (layer −1); `ln1`, `attn.q`, `attn.k`, `attn.v`, `attn.qk`,
+    /// `attn.softmax`, `attn.av`, `attn.proj`, `add.attn`, `ln2`, `mlp.fc1`, `mlp.gelu`, `mlp.fc2`,
+    /// `moe.gate`, `moe.softmax`, `moe.expert` (expert fc1, GELU, fc2), `moe.combine`, `add.mlp`.
+    public var unit: String
+    public var count: Int
+
+    public init(layer: Int, unit: String, count: Int) { self.layer = layer; self.unit = unit; self.count = count }
+}
+
+/// Result of one fixed-point forward pass.
+public struct FixedForwardResult: Sendable {
+    /// Backbone output x after the last block, [tokens, D] row-major, fm_t dequantised (raw / 2^22).
+    public var output: [Float]
+    /// The same as fm_t raw values.
+    public var outputRaw: [Int32]
+    /// x after each block, [depth][tokens·D] dequantised; empty unless `recordBlocks` was requested.
+    public var blockOutputs: [[Float]]
+    /// Routing of every MoE block, in layer order.
+    public var routing: [MoERoutingFixed]
+    /// Units that wrapped at least once (units with no wrap are omitted), in datapath order.
+    public var overflow: [OverflowCount]
+}
+
+/// Bit-accurate CPU emulation of the Edge-MoE HLS kernel's fixed-point datapath (`ViT_compute`,
+/// sharc-lab/Edge-MoE src/*.cpp) on the raw integers of the packed DDR image.
+///
+/// Datapath (per image; fm_t = ap_fixed<32,10>, AP_TRN/AP_WRAP throughout):
+/// - Patch embedding (conv.cpp): per patch and output dim, out = bias; per channel and patch row a
+///   16-pixel sum `addend += pixel * weight` (pixel ap_ufixed<8,0> = byte/256, weight
+///   ap_fixed<16,0>, products floored to 22 fraction bits) is added; then `+ pos_embed`. Token 0 is
+///   `pos_embed[0]` (no computation). Patch tokens are in row-major patch order.
+/// - LayerNorm (layernorm.cpp): mean and E[x²] accumulated in fm_t per block of 8 dims with the
+///   factor fm_t(1/D) (floored) applied per term; variance = E[x²] − mean² + fm_t(eps);
+///   rstd = fm_t(1) / hls::sqrt(variance); y = ((x − mean)·rstd)·γ + β, each step assigned to fm_t.
+/// - Linear (linear.cpp): out = bias; for each input in order, `addend = in * w` assigned to fm_t
+///   (floored, wrapped), `out += addend`; GELU applied to fc1 outputs.
+/// - Attention (attention.cpp): per head, score = Σ over blocks of 8 dims of
+///   fm_t(fm_t(Σ q·k) · attn_scale) with attn_scale = fm_t(config.attentionScale) (the kernel
+///   hard-codes 0.125, right for 64-wide heads); single-pass softmax per query in the kernel's key
+///   order (keys q mod 4 … T−1, then 0 … q mod 4 − 1, ATTN_MATMUL_PARALLEL = 4), keeping a running
+///   maximum ("bias") and sum; weight_k = fm_t(exp(fm_t(s_k − bias)) · recip(sum)); out = Σ_k
+///   fm_t(v_k · weight_k).
+/// - GELU (gelu.cpp): relu(x) − linearly interpolated correction table on |x| in 1/32 steps, exact
+///   relu for |x| ≥ 5.5.
+/// - MoE (moe.cpp): gate logits (no bias) in fm_t; running softmax over experts in index order;
+///   top-k by strict comparison in expert order (ties keep the lower index); gate weight =
+///   exp(fm_t(logit − max)) / sum; per-expert token queues in token order; experts in ascending
+///   index each run fc1 → GELU → fc2 on their queue and add fm_t(y · weight) into a zeroed output.
+/// - Residual adds (add.cpp) in fm_t.
+///
+/// `exp`, `sqrt` and reciprocal are emulated as the exact (floor) fixed-point result of the real
+/// function (exp via the C library's double `exp`); Vitis `hls_math` fixed-point implementations
+/// may differ from these in the last bits.
+///
+/// Immutable after `init`; `forward` may be called from several threads at once.
+public final class FixedBackbone: Sendable {
+    public let config: M3ViTConfig
+
+    struct Layer: Sendable {
+        let norm1Weight: [Int32], norm1Bias: [Int32], norm2Weight: [Int32], norm2Bias: [Int32]
+        let q: FixedLinear, k: FixedLinear, v: FixedLinear, proj: FixedLinear
+        let mlp: MLP
+    }
+    enum MLP: Sendable {
+        case dense(fc1: FixedLinear, fc2: FixedLinear)
+        case moe(gate: FixedLinear, fc1: [FixedLinear], fc2: [FixedLinear])
+    }
+
+    let patchWeights: [Int32]       // [D][C][p][p], ap_fixed<16,0> raw
+    let patchBias: [Int32]          // [D], fm_t raw
+    let posEmbed: [Int32]           // [T][D], fm_t raw
+    let layers: [Layer]
+    let invDimRaw: Int32            // fm_t(1.0 / D)
+    let epsRaw: Int64               // fm_t(eps)
+    let scaleRaw: Int32             // fm_t(attention scale)
+
+    /// Validates the arrays against `arrays.config` and the kernel's element types and keeps them.
+    ///
+    /// - Throws: `MoepackError` `.mismatch` (item = argument name) for a missing array, a wrong shape
+    ///   or element type, or a raw value outside its type's range; `.unsupported` for a configuration
+    ///   the kernel's blocking cannot run (D, hidden widths not multiples of 16, head width not a
+    ///   multiple of 8, tokens ≠ patches + 1, tokens ≤ 4, image not a whole number of patches).
+    public init(arrays: KernelArrays) throws {
+        let c = arrays.config
+        config = c
+        let D = c.embedDim, T = c.tokens, p = c.patchSize, C = c.inChans, E = c.experts
+        let He = c.expertHidden, Hm = c.mlpHidden, L = c.depth
+        func unsupported(_ m: String) -> MoepackError { MoepackError(.unsupported, item: "config", m) }
+        guard D > 0, c.heads > 0, D % c.heads == 0, D % 16 == 0 else {
+            throw unsupported("embedDim \(D) must be a positive multiple of 16 divisible by heads \(c.heads)")
+        }
+        guard c.headDim % 8 == 0 else { throw unsupported("head width \(c.headDim) is not a multiple of 8") }
+        guard Hm > 0, Hm % 16 == 0, He > 0, He % 16 == 0 else {
+            throw unsupported("mlpHidden \(Hm) and expertHidden \(He) must be positive multiples of 16")
+        }
+        guard p > 0, C > 0, c.imageHeight > 0, c.imageWidth > 0,
+              c.imageHeight % p == 0, c.imageWidth % p == 0 else {
+            throw unsupported("image \(c.imageHeight)x\(c.imageWidth) is not a whole number of \(p)-pixel patches")
+        }
+        guard T == c.patches + 1, T > 4 else {
+            throw unsupported("tokens \(T) must be patches + 1 = \(c.patches + 1) and more than 4")
+        }
+        guard L > 0, Set(c.moeBlocks).count == c.moeBlocks.count,
+              c.moeBlocks.allSatisfy({ $0 >= 0 && $0 < L }) else {
+            throw unsupported("moeBlocks \(c.moeBlocks) are not distinct layers below depth \(L)")
+        }
+        guard c.moeBlocks.isEmpty || (E > 0 && c.topK >= 1 && c.topK <= E) else {
+            throw unsupported("topK \(c.topK) must be in 1...experts (\(E))")
+        }
+        let nMoE = c.moeBlocks.count, nDense = c.denseBlocks.count
+
+        func get(_ name: String, _ shape: [Int], width: Int, frac: Int, minFirst: Bool = false) throws -> [Int32] {
+            guard let a = arrays.arrays[name] else { throw MoepackError(.mismatch, item: name, "kernel array missing") }
+            let shapeOK: Bool
+            if minFirst {
+                shapeOK = a.shape.count == shape.count && a.shape.first! >= shape[0]
+                    && Array(a.shape.dropFirst()) == Array(shape.dropFirst())
+            } else {
+                shapeOK = a.shape == shape
+            }
+            guard shapeOK else {
+                throw MoepackError(.mismatch, item: name, "shape \(shapeString(a.shape)), expected \(shapeString(shape))")
+            }
+            guard a.width == width, a.fracBits == frac, a.signed else {
+                throw MoepackError(.mismatch, item: name,
+                    "element type \(a.signed ? "ap_fixed" : "ap_ufixed")<\(a.width),\(a.width - a.fracBits)>, expected ap_fixed<\(width),\(width - frac)>")
+            }
+            var count = 1
+            for s in shape {
+                let (m, o) = count.multipliedReportingOverflow(by: s)
+                guard !o, s >= 0 else { throw MoepackError(.mismatch, item: name, "shape too large") }
+                count = m
+            }
+            guard a.raw.count >= count else {
+                throw MoepackError(.mismatch, item: name, "\(a.raw.count) raw values, expected \(count)")
+            }
+            let lo = -(Int64(1) << (width - 1)), hi = (Int64(1) << (width - 1)) - 1
+            if let bad = a.raw.firstIndex(where: { Int64($0) < lo || Int64($0) > hi }) {
+                throw MoepackError(.mismatch, item: name, "raw value \(a.raw[bad]) at \(bad) outside \(width)-bit range")
+            }
+            return Array(a.raw[0..<count])
+        }
+        func i16(_ a: ArraySlice<Int32>) -> [Int16] { a.map { Int16(truncatingIfNeeded: $0) } }
+
+        patchWeights = try get("patch_embed_weights", [D, C, p, p], width: 16, frac: 16)
+        patchBias = try get("patch_embed_bias", [D], width: 16, frac: 11).map { $0 << 11 }
+        posEmbed = try get("pos_embed", [T, D], width: 32, frac: 22)
+        let attnW = try get("attn_weights", [L, 4, D, D], width: 16, frac: 14)
+        let attnB = try get("attn_bias", [L, 4, D], width: 16, frac: 9)
+        let normW = try get("norm_weights", [L, 2, D], width: 16, frac: 11)
+        let normB = try get("norm_bias", [L, 2, D], width: 16, frac: 11)
+        var gate: [Int32] = [], m1: [Int32] = [], mb1: [Int32] = [], m2: [Int32] = [], mb2: [Int32] = []
+        if nMoE > 0 {
+            gate = try get("moe_w_gate", [nMoE, E, D], width: 16, frac: 14, minFirst: true)
+            m1 = try get("moe_weights_l1", [nMoE, E, He, D], width: 16, frac: 14, minFirst: true)
+            mb1 = try get("moe_bias_l1", [nMoE, E, He], width: 16, frac: 11, minFirst: true)
+            m2 = try get("moe_weights_l2", [nMoE, E, D, He], width: 16, frac: 14, minFirst: true)
+            mb2 = try get("moe_bias_l2", [nMoE, E, D], width: 16, frac: 11, minFirst: true)
+        }
+        var v1: [Int32] = [], vb1: [Int32] = [], v2: [Int32] = [], vb2: [Int32] = []
+        if nDense > 0 {
+            v1 = try get("vit_weights_l1", [nDense, Hm, D], width: 16, frac: 14, minFirst: true)
+            vb1 = try get("vit_bias_l1", [nDense, Hm], width: 16, frac: 11, minFirst: true)
+            v2 = try get("vit_weights_l2", [nDense, D, Hm], width: 16, frac: 14, minFirst: true)
+            vb2 = try get("vit_bias_l2", [nDense, D], width: 16, frac: 11, minFirst: true)
+        }
+
+        var built: [Layer] = []
+        let dense = c.denseBlocks
+        for l in 0..<L {
+            func attnLinear(_ j: Int) -> FixedLinear {
+                let wo = (l * 4 + j) * D * D, bo = (l * 4 + j) * D
+                return FixedLinear(outDim: D, inDim: D, w: i16(attnW[wo..<wo + D * D]),
+                                   bias: attnB[bo..<bo + D].map { $0 << 13 })
+            }
+            let n1 = (l * 2) * D, n2 = (l * 2 + 1) * D
+            let mlp: MLP
+            if let mi = c.moeBlocks.firstIndex(of: l) {
+                let go = mi * E * D
+                let g = FixedLinear(outDim: E, inDim: D, w: i16(gate[go..<go + E * D]),
+                                    bias: [Int32](repeating: 0, count: E))
+                var f1: [FixedLinear] = [], f2: [FixedLinear] = []
+                for e in 0..<E {
+                    let w1o = (mi * E + e) * He * D, b1o = (mi * E + e) * He
+                    let w2o = (mi * E + e) * D * He, b2o = (mi * E + e) * D
+                    f1.append(FixedLinear(outDim: He, inDim: D, w: i16(m1[w1o..<w1o + He * D]),
+                                          bias: mb1[b1o..<b1o + He].map { $0 << 11 }))
+                    f2.append(FixedLinear(outDim: D, inDim: He, w: i16(m2[w2o..<w2o + D * He]),
+                                          bias: mb2[b2o..<b2o + D].map { $0 << 11 }))
+                }
+                mlp = .moe(gate: g, fc1: f1, fc2: f2)
+            } else {
+                let di = dense.firstIndex(of: l)!   // every layer not in moeBlocks is in denseBlocks
+                let w1o = di * Hm * D, w2o = di * D * Hm
+                mlp = .dense(
+                    fc1: FixedLinear(outDim: Hm, inDim: D, w: i16(v1[w1o..<w1o + Hm * D]),
+                                     bias: vb1[di * Hm..<(di + 1) * Hm].map { $0 << 11 }),
+                    fc2: FixedLinear(outDim: D, inDim: Hm, w: i16(v2[w2o..<w2o + D * Hm]),
+                                     bias: vb2[di * D..<(di + 1) * D].map { $0 << 11 }))
+            }
+            built.append(Layer(
+                norm1Weight: Array(normW[n1..<n1 + D]), norm1Bias: normB[n1..<n1 + D].map { $0 << 11 },
+                norm2Weight: Array(normW[n2..<n2 + D]), norm2Bias: normB[n2..<n2 + D].map { $0 << 11 },
+                q: attnLinear(0), k: attnLinear(1), v: attnLinear(2), proj: attnLinear(3), mlp: mlp))
+        }
+        layers = built
+        invDimRaw = Int32((4_194_304.0 / Double(D)).rounded(.down))
+        epsRaw = Int64((Double(c.layerNormEps) * 4_194_304.0).rounded(.down))
+        scaleRaw = Int32((Double(c.attentionScale) * 4_194_304.0).rounded(.down))
+    }
+
+    /// Runs the emulated kernel on one image.
+    ///
+    /// - Parameters:
+    ///   - pixels: the image as bytes [inChans, imageHeight, imageWidth] (C, row, column); the kernel
+    ///     reads byte b as ap_ufixed<8,0> = b/256. Must hold exactly inChans·H·W bytes.
+    ///   - recordBlocks: also return x after every block.
+    /// - Returns: output, routing and the wrap-around counts; see ``FixedForwardResult``.
+    /// - Throws: `MoepackError` `.mismatch` when `pixels` has the wrong length.
+    public func forward(pixels: [UInt8], recordBlocks: Bool = false) throws -> FixedForwardResult {
+        let c = config
+        let expected = c.inChans * c.imageHeight * c.imageWidth
+        guard pixels.count == expected else {
+            throw MoepackError(.mismatch, item: "pixels", "\(pixels.count) bytes, expected \(expected) ([\(c.inChans),\(c.imageHeight),\(c.imageWidth)])")
+        }
+        return run(pixels: pixels, recordBlocks: recordBlocks)
+    }
+}
+
+/// Wrap counts gathered during one forward pass.
+struct WrapLedger {
+    var entries: [OverflowCount] = []
+    mutating func add(_ layer: Int, _ unit: String, _ n: Int) {
+        guard n > 0 else { return }
+        if let i = entries.firstIndex(where: { $0.layer == layer && $0.unit == unit }) {
+            entries[i].count += n
+        } else {
+            entries.append(OverflowCount(layer: layer, unit: unit, count: n))
+        }
+    }
+}
+
+extension FixedBackbone {
+    func run(pixels: [UInt8], recordBlocks: Bool) -> FixedForwardResult {
+        let c = config
+        let D = c.embedDim, T = c.tokens
+        let maxHidden = max(c.mlpHidden, c.expertHidden, D)
+        var ledger = WrapLedger()
+
+        let x = UnsafeMutablePointer<Int32>.allocate(capacity: T * D)
+        let h = UnsafeMutablePointer<Int32>.allocate(capacity: T * D)       // tmp1: LN / attention out
+        let qb = UnsafeMutablePointer<Int32>.allocate(capacity: T * D)
+        let kb = UnsafeMutablePointer<Int32>.allocate(capacity: T * D)
+        let vb = UnsafeMutablePointer<Int32>.allocate(capacity: T * D)
+        let y = UnsafeMutablePointer<Int32>.allocate(capacity: T * D)       // tmp3
+        let gathered = UnsafeMutablePointer<Int32>.allocate(capacity: T * D)
+        let expertOut = UnsafeMutablePointer<Int32>.allocate(capacity: T * D)
+        let hidden = UnsafeMutablePointer<Int32>.allocate(capacity: T * maxHidden)
+        let xh = UnsafeMutablePointer<Int32>.allocate(capacity: maxHidden)
+        let xl = UnsafeMutablePointer<Int32>.allocate(capacity: maxHidden)
+        defer {
+            for p in [x, h, qb, kb, vb, y, gathered, expertOut, hidden, xh, xl] { p.deallocate() }
+        }
+
+        patchEmbed(pixels: pixels, out: x, ledger: &ledger)
+
+        var blockOutputs: [[Float]] = []
+        var routing: [MoERoutingFixed] = []
+        for (l, layer) in layers.enumerated() {
+            var w = 0, w2 = 0
+            layerNorm(x, out: h, weight: layer.norm1Weight, bias: layer.norm1Bias, wraps: &w)
+            ledger.add(l, "ln1", w); w = 0
+            linearForward(layer.q, input: h, rows: T, output: qb, gelu: false, xh: xh, xl: xl, wraps: &w, geluWraps: &w2)
+            ledger.add(l, "attn.q", w); w = 0
+            linearForward(layer.k, input: h, rows: T, output: kb, gelu: false, xh: xh, xl: xl, wraps: &w, geluWraps: &w2)
+            ledger.add(l, "attn.k", w); w = 0
+            linearForward(layer.v, input: h, rows: T, output: vb, gelu: false, xh: xh, xl: xl, wraps: &w, geluWraps: &w2)
+            ledger.add(l, "attn.v", w); w = 0
+            attention(q: qb, k: kb, v: vb, out: h, layer: l, ledger: &ledger)
+            linearForward(layer.proj, input: h, rows: T, output: y, gelu: false, xh: xh, xl: xl, wraps: &w, geluWraps: &w2)
+            ledger.add(l, "attn.proj", w); w = 0
+            residualAdd(x, y, count: T * D, wraps: &w)
+            ledger.add(l, "add.attn", w); w = 0
+            layerNorm(x, out: h, weight: layer.norm2Weight, bias: layer.norm2Bias, wraps: &w)
+            ledger.add(l, "ln2", w); w = 0
+            switch layer.mlp {
+            case let .dense(fc1, fc2):
+                linearForward(fc1, input: h, rows: T, output: hidden, gelu: true, xh: xh, xl: xl, wraps: &w, geluWraps: &w2)
+                ledger.add(l, "mlp.fc1", w); ledger.add(l, "mlp.gelu", w2); w = 0; w2 = 0
+                linearForward(fc2, input: hidden, rows: T, output: y, gelu: false, xh: xh, xl: xl, wraps: &w, geluWraps: &w2)
+                ledger.add(l, "mlp.fc2", w); w = 0
+            case let .moe(gate, fc1, fc2):
+                routing.append(moe(input: h, out: y, gate: gate, fc1: fc1, fc2: fc2, layer: l,
+                                   gathered: gathered, hidden: hidden, expertOut: expertOut, xh: xh, xl: xl,
+                                   ledger: &ledger))
+            }
+            residualAdd(x, y, count: T * D, wraps: &w)
+            ledger.add(l, "add.mlp", w)
+            if recordBlocks { blockOutputs.append(dequantize(x, T * D)) }
+        }
+        let raw = Array(UnsafeBufferPointer(start: x, count: T * D))
+        return FixedForwardResult(output: dequantize(x, T * D), outputRaw: raw, blockOutputs: blockOutputs,
+                                  routing: routing, overflow: ledger.entries)
+    }
+
+    func dequantize(_ p: UnsafePointer<Int32>, _ n: Int) -> [Float] {
+        [Float](unsafeUninitializedCapacity: n) { buf, count in
+            for i in 0..<n { buf[i] = Float(Double(p[i]) / 4_194_304.0) }
+            count = n
+        }
+    }
+
+    /// conv.cpp `compute_patch_embed`.
+    func patchEmbed(pixels: [UInt8], out: UnsafeMutablePointer<Int32>, ledger: inout WrapLedger) {
+        let c = config
+        let D = c.embedDim, C = c.inChans, p = c.patchSize, H = c.imageHeight, W = c.imageWidth
+        let gw = W / p, gh = H / p
+        let patchLen = C * p * p
+        var patch = [Int32](repeating: 0, count: patchLen)
+        var wPatch = 0, wPos = 0
+        patchWeights.withUnsafeBufferPointer { wb in
+            pixels.withUnsafeBufferPointer { px in
+                for py in 0..<gh {
+                    for pxi in 0..<gw {
+                        for ch in 0..<C {
+                            for yy in 0..<p {
+                                let src = (ch * H + py * p + yy) * W + pxi * p
+                                for xx in 0..<p { patch[(ch * p + yy) * p + xx] = Int32(px[src + xx]) }
+                            }
+                        }
+                        let token = 1 + py * gw + pxi
+                        patch.withUnsafeBufferPointer { pb in
+                            for d in 0..<D {
+                                let wRow = wb.baseAddress! + d * patchLen
+                                var acc = patchBias[d]
+                                var r = 0
+                                while r < patchLen {
+                                    // addend_dim += pixel * weight: 8 + 16 fraction bits floored to 22.
+                                    // |each| < 2^21, so a 16-term row sum cannot leave fm_t.
+                                    var addend: Int32 = 0
+                                    for j in r..<(r + p) { addend &+= (pb[j] &* wRow[j]) &>> 2 }
+                                    acc = addFm(Int64(acc), Int64(addend), &wPatch)
+                                    r += p
+                                }
+                                out[token * D + d] = addFm(Int64(acc), Int64(posEmbed[token * D + d]), &wPos)
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for d in 0..<D { out[d] = posEmbed[d] }
+        ledger.add(-1, "patch_embed", wPatch)
+        ledger.add(-1, "pos_embed", wPos)
+    }
+
+    /// layernorm.cpp `compute_norm`: per token.
+    func layerNorm(_ x: UnsafePointer<Int32>, out: UnsafeMutablePointer<Int32>, weight: [Int32], bias: [Int32],
+                   wraps: inout Int) {
+        let D = config.embedDim, T = config.tokens
+        for t in 0..<T {
+            layerNormRow(x + t * D, out: out + t * D, n: D, invDim: invDimRaw, eps: epsRaw,
+                         weight: weight, bias: bias, wraps: &wraps)
+        }
+    }
+
+    /// add.cpp `compute_add`: x = x + y elementwise in fm_t.
+    func residualAdd(_ x: UnsafeMutablePointer<Int32>, _ y: UnsafePointer<Int32>, count: Int, wraps: inout Int) {
+        var n = 0
+        for i in 0..<count {
+            let s = Int64(x[i]) + Int64(y[i])
+            n &+= outsideFm(s) ? 1 : 0
+            x[i] = wrapFm(s)
+        }
+        wraps += n
+    }
+
+    /// attention.cpp `compute_q_matmul_k` + `compute_attn_matmul_v` for all heads.
+    func attention(q: UnsafePointer<Int32>, k: UnsafePointer<Int32>, v: UnsafePointer<Int32>,
+                   out: UnsafeMutablePointer<Int32>, layer: Int, ledger: inout WrapLedger) {
+        let D = config.embedDim, T = config.tokens, hd = config.headDim
+        var wQK = 0, wSoft = 0, wAV = 0
+        var scores = [Int32](repeating: 0, count: T)
+        var weights = [Int64](repeating: 0, count: T)
+        var acc = [Int64](repeating: 0, count: hd)
+        let scale = scaleRaw
+        for head in 0..<config.heads {
+            let off = head * hd
+            var maxAbsV: Int64 = 0
+            for t in 0..<T { for d in 0..<hd { maxAbsV = max(maxAbsV, abs(Int64(v[t * D + off + d]))) } }
+            for qi in 0..<T {
+                let qRow = q + qi * D + off
+                // Q·K: per block of 8 dims, addend += q*k (exact product, floored), addend *= scale,
+                // score += addend.
+                for ki in 0..<T {
+                    let kRow = k + ki * D + off
+                    var s: Int32 = 0
+                    var b = 0
+                    while b < hd {
+                        var sum: Int64 = 0, absSum: Int64 = 0
+                        for j in b..<(b + 8) {
+                            let t = (Int64(qRow[j]) * Int64(kRow[j])) >> 22
+                            sum &+= t
+                            absSum &+= abs(t)
+                        }
+                        var addend: Int32
+                        if absSum <= fmMax {
+                            addend = Int32(sum)
+                        } else {
+                            addend = 0
+                            for j in b..<(b + 8) {
+                                addend = addFm(Int64(addend), (Int64(qRow[j]) * Int64(kRow[j])) >> 22, &wQK)
+                            }
+                        }
+                        addend = mulFm(addend, scale, &wQK)
+                        s = addFm(Int64(s), Int64(addend), &wQK)
+                        b += 8
+                    }
+                    scores[ki] = s
+                }
+                // Running softmax in the kernel's key order.
+                let o = qi % 4
+                var rs = RunningSoftmax()
+                for step in 0..<T { rs.update(scores[(o + step) % T], &wSoft) }
+                let recip = recipFm(rs.sum, &wSoft)
+                var weightSum: Int64 = 0
+                for step in 0..<T {
+                    let ki = (o + step) % T
+                    let dExact = Int64(scores[ki]) - Int64(rs.bias)
+                    if outsideFm(dExact) { wSoft += 1 }
+                    let e = expFm(wrapFm(dExact), &wSoft)
+                    let a = mulFm(e, recip, &wSoft)
+                    weights[ki] = Int64(a)
+                    weightSum += abs(Int64(a))
+                }
+                // attn × V: acc = v*a (floored), acc += previous, keys in the same order.
+                let outRow = out + qi * D + off
+                let bound = Double(maxAbsV) * Double(weightSum) / 4_194_304.0 + Double(T) + 1
+                if bound < 2_147_483_647.0 {
+                    for d in 0..<hd { acc[d] = 0 }
+                    acc.withUnsafeMutableBufferPointer { ab in
+                        for ki in 0..<T {
+                            let a = weights[ki]
+                            let vRow = v + ki * D + off
+                            for d in 0..<hd { ab[d] &+= (Int64(vRow[d]) &* a) &>> 22 }
+                        }
+                    }
+                    for d in 0..<hd { outRow[d] = Int32(truncatingIfNeeded: acc[d]) }
+                } else {
+                    for d in 0..<hd {
+                        var r: Int32 = 0
+                        for step in 0..<T {
+                            let ki = (o + step) % T
+                            let prod = (Int64(v[ki * D + off + d]) * weights[ki]) >> 22
+                            if outsideFm(prod) { wAV += 1 }
+                            r = step == 0 ? wrapFm(prod) : addFm(Int64(wrapFm(prod)), Int64(r), &wAV)
+                        }
+                        outRow[d] = r
+                    }
+                }
+            }
+        }
+        ledger.add(layer, "attn.qk", wQK)
+        ledger.add(layer, "attn.softmax", wSoft)
+        ledger.add(layer, "attn.av", wAV)
+    }
+
+    /// moe.cpp `compute_moe` (gating, queues, experts, weighted accumulation).
+    func moe(input: UnsafePointer<Int32>, out: UnsafeMutablePointer<Int32>, gate: FixedLinear,
+             fc1: [FixedLinear], fc2: [FixedLinear], layer: Int,
+             gathered: UnsafeMutablePointer<Int32>, hidden: UnsafeMutablePointer<Int32>,
+             expertOut: UnsafeMutablePointer<Int32>, xh: UnsafeMutablePointer<Int32>,
+             xl: UnsafeMutablePointer<Int32>, ledger: inout WrapLedger) -> MoERoutingFixed {
+        let D = config.embedDim, T = config.tokens, E = config.experts, K = config.topK
+        var wGate = 0, wSoft = 0, wExpert = 0, wExpertGelu = 0, wCombine = 0, unused = 0
+        var logits = [Int32](repeating: 0, count: T * E)
+        logits.withUnsafeMutableBufferPointer { lb in
+            linearForward(gate, input: input, rows: T, output: lb.baseAddress!, gelu: false, xh: xh, xl: xl,
+                          wraps: &wGate, geluWraps: &unused, form: .blockSum8)
+        }
+        var topExperts = [Int32](repeating: 0, count: T * K)
+        var topWeights = [Float](repeating: 0, count: T * K)
+        var queues = [[Int32]](repeating: [], count: E)
+        var queueScores = [[Int32]](repeating: [], count: E)
+        var idx = [Int](repeating: 0, count: K)
+        var vals = [Int32](repeating: 0, count: K)
+        logits.withUnsafeBufferPointer { lb in
+            for t in 0..<T {
+                let row = UnsafeBufferPointer(rebasing: lb[(t * E)..<(t * E + E)])
+                var rs = RunningSoftmax()
+                for e in 0..<E { rs.update(row[e], &wSoft) }
+                topKFixed(row, k: K, indices: &idx, values: &vals)
+                for j in 0..<K {
+                    let dExact = Int64(vals[j]) - Int64(rs.bias)
+                    if outsideFm(dExact) { wSoft += 1 }
+                    let e = expFm(wrapFm(dExact), &wSoft)
+                    let wgt = divFm(e, rs.sum, &wSoft)
+                    topExperts[t * K + j] = Int32(idx[j])
+                    topWeights[t * K + j] = Float(Double(wgt) / 4_194_304.0)
+                    queues[idx[j]].append(Int32(t))
+                    queueScores[idx[j]].append(wgt)
+                }
+            }
+        }
+        for i in 0..<(T * D) { out[i] = 0 }
+        for e in 0..<E where !queues[e].isEmpty {
+            let n = queues[e].count
+            for (j, tok) in queues[e].enumerated() {
+                (gathered + j * D).update(from: input + Int(tok) * D, count: D)
+            }
+            linearForward(fc1[e], input: gathered, rows: n, output: hidden, gelu: true, xh: xh, xl: xl,
+                          wraps: &wExpert, geluWraps: &wExpertGelu)
+            linearForward(fc2[e], input: hidden, rows: n, output: expertOut, gelu: false, xh: xh, xl: xl,
+                          wraps: &wExpert, geluWraps: &wExpertGelu)
+            for (j, tok) in queues[e].enumerated() {
+                let s = queueScores[e][j]
+                let dst = out + Int(tok) * D, src = expertOut + j * D
+                for d in 0..<D {
+                    let prod = mulFm(src[d], s, &wCombine)
+                    dst[d] = addFm(Int64(prod), Int64(dst[d]), &wCombine)
+                }
+            }
+        }
+        ledger.add(layer, "moe.gate", wGate)
+        ledger.add(layer, "moe.softmax", wSoft)
+        ledger.add(layer, "moe.expert", wExpert + wExpertGelu)
+        ledger.add(layer, "moe.combine", wCombine)
+        return MoERoutingFixed(block: layer, topExperts: topExperts, topWeights: topWeights, queues: queues)
+    }
+}
+
+/// layernorm.cpp for one token row of n fm_t values: see ``FixedBackbone``. `weight` is wt_norm_t raw
+/// (11 fraction bits), `bias` already in fm_t raw units.
+func layerNormRow(_ x: UnsafePointer<Int32>, out: UnsafeMutablePointer<Int32>, n: Int, invDim: Int32, eps: Int64,
+                  weight: [Int32], bias: [Int32], wraps: inout Int) {
+    var mean: Int32 = 0, meanSq: Int32 = 0
+    var b = 0
+    while b < n {
+        var pm: Int32 = 0, pms: Int32 = 0
+        for i in b..<min(b + 8, n) {
+            let xi = x[i]
+            let term = mulFm(xi, invDim, &wraps)                               // x_dim_mean_term
+            pm = addFm(Int64(pm), Int64(term), &wraps)                          // partial_mean += term
+            pms = addFm(Int64(pms), (Int64(xi) * Int64(term)) >> 22, &wraps)    // partial_mean_sq += x*term
+        }
+        mean = addFm(Int64(mean), Int64(pm), &wraps)
+        meanSq = addFm(Int64(meanSq), Int64(pms), &wraps)
+        b += 8
+    }
+    let sqMean = mulFm(mean, mean, &wraps)
+    let variance = addFm(Int64(meanSq) - Int64(sqMean), eps, &wraps)
+    let rstd = recipFm(sqrtFm(variance, &wraps), &wraps)
+    for i in 0..<n {
+        var t = addFm(Int64(x[i]), -Int64(mean), &wraps)                       // x_dim -= mean
+        t = mulFm(t, rstd, &wraps)                                              // x_dim *= rstddev
+        let pw = (Int64(t) * Int64(weight[i])) >> 11                            // x_dim *= weights[dim]
+        if outsideFm(pw) { wraps += 1 }
+        out[i] = addFm(Int64(wrapFm(pw)), Int64(bias[i]), &wraps)               // x_dim += bias[dim]
+    }
+}

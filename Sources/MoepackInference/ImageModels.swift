@@ -1,0 +1,107 @@
+import Foundation
+import MoepackCore
+import MoepackModel
+import MoepackFixedPoint
+import MoepackPacking
+
+/// Which datapath runs the backbone from a packed image.
+public enum InferenceMode: String, Sendable, Codable, CaseIterable {
+    /// Dequantize the image's weights and run in float32 (exact GELU, float softmax): checks the packed weights.
+    case float
+    /// Emulate the Edge-MoE kernel's fixed-point arithmetic on the raw image values: what the board outputs.
+    case fixed
+}
+
+/// One frame's result from either datapath, in a common form.
+public struct FrameResult: Sendable {
+    /// Backbone output [tokens, D] float32.
+    public var output: [Float]
+    /// x after each block, [depth][tokens·D] (empty unless recorded).
+    public var blockOutputs: [[Float]]
+    /// Per MoE block: top-k experts [tokens, k].
+    public var routing: [(block: Int, topExperts: [Int32], topWeights: [Float], queues: [[Int32]])]
+    /// Fixed mode only: wrap-arounds seen per layer and unit.
+    public var overflow: [OverflowCount]
+}
+
+extension PackedImage {
+    /// Raw fixed-point values of buffer `name` (sign- or zero-extended to Int32) with their format.
+    public func rawArray(_ name: String) throws -> RawArray {
+        let t = try type(of: name)
+        let bytes = try raw(name)
+        return RawArray(raw: Self.ints(bytes, type: t), shape: manifest.buffer(name)!.shape,
+                        fracBits: t.fractionBits, width: t.width, signed: t.signed)
+    }
+
+    static func ints(_ bytes: ArraySlice<UInt8>, type t: FixedType) -> [Int32] {
+        let eb = t.containerBytes
+        let n = bytes.count / eb
+        var out = [Int32](repeating: 0, count: n)
+        bytes.withUnsafeBytes { src in
+            for i in 0..<n {
+                var v: UInt64 = 0
+                for k in 0..<eb { v |= UInt64(src[i * eb + k]) << (8 * k) }
+                let shift = UInt64(64 - t.width)
+                let x = t.signed ? Int64(bitPattern: v << shift) >> Int64(shift) : Int64(bitPattern: (v << shift) >> shift)
+                out[i] = Int32(truncatingIfNeeded: x)
+            }
+        }
+        return out
+    }
+
+    /// The kernel's arrays as raw integers for the fixed-point emulation, with `task`'s gates in `moe_w_gate`.
+    /// - Throws: ``MoepackError`` when a buffer is missing or the task is not in the image.
+    public func kernelArrays(task: Int? = nil) throws -> KernelArrays {
+        var arrays: [String: RawArray] = [:]
+        for name in KernelTensors.arrayNames { arrays[name] = try rawArray(name) }
+        let want = task ?? manifest.task
+        if let gates = manifest.task_gates, !gates.isEmpty {
+            guard let g = gates.first(where: { $0.task == want }) else {
+                throw MoepackError(.usage, file: directory, item: "--task", "task \(want) is not in this image (packed: \(gates.map { String($0.task) }.joined(separator: ",")))")
+            }
+            let t = try type(of: "moe_w_gate")
+            var a = arrays["moe_w_gate"]!
+            a.raw = Self.ints(try raw(offset: g.offset, count: g.bytes), type: t)
+            arrays["moe_w_gate"] = a
+        } else if want != manifest.task {
+            throw MoepackError(.usage, file: directory, item: "--task", "task \(want) is not in this image (packed: \(manifest.task); pack with --task all for every task)")
+        }
+        return KernelArrays(config: manifest.model, arrays: arrays)
+    }
+}
+
+/// A backbone ready to run frames, built from a packed image alone.
+public final class ImageModel: Sendable {
+    public let mode: InferenceMode
+    public let task: Int
+    public let config: M3ViTConfig
+    private let float: FloatBackbone?
+    private let fixed: FixedBackbone?
+
+    /// - Throws: ``MoepackError`` when the image is inconsistent or lacks the task.
+    public init(image: PackedImage, mode: InferenceMode, task: Int? = nil) throws {
+        self.mode = mode
+        self.task = task ?? image.manifest.task
+        config = image.manifest.model
+        switch mode {
+        case .float:
+            float = FloatBackbone(weights: try image.backboneWeights(task: task))
+            fixed = nil
+        case .fixed:
+            fixed = try FixedBackbone(arrays: try image.kernelArrays(task: task))
+            float = nil
+        }
+    }
+
+    /// Runs one frame.
+    public func run(_ frame: Frame, recordBlocks: Bool = false) throws -> FrameResult {
+        if let float {
+            let r = try float.forward(pixels: frame.pixels, recordBlocks: recordBlocks)
+            return FrameResult(output: r.output, blockOutputs: r.blockOutputs,
+                               routing: r.routing.map { ($0.block, $0.topExperts, $0.topWeights, $0.queues) }, overflow: [])
+        }
+        let r = try fixed!.forward(pixels: frame.bytes, recordBlocks: recordBlocks)
+        return FrameResult(output: r.output, blockOutputs: r.blockOutputs,
+                           routing: r.routing.map { ($0.block, $0.topExperts, $0.topWeights, $0.queues) }, overflow: r.overflow)
+    }
+}

@@ -1,0 +1,233 @@
+import Foundation
+import MoepackCore
+import MoepackModel
+import MoepackPacking
+import MoepackInference
+
+/// Pass/fail thresholds of `moepack verify`.
+public struct VerifyThresholds: Sendable, Codable, Equatable {
+    /// Minimum cosine similarity of the output against the float model.
+    public var min_cosine: Double?
+    /// Maximum MSE of the output against the float model.
+    public var max_mse: Double?
+    /// Minimum fraction of tokens whose top-k expert set agrees, in every MoE block.
+    public var min_routing_agreement: Double
+
+    /// Float path: cosine ≥ 0.9999 and agreement ≥ 0.98. Fixed path: the published testbench's
+    /// acceptance MSE ≤ 0.1 and agreement ≥ 0.97.
+    public static func defaults(for mode: InferenceMode) -> VerifyThresholds {
+        switch mode {
+        case .float: return VerifyThresholds(min_cosine: 0.9999, max_mse: nil, min_routing_agreement: 0.98)
+        case .fixed: return VerifyThresholds(min_cosine: nil, max_mse: 0.1, min_routing_agreement: 0.97)
+        }
+    }
+}
+
+/// Error of one block's output (x after the block) against the float model.
+public struct BlockReport: Sendable, Codable, Equatable {
+    public var block: Int
+    public var mse: Double
+    public var max_abs_error: Double
+    public var cosine: Double
+}
+
+/// Routing agreement of one MoE block.
+public struct MoEBlockReport: Sendable, Codable, Equatable {
+    public var block: Int
+    /// Fraction of tokens whose top-k expert set equals the float model's.
+    public var routing_agreement: Double
+    /// Fraction of tokens whose first choice equals the float model's.
+    public var top1_agreement: Double
+}
+
+public struct OverflowReport: Sendable, Codable, Equatable {
+    public var layer: Int
+    public var unit: String
+    public var count: Int
+}
+
+public struct FrameReport: Sendable, Codable, Equatable {
+    public var frame: String
+    public var note: String?
+    public var output: ComparisonMetrics
+    public var blocks: [BlockReport]
+    public var moe_blocks: [MoEBlockReport]
+    /// Fixed mode: wrap-arounds per layer/unit (only non-zero entries).
+    public var overflow: [OverflowReport]?
+}
+
+public struct VerifyReport: Sendable, Codable, Equatable {
+    public var format = "moepack-verify/1"
+    public var image: String
+    public var image_sha256: String
+    public var checkpoint: String
+    public var mode: InferenceMode
+    public var task: Int
+    public var thresholds: VerifyThresholds
+    public var frames: [FrameReport]
+    /// Per-metric mean over frames and the worst frame.
+    public var summary: Summary
+    /// Fixed mode: per MoE block, worst routing agreement over frames (same as moe_blocks when one frame).
+    public var moe_blocks: [MoEBlockReport]
+    public var passed: Bool
+    public var failures: [String]
+    public var notes: [String]
+
+    public struct Summary: Sendable, Codable, Equatable {
+        public var frames: Int
+        public var mean_mse: Double
+        public var mean_cosine: Double
+        public var worst_mse: Double
+        public var worst_mse_frame: String
+        public var worst_cosine: Double
+        public var worst_cosine_frame: String
+        public var max_abs_error: Double
+        public var min_routing_agreement: Double
+        public var total_overflow: Int
+    }
+}
+
+/// A named input frame.
+public struct NamedFrame: Sendable {
+    public var name: String
+    public var frame: Frame
+    public init(name: String, frame: Frame) { self.name = name; self.frame = frame }
+}
+
+/// Runs the packed image (float or fixed datapath) and the unquantized float model from the
+/// checkpoint on each frame and compares them: output error, per-block error, per-MoE-block routing
+/// agreement, and (fixed) overflow counts. Frames run in parallel across the cores.
+/// - Parameters:
+///   - reference: kernel-form float weights from the checkpoint (``KernelTensors/backboneWeights(task:)``).
+/// - Throws: ``MoepackError`` when the image and the checkpoint describe different models.
+public func verify(image: PackedImage, reference: BackboneWeights, frames: [NamedFrame], mode: InferenceMode,
+                   task: Int?, thresholds: VerifyThresholds, checkpointPath: String,
+                   progress: (@Sendable (Int, Int) -> Void)? = nil) throws -> VerifyReport {
+    let cfg = image.manifest.model
+    guard reference.config.embedDim == cfg.embedDim, reference.config.depth == cfg.depth,
+          reference.config.moeBlocks == cfg.moeBlocks, reference.config.experts == cfg.experts,
+          reference.config.tokens == cfg.tokens else {
+        throw MoepackError(.mismatch, file: checkpointPath, "the checkpoint's model does not match the image's (\(image.directory))")
+    }
+    let model = try ImageModel(image: image, mode: mode, task: task)
+    let float = FloatBackbone(weights: reference)
+    let results = ResultBox(count: frames.count)
+    let counter = ResultBox(count: 1)
+    let workers = min(frames.count, max(1, ProcessInfo.processInfo.activeProcessorCount))
+    DispatchQueue.concurrentPerform(iterations: workers) { w in
+        var i = w
+        while i < frames.count {
+            let nf = frames[i]
+            do {
+                let got = try model.run(nf.frame, recordBlocks: true)
+                let want = try float.forward(pixels: nf.frame.pixels, recordBlocks: true)
+                results.set(i, .success(compareFrame(name: nf.name, note: nf.frame.note, got: got, want: want, k: cfg.topK)))
+            } catch {
+                results.set(i, .failure(error))
+            }
+            progress?(counter.increment(), frames.count)
+            i += workers
+        }
+    }
+    var reports: [FrameReport] = []
+    for r in results.values {
+        switch r! {
+        case .success(let f): reports.append(f)
+        case .failure(let e): throw e
+        }
+    }
+    var failures: [String] = []
+    let worstMSE = reports.max { $0.output.mse < $1.output.mse }!
+    let worstCos = reports.min { $0.output.cosine < $1.output.cosine }!
+    var moeWorst: [MoEBlockReport] = []
+    for (j, b) in cfg.moeBlocks.enumerated() {
+        let ra = reports.map { $0.moe_blocks[j].routing_agreement }.min() ?? 1
+        let t1 = reports.map { $0.moe_blocks[j].top1_agreement }.min() ?? 1
+        moeWorst.append(MoEBlockReport(block: b, routing_agreement: ra, top1_agreement: t1))
+        if ra < thresholds.min_routing_agreement {
+            failures.append("MoE block \(b): routing agreement \(String(format: "%.4f", ra)) < \(thresholds.min_routing_agreement)")
+        }
+    }
+    if let c = thresholds.min_cosine, worstCos.output.cosine < c {
+        failures.append("cosine \(String(format: "%.6f", worstCos.output.cosine)) < \(c) (frame \(worstCos.frame))")
+    }
+    if let m = thresholds.max_mse, worstMSE.output.mse > m {
+        failures.append("MSE \(String(format: "%.3g", worstMSE.output.mse)) > \(m) (frame \(worstMSE.frame))")
+    }
+    let totalOverflow = reports.reduce(0) { $0 + ($1.overflow ?? []).reduce(0) { $0 + $1.count } }
+    var notes: [String] = []
+    if mode == .fixed {
+        notes.append("exp, sqrt and reciprocal use correctly rounded float64 results converted to the kernel's types; Vitis hls_math may differ in the last bits.")
+    }
+    for f in reports { if let n = f.note { notes.append("\(f.frame): \(n)") } }
+    let n = Double(reports.count)
+    return VerifyReport(
+        image: image.directory, image_sha256: image.manifest.image.sha256, checkpoint: checkpointPath, mode: mode,
+        task: model.task, thresholds: thresholds, frames: reports,
+        summary: .init(frames: reports.count,
+                       mean_mse: reports.reduce(0) { $0 + $1.output.mse } / n,
+                       mean_cosine: reports.reduce(0) { $0 + $1.output.cosine } / n,
+                       worst_mse: worstMSE.output.mse, worst_mse_frame: worstMSE.frame,
+                       worst_cosine: worstCos.output.cosine, worst_cosine_frame: worstCos.frame,
+                       max_abs_error: reports.map(\.output.max_abs_error).max() ?? 0,
+                       min_routing_agreement: moeWorst.map(\.routing_agreement).min() ?? 1,
+                       total_overflow: totalOverflow),
+        moe_blocks: moeWorst, passed: failures.isEmpty, failures: failures, notes: notes)
+}
+
+func compareFrame(name: String, note: String?, got: FrameResult, want: ForwardResult, k: Int) -> FrameReport {
+    let out = ComparisonMetrics(got.output, reference: want.output)
+    var blocks: [BlockReport] = []
+    for (i, (g, w)) in zip(got.blockOutputs, want.blockOutputs).enumerated() {
+        let m = ComparisonMetrics(g, reference: w)
+        blocks.append(BlockReport(block: i, mse: m.mse, max_abs_error: m.max_abs_error, cosine: m.cosine))
+    }
+    var moe: [MoEBlockReport] = []
+    for (g, w) in zip(got.routing, want.routing) {
+        let tokens = w.topExperts.count / k
+        var top1 = 0
+        for t in 0..<tokens where g.topExperts[t * k] == w.topExperts[t * k] { top1 += 1 }
+        moe.append(MoEBlockReport(block: w.block, routing_agreement: routingAgreement(g.topExperts, w.topExperts, k: k),
+                                  top1_agreement: Double(top1) / Double(max(tokens, 1))))
+    }
+    let overflow = got.overflow.filter { $0.count > 0 }.map { OverflowReport(layer: $0.layer, unit: $0.unit, count: $0.count) }
+    return FrameReport(frame: name, note: note, output: out, blocks: blocks, moe_blocks: moe,
+                       overflow: got.overflow.isEmpty && overflow.isEmpty ? nil : overflow)
+}
+
+/// Thread-safe result slots for parallel frames.
+final class ResultBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private(set) var values: [Result<FrameReport, Error>?]
+    private var counter = 0
+    init(count: Int) { values = Array(repeating: nil, count: count) }
+    func set(_ i: Int, _ r: Result<FrameReport, Error>) { lock.lock(); values[i] = r; lock.unlock() }
+    func increment() -> Int { lock.lock(); counter += 1; let c = counter; lock.unlock(); return c }
+}
+
+/// Human-readable verification report.
+public func renderVerifyReport(_ r: VerifyReport) -> String {
+    func f(_ x: Double, _ p: Int = 4) -> String { String(format: "%.\(p)g", x) }
+    var s = "verify \(r.image) (\(r.mode.rawValue) datapath, task \(r.task)) against the float model of \(r.checkpoint)\n"
+    if r.frames.count == 1 {
+        let o = r.frames[0].output
+        s += "  output [tokens, D]: MSE \(f(o.mse)), max |err| \(f(o.max_abs_error)), cosine \(String(format: "%.6f", o.cosine)) (reference RMS \(f(o.reference_rms)))\n"
+        s += "  per block max |err|: " + r.frames[0].blocks.map { "\($0.block):\(f($0.max_abs_error, 2))" }.joined(separator: " ") + "\n"
+    } else {
+        let sm = r.summary
+        s += "  \(sm.frames) frames: mean MSE \(f(sm.mean_mse)), worst \(f(sm.worst_mse)) (\(sm.worst_mse_frame)); mean cosine \(String(format: "%.6f", sm.mean_cosine)), worst \(String(format: "%.6f", sm.worst_cosine)) (\(sm.worst_cosine_frame)); max |err| \(f(sm.max_abs_error))\n"
+    }
+    s += "  routing agreement (top-\(r.frames.first.map { _ in "k" } ?? "k") set, worst frame): " + r.moe_blocks.map { "block \($0.block) \(String(format: "%.3f", $0.routing_agreement))" }.joined(separator: ", ") + "\n"
+    if r.mode == .fixed {
+        s += "  accumulator wrap-arounds: \(r.summary.total_overflow)"
+        if let o = r.frames.first?.overflow, !o.isEmpty {
+            s += " (" + o.prefix(6).map { "layer \($0.layer) \($0.unit): \($0.count)" }.joined(separator: ", ") + (o.count > 6 ? ", …" : "") + ")"
+        }
+        s += "\n"
+    }
+    for n in r.notes { s += "  note: \(n)\n" }
+    let th = r.thresholds
+    let crit = [th.min_cosine.map { "cosine ≥ \($0)" }, th.max_mse.map { "MSE ≤ \($0)" }, "routing agreement ≥ \(th.min_routing_agreement)"].compactMap { $0 }.joined(separator: ", ")
+    s += r.passed ? "PASS (\(crit))" : "FAIL: " + r.failures.joined(separator: "; ")
+    return s
+}

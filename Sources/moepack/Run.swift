@@ -1,0 +1,168 @@
+import ArgumentParser
+import Foundation
+import MoepackCore
+import MoepackCheckpoint
+import MoepackModel
+import MoepackPacking
+import MoepackInference
+import MoepackVerify
+
+extension InferenceMode: ExpressibleByArgument {}
+
+/// Frame arguments shared by run and verify.
+struct FrameOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Input frame: raw uint8 [3,H,W], .npy (uint8 or float byte/256), PNG, or a folder of frames; repeatable. Frames of another size are resized with an area filter.", valueName: "frame"))
+    var image: [String] = []
+
+    /// Expands folders (sorted file names) and loads every frame.
+    func load(config: M3ViTConfig) throws -> [NamedFrame] {
+        guard !image.isEmpty else { throw MoepackError(.usage, "give at least one --image FRAME") }
+        var paths: [String] = []
+        for p in image {
+            var isDir: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: p, isDirectory: &isDir) else {
+                throw MoepackError(.io, file: p, "no such file or folder")
+            }
+            if isDir.boolValue {
+                let names = ((try? FileManager.default.contentsOfDirectory(atPath: p)) ?? []).filter { !$0.hasPrefix(".") }.sorted()
+                paths += names.map { (p as NSString).appendingPathComponent($0) }
+            } else {
+                paths.append(p)
+            }
+        }
+        return try paths.map { NamedFrame(name: $0, frame: try FrameLoader.load(path: $0, config: config)) }
+    }
+}
+
+func loadFrameBytes(_ path: String, config: M3ViTConfig) throws -> [UInt8] {
+    try FrameLoader.load(path: path, config: config).bytes
+}
+
+/// A progress line on a terminal for long runs (stderr, only when it is a TTY).
+func progressReporter(_ label: String) -> (@Sendable (Int, Int) -> Void)? {
+    guard isatty(2) != 0 else { return nil }
+    return { done, total in
+        if total < 4 { return }
+        FileHandle.standardError.write(Data("\r\(label) \(done)/\(total)\(done == total ? "\n" : "")".utf8))
+    }
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the backbone from a packed image alone and write its output [tokens, D] as float32 .npy.",
+        discussion: """
+        --mode float dequantizes the weights and runs in float32 (exact GELU, LayerNorm eps 1e-6, softmax over all
+        gate logits then top-k without renormalising, tokens grouped per expert as the kernel schedules them).
+        --mode fixed emulates the Edge-MoE kernel's fixed-point datapath with integer arithmetic; exp, sqrt and
+        reciprocal use correctly rounded float64 results converted to the kernel's types, so they may differ from
+        Vitis hls_math in the last bits.
+        """)
+
+    @Argument(help: "Folder written by `moepack pack`.")
+    var directory: String
+
+    @OptionGroup var frames: FrameOptions
+
+    @Option(name: .shortAndLong, help: "Output .npy file (one frame) or folder (several frames: <frame name>.npy each).")
+    var output: String
+
+    @Option(help: "Datapath: float or fixed.")
+    var mode: InferenceMode = .float
+
+    @Option(help: "Task (its gates must be in the image; default: the image's task).")
+    var task: Int?
+
+    func run() throws {
+        try guarded {
+            let image = try PackedImage(directory: directory)
+            let inputs = try frames.load(config: image.manifest.model)
+            let model = try ImageModel(image: image, mode: mode, task: task)
+            let c = image.manifest.model
+            if inputs.count == 1 {
+                let r = try model.run(inputs[0].frame)
+                try NpyWriter.write(Tensor(shape: [c.tokens, c.embedDim], values: r.output), to: output)
+                if let n = inputs[0].frame.note { note("moepack: \(inputs[0].name): \(n)") }
+                print("wrote \(output): [\(c.tokens), \(c.embedDim)] float32 (\(mode.rawValue) datapath, task \(model.task))")
+                return
+            }
+            let stage = try StagedDirectory(destination: output)
+            let progress = progressReporter("run")
+            var done = 0
+            for nf in inputs {
+                let r = try model.run(nf.frame)
+                let base = ((nf.name as NSString).lastPathComponent as NSString).deletingPathExtension
+                try NpyWriter.write(Tensor(shape: [c.tokens, c.embedDim], values: r.output), to: stage.path(base + ".npy"))
+                done += 1
+                progress?(done, inputs.count)
+            }
+            try stage.commit()
+            print("wrote \(inputs.count) outputs to \(output)/ ([\(c.tokens), \(c.embedDim)] float32 each, \(mode.rawValue) datapath, task \(model.task))")
+        }
+    }
+}
+
+struct Verify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Prove from a packed image alone that it computes the checkpoint's model.",
+        discussion: """
+        Runs the image (float or fixed datapath) and the unquantized float model from the checkpoint on each frame
+        and reports MSE, max abs error, cosine, per-block error and, for every MoE block, the fraction of tokens
+        whose top-k expert set agrees. Exits 1 below the thresholds (float: cosine ≥ 0.9999, agreement ≥ 0.98;
+        fixed: MSE ≤ 0.1 as the published testbench, agreement ≥ 0.97). Fixed mode: exp, sqrt and reciprocal use
+        correctly rounded float64 results, so they may differ from Vitis hls_math in the last bits.
+        """)
+
+    @Argument(help: "Folder written by `moepack pack`.")
+    var directory: String
+
+    @Option(help: "The checkpoint the image was packed from (the float reference).")
+    var checkpoint: String
+
+    @OptionGroup var frames: FrameOptions
+    @OptionGroup var checkpointOptions: CheckpointOptions
+
+    @Option(help: "Datapath of the image: float or fixed.")
+    var mode: InferenceMode = .float
+
+    @Option(help: "Task (default: the image's task).")
+    var task: Int?
+
+    @Option(help: "Minimum cosine similarity (default 0.9999 for float, none for fixed).")
+    var minCosine: Double?
+
+    @Option(help: "Maximum output MSE (default none for float, 0.1 for fixed).")
+    var maxMse: Double?
+
+    @Option(help: "Minimum routing agreement per MoE block (default 0.98 float, 0.97 fixed).")
+    var minRoutingAgreement: Double?
+
+    @Flag(help: "JSON report on stdout.")
+    var json = false
+
+    func run() throws {
+        try guarded {
+            let image = try PackedImage(directory: directory)
+            let inputs = try frames.load(config: image.manifest.model)
+            let source = try openCheckpoint(checkpoint, options: checkpointOptions.open)
+            let backbone = try BackboneCheckpoint(source: source, expected: image.manifest.model)
+            let folds = image.manifest.folds ?? checkpointOptions.folds
+            let kernel = try KernelTensors(checkpoint: backbone, folds: folds)
+            let reference = try kernel.backboneWeights(task: task ?? image.manifest.task)
+            var th = VerifyThresholds.defaults(for: mode)
+            if let minCosine { th.min_cosine = minCosine }
+            if let maxMse { th.max_mse = maxMse }
+            if let minRoutingAgreement { th.min_routing_agreement = minRoutingAgreement }
+            let report = try verify(image: image, reference: reference, frames: inputs, mode: mode, task: task,
+                                    thresholds: th, checkpointPath: checkpoint, progress: progressReporter("verify"))
+            if json {
+                let enc = JSONEncoder()
+                enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+                enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+                print(String(decoding: try enc.encode(report), as: UTF8.self))
+            } else {
+                print(renderVerifyReport(report))
+            }
+            if !report.passed { throw ExitCode(1) }
+        }
+    }
+}

@@ -1,2 +1,0 @@
-import XCTest
-final class CheckpointTestsPlaceholder: XCTestCase { func testPlaceholder() {} }

@@ -1,2 +1,0 @@
-import XCTest
-final class FixedPointTestsPlaceholder: XCTestCase { func testPlaceholder() {} }
