@@ -28,7 +28,8 @@
 # on timings.
 #
 # Environment: MOEPACK (binary, default .build/release/moepack), BENCH_RUNS (5), BENCH_FRAMES (20),
-# PYTHON, BENCH_REFERENCE=committed (use the committed reference figures even when torch is available). Outputs and logs go to bench/out/ (git-ignored); the table is also written to
+# PYTHON, BENCH_REFERENCE=committed (use the committed reference figures even when torch is available).
+# A full run with torch also writes its reference medians to bench/out/reference-figures.json. Outputs and logs go to bench/out/ (git-ignored); the table is also written to
 # bench/out/results.md.
 set -uo pipefail
 
@@ -221,7 +222,8 @@ fi
 # ---------------------------------------------------------------------------------------------
 # Committed reference figures
 # ---------------------------------------------------------------------------------------------
-if $REF_ONLY; then
+# write_figures FILE: the reference medians of this run as JSON (one job per line).
+write_figures() {
     job() {   # job NAME KEY EXTRA → one JSON line
         local extra=${3:-}
         printf '  "%s": {"wall_s": %s, "rss_kb": %s%s}' "$1" "${WALL[$2]:-null}" "${RSS[$2]:-null}" "$extra"
@@ -229,7 +231,7 @@ if $REF_ONLY; then
     cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')
     {
         echo "{"
-        echo " \"description\": \"Medians of $RUNS whole-process runs (after 1 warm-up) of the reference scripts (bench/reference_pack.py, bench/reference_forward.py) under GNU time; written by bash bench/run.sh --write-reference-figures. Shown by bench/run.sh when no Python with torch is available.\","
+        echo " \"description\": \"Medians of $RUNS whole-process runs (after 1 warm-up) of the reference scripts (bench/reference_pack.py, bench/reference_forward.py) under GNU time, written by bench/run.sh. Shown by bench/run.sh when no Python with torch is available.\","
         echo " \"date\": \"$(date -u +%Y-%m-%d)\","
         echo " \"runs\": $RUNS,"
         echo " \"machine\": {\"nproc\": $(nproc), \"cpu\": \"$cpu\", \"ram_kb\": $(awk '/MemTotal/ { print $2 }' /proc/meminfo), \"load_average_start\": \"$LOAD_START\", \"load_average_end\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"},"
@@ -240,10 +242,15 @@ if $REF_ONLY; then
         job pack-small ref-pack-small ", \"checkpoint_bytes\": $(stat -c %s "$CK_SMALL")"; echo
         echo " }"
         echo "}"
-    } > "$FIGURES"
+    } > "$1"
+}
+if $REF_ONLY; then
+    write_figures "$FIGURES"
     cat "$FIGURES"
     exit 0
 fi
+# Every full run with torch also leaves its reference medians where they can be committed from.
+have_ref && write_figures "$OUT/reference-figures.json"
 
 # ---------------------------------------------------------------------------------------------
 # Table
@@ -307,6 +314,9 @@ size_mb() { [ -f "$1" ] && awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f M
     done
     if [ -n "$RUN_MODE" ]; then
         echo "moepack per-frame time = (median wall of a $FRAMES-frame run − median wall of a 1-frame run) / $((FRAMES - 1)) (frames via $RUN_MODE); reference = median of bench/reference_forward.py's in-process ms/frame."
+    fi
+    if awk -v a="${LOAD_START%% *}" -v b="$(cut -d' ' -f1 /proc/loadavg)" -v n="$(nproc)" 'BEGIN { exit !(a > n || b > n) }'; then
+        echo "Warning: the 1-minute load average ($LOAD_START at start, $(cut -d' ' -f1-3 /proc/loadavg) at end) exceeded the $(nproc) cores: other processes competed for the CPU and these figures are unreliable, multi-threaded ones (PyTorch's 2-thread pool) most of all. Re-run on a quiet machine."
     fi
     if ! have_ref; then
         echo "Reference column: the committed figures of $FIG_DATE (bench/reference-figures.json; no Python with torch used for this run)."
