@@ -257,7 +257,7 @@ have_ref && write_figures "$OUT/reference-figures.json"
 # ---------------------------------------------------------------------------------------------
 fmt_s()  { [ -n "${1:-}" ] && awk -v x="$1" 'BEGIN { if (x < 1) printf "%.0f ms", x * 1000; else printf "%.2f s", x }'; }
 fmt_ms() { [ -n "${1:-}" ] && awk -v x="$1" 'BEGIN { printf "%.1f ms/frame", x }'; }
-fmt_mb() { [ -n "${1:-}" ] && awk -v x="$1" 'BEGIN { printf "%.0f MB", x / 1024 }'; }
+fmt_mb() { [ -n "${1:-}" ] && awk -v x="$1" 'BEGIN { printf "%.0f MiB", x / 1024 }'; }
 ratio()  { [ -n "${1:-}" ] && [ -n "${2:-}" ] && awk -v r="$1" -v m="$2" 'BEGIN { if (m > 0) printf "%.1f×", r / m }'; }
 
 # row LABEL MOE_KEY REF_KEY FIG_KEY UNIT(s|ms)
