@@ -1,0 +1,326 @@
+#!/usr/bin/env bash
+# bench/run.sh — time moepack against the NumPy/PyTorch scripts a user would otherwise write.
+#
+# Usage (from anywhere):  bash bench/run.sh        (make bench = make release && bash bench/run.sh)
+#                         bash bench/run.sh --write-reference-figures
+#                             runs only the reference scripts and rewrites bench/reference-figures.json
+#
+# Needs .build/release/moepack (builds nothing). Each job runs as a whole process under
+# `/usr/bin/time -f '%e %M'` (GNU time; installed with apt-get when missing and root): 1 warm-up run,
+# then $BENCH_RUNS (default 5) timed runs; the table shows medians. Wall time is taken from bash's
+# EPOCHREALTIME around the process (ms resolution) when available, else from %e; peak RSS is %M.
+#
+# Jobs:
+#   pack-tiny    moepack pack on bench/out/train-tiny.pth (float32 weights of the bundled model's shapes
+#                + AdamW state, ~214 MB) vs bench/reference_pack.py on the same file
+#   inspect      moepack inspect --json on models/m3vit-tiny-edge-moe.pth
+#   export       moepack export on models/m3vit-tiny-edge-moe.pth → safetensors
+#   run-float    moepack run --mode float, per frame = (T(N frames) − T(1 frame)) / (N−1), N = $BENCH_FRAMES
+#                (20), vs bench/reference_forward.py ms/frame (PyTorch CPU, 2 threads)
+#   run-fixed    the same with --mode fixed (no reference)
+#   pack-small   pack on bench/out/train-small.pth (ViT-Small-sized, ~860 MB) with --profile bench/vit-small.json,
+#                both tools, plus the growth factors small ÷ tiny (file bytes, moepack, reference)
+#
+# The bench checkpoints are generated when missing, only if a Python with torch is available:
+# $PYTHON, <repo>/.venv/bin/python, /work/venv/bin/python or python3 (the first that imports torch+numpy).
+# Without one, the reference column shows the committed figures in bench/reference-figures.json and
+# their date. Machines are noisy: compare medians and ratios, not single runs. Nothing here asserts
+# on timings.
+#
+# Environment: MOEPACK (binary, default .build/release/moepack), BENCH_RUNS (5), BENCH_FRAMES (20),
+# PYTHON, BENCH_REFERENCE=committed (use the committed reference figures even when torch is available).
+# A full run with torch also writes its reference medians to bench/out/reference-figures.json. Outputs and logs go to bench/out/ (git-ignored); the table is also written to
+# bench/out/results.md.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+BIN="${MOEPACK:-.build/release/moepack}"
+RUNS="${BENCH_RUNS:-5}"
+FRAMES="${BENCH_FRAMES:-20}"
+OUT=bench/out
+LOG="$OUT/logs"
+BUNDLED=models/m3vit-tiny-edge-moe.pth
+FRAME=models/demo-frame.u8
+CK_TINY="$OUT/train-tiny.pth"
+CK_SMALL="$OUT/train-small.pth"
+PROFILE_SMALL=bench/vit-small.json
+FIGURES=bench/reference-figures.json
+
+die() { echo "bench: $*" >&2; exit 1; }
+
+REF_ONLY=false
+case "${1:-}" in
+    "") ;;
+    --write-reference-figures) REF_ONLY=true ;;
+    *) die "usage: bash bench/run.sh [--write-reference-figures]" ;;
+esac
+
+$REF_ONLY || [ -x "$BIN" ] || die "$BIN not found or not executable. Build it first: make release (swift build -c release --product moepack), then run bash bench/run.sh (or make bench)."
+(( RUNS >= 1 )) || die "BENCH_RUNS must be >= 1"
+(( FRAMES >= 2 )) || die "BENCH_FRAMES must be >= 2"
+
+# GNU time (Debian package `time`).
+if ! /usr/bin/time -f '%e %M' -o /dev/null true >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "bench: installing GNU time (apt-get install time)" >&2
+        apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null \
+            || die "could not install GNU time"
+    else
+        die "GNU time (/usr/bin/time) is missing: install the Debian package 'time' (sudo apt-get install time)"
+    fi
+fi
+
+# A Python with torch + numpy, if any.
+PY=""
+[ "${BENCH_REFERENCE:-}" = committed ] && ! $REF_ONLY && PYCANDS=() || PYCANDS=("${PYTHON:-}" "$ROOT/.venv/bin/python" /work/venv/bin/python python3)
+for cand in "${PYCANDS[@]}"; do
+    [ -n "$cand" ] || continue
+    command -v "$cand" >/dev/null 2>&1 || [ -x "$cand" ] || continue
+    if "$cand" -c 'import torch, numpy' >/dev/null 2>&1; then PY="$cand"; break; fi
+done
+
+$REF_ONLY && [ -z "$PY" ] && die "--write-reference-figures needs a Python with torch and numpy (set PYTHON)"
+
+mkdir -p "$LOG"
+rm -f "$LOG"/*
+
+if [ -n "$PY" ]; then
+    for size in tiny small; do
+        ck="$OUT/train-$size.pth"
+        if [ ! -f "$ck" ]; then
+            echo "bench: generating $ck (scripts/make_bench_checkpoint.py --size $size, seeded) ..." >&2
+            "$PY" scripts/make_bench_checkpoint.py --size "$size" "$ck" >&2 || die "generating $ck failed"
+        fi
+    done
+else
+    echo "bench: no Python with torch found: reference figures come from $FIGURES; jobs needing generated checkpoints run only if they already exist" >&2
+fi
+
+# ---------------------------------------------------------------------------------------------
+declare -A WALL RSS FAIL
+
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END { if (NR == 0) exit 1; if (NR % 2) printf "%.6g\n", a[(NR+1)/2]; else printf "%.6g\n", (a[NR/2]+a[NR/2+1])/2 }'
+}
+
+now() { if [ -n "${EPOCHREALTIME:-}" ]; then echo "${EPOCHREALTIME/,/.}"; else echo ""; fi; }
+
+# measure KEY CMD...: 1 warm-up + RUNS timed runs. Sets WALL[KEY] (s), RSS[KEY] (KiB), or FAIL[KEY].
+# stdout of timed run i is in $LOG/KEY.i.out, stderr in $LOG/KEY.i.err.
+measure() {
+    local key=$1; shift
+    local walls=() rsses=() i t0 t1 e m
+    echo "bench: $key: $*" >&2
+    for ((i = 0; i <= RUNS; i++)); do
+        t0=$(now)
+        if ! /usr/bin/time -f '%e %M' -o "$LOG/$key.time" "$@" >"$LOG/$key.$i.out" 2>"$LOG/$key.$i.err"; then
+            t1=$(now)
+            echo "bench: $key failed (run $i); last lines of $LOG/$key.$i.err:" >&2
+            tail -n 3 "$LOG/$key.$i.err" | sed 's/^/    /' >&2
+            FAIL[$key]=1
+            return 1
+        fi
+        t1=$(now)
+        ((i == 0)) && continue
+        read -r e m < <(tail -n 1 "$LOG/$key.time")
+        if [ -n "$t0" ] && [ -n "$t1" ]; then e=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }'); fi
+        walls+=("$e"); rsses+=("$m")
+    done
+    WALL[$key]=$(median "${walls[@]}")
+    RSS[$key]=$(median "${rsses[@]}" | awk '{ printf "%d\n", $1 + 0.5 }')
+}
+
+# Committed reference figure: figure KEY FIELD → value or empty.
+figure() {
+    [ -f "$FIGURES" ] || return 0
+    grep -E "^ *\"$1\": *\{" "$FIGURES" | sed -nE "s/.*\"$2\": *([0-9.eE+-]+).*/\\1/p" | head -n 1
+}
+FIG_DATE=$( [ -f "$FIGURES" ] && sed -nE 's/^ *"date": *"([^"]*)".*/\1/p' "$FIGURES" | head -n 1 )
+
+have_ref() { [ -n "$PY" ]; }
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------------------------
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+echo "bench: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), load average $LOAD_START" >&2
+
+# (a) pack on the training checkpoint
+if [ -f "$CK_TINY" ]; then
+    $REF_ONLY || measure pack-tiny "$BIN" pack "$CK_TINY" -o "$OUT/pack-moepack-tiny" --quiet
+    have_ref && measure ref-pack-tiny "$PY" bench/reference_pack.py "$CK_TINY" -o "$OUT/pack-ref-tiny"
+fi
+
+# (b) inspect and export on the bundled checkpoint
+if ! $REF_ONLY; then
+    measure inspect "$BIN" inspect "$BUNDLED" --json
+    measure export "$BIN" export "$BUNDLED" -o "$OUT/export.safetensors"
+fi
+
+# (c, d) run per frame
+PACKED="$OUT/packed-bundled"
+RUN_MODE=""
+if $REF_ONLY; then
+    :
+elif "$BIN" pack "$BUNDLED" -o "$PACKED" --quiet >"$LOG/prep-pack.out" 2>"$LOG/prep-pack.err"; then
+    RUN_HELP=$("$BIN" run --help 2>&1 || true)
+    if grep -q -- '--repeat' <<<"$RUN_HELP"; then
+        RUN_MODE=repeat
+    else
+        # A folder of N copies of the frame vs a folder of one.
+        for n in 1 "$FRAMES"; do
+            d="$OUT/frames-$n"; rm -rf "$d"; mkdir -p "$d"
+            for ((j = 0; j < n; j++)); do cp "$FRAME" "$d/$(printf 'frame-%03d.u8' "$j")"; done
+        done
+        if "$BIN" run "$PACKED" --image "$OUT/frames-1" --mode float -o "$OUT/run-probe" >"$LOG/probe.out" 2>"$LOG/probe.err"; then
+            RUN_MODE=folder
+        else
+            echo "bench: moepack run has no --repeat and does not take a folder of frames (see $LOG/probe.err): per-frame rows skipped" >&2
+        fi
+    fi
+else
+    echo "bench: packing the bundled checkpoint failed (see $LOG/prep-pack.err): run rows skipped" >&2
+fi
+run_n() {   # run_n MODE N → measure key run-MODE-N
+    local mode=$1 n=$2
+    if [ "$RUN_MODE" = repeat ]; then
+        measure "run-$mode-$n" "$BIN" run "$PACKED" --image "$FRAME" --mode "$mode" --repeat "$n" -o "$OUT/run-$mode-$n.npy"
+    else
+        rm -rf "$OUT/run-$mode-$n"
+        measure "run-$mode-$n" "$BIN" run "$PACKED" --image "$OUT/frames-$n" --mode "$mode" -o "$OUT/run-$mode-$n"
+    fi
+}
+per_frame() {   # per_frame MODE → sets WALL[run-MODE] (ms/frame), RSS[run-MODE]
+    local mode=$1
+    if [ -n "$RUN_MODE" ] && run_n "$mode" 1 && run_n "$mode" "$FRAMES"; then
+        WALL[run-$mode]=$(awk -v a="${WALL[run-$mode-1]}" -v b="${WALL[run-$mode-$FRAMES]}" -v n="$FRAMES" \
+            'BEGIN { printf "%.3f", (b - a) * 1000 / (n - 1) }')
+        RSS[run-$mode]=${RSS[run-$mode-$FRAMES]}
+    else
+        FAIL[run-$mode]=1
+    fi
+}
+if ! $REF_ONLY; then
+    per_frame float
+    per_frame fixed
+fi
+if have_ref; then
+    if measure ref-forward "$PY" bench/reference_forward.py --checkpoint "$BUNDLED" --image "$FRAME" --frames "$FRAMES" --warmup 3 --threads 2; then
+        ms=()
+        for ((i = 1; i <= RUNS; i++)); do ms+=("$(sed -nE 's/^ms\/frame: *([0-9.]+).*/\1/p' "$LOG/ref-forward.$i.out")"); done
+        WALL[ref-forward-ms]=$(median "${ms[@]}")
+    fi
+fi
+
+# (e) pack on the ViT-Small-sized checkpoint
+if [ -f "$CK_SMALL" ]; then
+    $REF_ONLY || measure pack-small "$BIN" pack "$CK_SMALL" -o "$OUT/pack-moepack-small" --profile "$PROFILE_SMALL" --quiet
+    have_ref && measure ref-pack-small "$PY" bench/reference_pack.py "$CK_SMALL" -o "$OUT/pack-ref-small" --profile "$PROFILE_SMALL"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Committed reference figures
+# ---------------------------------------------------------------------------------------------
+# write_figures FILE: the reference medians of this run as JSON (one job per line).
+write_figures() {
+    job() {   # job NAME KEY EXTRA → one JSON line
+        local extra=${3:-}
+        printf '  "%s": {"wall_s": %s, "rss_kb": %s%s}' "$1" "${WALL[$2]:-null}" "${RSS[$2]:-null}" "$extra"
+    }
+    cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')
+    {
+        echo "{"
+        echo " \"description\": \"Medians of $RUNS whole-process runs (after 1 warm-up) of the reference scripts (bench/reference_pack.py, bench/reference_forward.py) under GNU time, written by bench/run.sh. Shown by bench/run.sh when no Python with torch is available.\","
+        echo " \"date\": \"$(date -u +%Y-%m-%d)\","
+        echo " \"runs\": $RUNS,"
+        echo " \"machine\": {\"nproc\": $(nproc), \"cpu\": \"$cpu\", \"ram_kb\": $(awk '/MemTotal/ { print $2 }' /proc/meminfo), \"load_average_start\": \"$LOAD_START\", \"load_average_end\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"},"
+        echo " \"python\": \"$("$PY" -c 'import sys, torch, numpy; print(f"Python {sys.version.split()[0]}, torch {torch.__version__}, numpy {numpy.__version__}")')\","
+        echo " \"jobs\": {"
+        job pack-tiny ref-pack-tiny ", \"checkpoint_bytes\": $(stat -c %s "$CK_TINY")"; echo ","
+        job forward-float ref-forward ", \"ms_per_frame\": ${WALL[ref-forward-ms]:-null}, \"frames\": $FRAMES"; echo ","
+        job pack-small ref-pack-small ", \"checkpoint_bytes\": $(stat -c %s "$CK_SMALL")"; echo
+        echo " }"
+        echo "}"
+    } > "$1"
+}
+if $REF_ONLY; then
+    write_figures "$FIGURES"
+    cat "$FIGURES"
+    exit 0
+fi
+# Every full run with torch also leaves its reference medians where they can be committed from.
+have_ref && write_figures "$OUT/reference-figures.json"
+
+# ---------------------------------------------------------------------------------------------
+# Table
+# ---------------------------------------------------------------------------------------------
+fmt_s()  { [ -n "${1:-}" ] && awk -v x="$1" 'BEGIN { if (x < 1) printf "%.0f ms", x * 1000; else printf "%.2f s", x }'; }
+fmt_ms() { [ -n "${1:-}" ] && awk -v x="$1" 'BEGIN { printf "%.1f ms/frame", x }'; }
+fmt_mb() { [ -n "${1:-}" ] && awk -v x="$1" 'BEGIN { printf "%.0f MiB", x / 1024 }'; }
+ratio()  { [ -n "${1:-}" ] && [ -n "${2:-}" ] && awk -v r="$1" -v m="$2" 'BEGIN { if (m > 0) printf "%.1f×", r / m }'; }
+
+# row LABEL MOE_KEY REF_KEY FIG_KEY UNIT(s|ms)
+row() {
+    local label=$1 mk=$2 rk=$3 fk=$4 unit=$5 mw="" mr="" rw="" rr="" mcell rcell note=""
+    if [ -n "$mk" ] && [ -z "${FAIL[$mk]:-}" ] && [ -n "${WALL[$mk]:-}" ]; then mw=${WALL[$mk]}; mr=${RSS[$mk]:-}; fi
+    if [ -n "$rk" ] && have_ref && [ -z "${FAIL[$rk]:-}" ]; then
+        if [ "$unit" = ms ]; then rw=${WALL[$rk-ms]:-}; else rw=${WALL[$rk]:-}; fi
+        rr=${RSS[$rk]:-}
+    elif [ -n "$fk" ] && ! have_ref; then
+        if [ "$unit" = ms ]; then rw=$(figure "$fk" ms_per_frame); else rw=$(figure "$fk" wall_s); fi
+        rr=$(figure "$fk" rss_kb)
+        [ -n "$rw" ] && note=" (committed $FIG_DATE)"
+    fi
+    if [ "$unit" = ms ]; then mcell=$(fmt_ms "$mw"); rcell=$(fmt_ms "$rw"); else mcell=$(fmt_s "$mw"); rcell=$(fmt_s "$rw"); fi
+    [ -n "$mk" ] && [ -z "$mcell" ] && mcell="n/a"
+    [ -z "$rcell" ] && rcell="—" || rcell="$rcell$note"
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$label" "$mcell" "$rcell" "$(ratio "$rw" "$mw" || true)" \
+        "$(fmt_mb "$mr" || true)" "$(fmt_mb "$rr" || true)"
+}
+
+size_mb() { [ -f "$1" ] && awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f MB", b / 1e6 }'; }
+
+{
+    echo "| job | moepack median | reference median | ratio (reference ÷ moepack) | moepack peak RSS | reference peak RSS |"
+    echo "|---|---|---|---|---|---|"
+    row "pack, training checkpoint $(size_mb "$CK_TINY") (ViT-Tiny, float32 + AdamW)" pack-tiny ref-pack-tiny pack-tiny s
+    row "inspect --json, bundled 36 MB" inspect "" "" s
+    row "export → safetensors, bundled 36 MB" export "" "" s
+    row "run --mode float, per frame" run-float ref-forward forward-float ms
+    row "run --mode fixed, per frame" run-fixed "" "" ms
+    row "pack, ViT-Small-sized checkpoint $(size_mb "$CK_SMALL") (float32 + AdamW)" pack-small ref-pack-small pack-small s
+} > "$OUT/results.md"
+
+{
+    echo
+    echo "Medians of $RUNS runs after 1 warm-up (page cache warm). $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, load average at end $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%Y-%m-%d)."
+    if [ -n "${WALL[pack-tiny]:-}" ] && [ -n "${WALL[pack-small]:-}" ] && [ -f "$CK_TINY" ] && [ -f "$CK_SMALL" ]; then
+        g() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0) printf "%.2f×", b / a }'; }
+        line="Growth ViT-Small ÷ ViT-Tiny: checkpoint bytes $(g "$(stat -c %s "$CK_TINY")" "$(stat -c %s "$CK_SMALL")"), moepack pack wall $(g "${WALL[pack-tiny]}" "${WALL[pack-small]}"), peak RSS $(g "${RSS[pack-tiny]}" "${RSS[pack-small]}")"
+        if have_ref && [ -n "${WALL[ref-pack-tiny]:-}" ] && [ -n "${WALL[ref-pack-small]:-}" ]; then
+            line="$line; reference wall $(g "${WALL[ref-pack-tiny]}" "${WALL[ref-pack-small]}"), peak RSS $(g "${RSS[ref-pack-tiny]}" "${RSS[ref-pack-small]}")"
+        elif ! have_ref && [ -n "$(figure pack-tiny wall_s)" ] && [ -n "$(figure pack-small wall_s)" ]; then
+            line="$line; reference (committed) wall $(g "$(figure pack-tiny wall_s)" "$(figure pack-small wall_s)"), peak RSS $(g "$(figure pack-tiny rss_kb)" "$(figure pack-small rss_kb)")"
+        fi
+        echo "$line."
+    fi
+    for s in tiny small; do
+        a="$OUT/pack-moepack-$s/ddr.bin" b="$OUT/pack-ref-$s/ddr.bin"
+        if [ -f "$a" ] && [ -f "$b" ] && [ "$b" -nt "$OUT/train-$s.pth" ]; then
+            if cmp -s "$a" "$b"; then echo "pack-$s: moepack's ddr.bin and the reference's are byte-identical."
+            else echo "pack-$s: ddr.bin differs from the reference's in $(cmp -l "$a" "$b" 2>/dev/null | wc -l) byte(s) ($(stat -c %s "$a") vs $(stat -c %s "$b") bytes)."; fi
+        fi
+    done
+    if [ -n "$RUN_MODE" ]; then
+        echo "moepack per-frame time = (median wall of a $FRAMES-frame run − median wall of a 1-frame run) / $((FRAMES - 1)) (frames via $RUN_MODE); reference = median of bench/reference_forward.py's in-process ms/frame."
+    fi
+    if awk -v a="${LOAD_START%% *}" -v b="$(cut -d' ' -f1 /proc/loadavg)" -v n="$(nproc)" 'BEGIN { exit !(a > n || b > n) }'; then
+        echo "Warning: the 1-minute load average ($LOAD_START at start, $(cut -d' ' -f1-3 /proc/loadavg) at end) exceeded the $(nproc) cores: other processes competed for the CPU and these figures are unreliable, multi-threaded ones (PyTorch's 2-thread pool) most of all. Re-run on a quiet machine."
+    fi
+    if ! have_ref; then
+        echo "Reference column: the committed figures of $FIG_DATE (bench/reference-figures.json; no Python with torch used for this run)."
+    fi
+} >> "$OUT/results.md"
+
+cat "$OUT/results.md"
