@@ -8,8 +8,9 @@ import Darwin
 /// Thin wrappers over OpenBLAS `cblas_sgemm` (row-major, float32) used by the float reference.
 ///
 /// Thread count: when the environment sets `OPENBLAS_NUM_THREADS` (or `OMP_NUM_THREADS`), OpenBLAS
-/// honours it itself and moepack leaves it alone; otherwise moepack sets
-/// `min(2, online cores)` once, before the first matrix product.
+/// honours it itself and moepack leaves it alone; otherwise moepack uses one BLAS thread: the
+/// matrices are small (129 tokens), OpenBLAS worker threads spin between calls, and moepack runs
+/// several frames in parallel across the cores instead (measured faster on the 2-core machines here).
 ///
 /// Kernel selection: a DYNAMIC_ARCH OpenBLAS that does not know the CPU model (0.3.21 and newer
 /// Xeons, e.g. family 6 model 207) falls back to its generic `Prescott` SSE3 kernels, about 2.5×
@@ -39,10 +40,8 @@ enum BLAS {
            let n = Int(env), n > 0 {
             return Int(openblas_get_num_threads())
         }
-        let cores = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
-        let n = min(2, cores)
-        openblas_set_num_threads(Int32(n))
-        return n
+        openblas_set_num_threads(1)
+        return 1
     }()
 
     static func currentCoreName() -> String {
