@@ -458,19 +458,78 @@ extension FixedBackbone {
         var scores = [Int32](repeating: 0, count: T)
         var weights = [Int64](repeating: 0, count: T)
         var acc = [Int64](repeating: 0, count: hd)
+        var accU = [UInt32](repeating: 0, count: hd)
+        let blocks = hd / 8
+        let kU = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: T * hd)
+        let kBlockSum = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: T * blocks)
+        let qU = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: hd)
+        let qBlockSum = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: blocks)
+        defer { kU.deallocate(); kBlockSum.deallocate(); qU.deallocate(); qBlockSum.deallocate() }
+        let hdVec = hd & ~7
         let scale = scaleRaw
         for head in 0..<config.heads {
             let off = head * hd
             var maxAbsV: Int64 = 0
             for t in 0..<T { for d in 0..<hd { maxAbsV = max(maxAbsV, abs(Int64(v[t * D + off + d]))) } }
+            var maxAbsK: Int64 = 0
+            for t in 0..<T { for d in 0..<hd { maxAbsK = max(maxAbsK, abs(Int64(k[t * D + off + d]))) } }
+            // Unsigned-offset form of K for the block-safe Q·K path: ku = k + 2^31 and, per block of 8,
+            // 2^9·Σ ku mod 2^32.
+            for t in 0..<T {
+                for b in 0..<blocks {
+                    var bs: UInt32 = 0
+                    for j in 0..<8 {
+                        let u = UInt32(bitPattern: k[t * D + off + b * 8 + j]) ^ 0x8000_0000
+                        kU[t * hd + b * 8 + j] = u
+                        bs &+= u
+                    }
+                    kBlockSum[t * blocks + b] = bs &<< 9
+                }
+            }
             for qi in 0..<T {
                 let qRow = q + qi * D + off
+                var maxAbsQ: Int64 = 0
+                for d in 0..<hd { maxAbsQ = max(maxAbsQ, abs(Int64(qRow[d]))) }
+                // Every floored product has |t| ≤ (max|q|·max|k| >> 22) + 1, so when 8 of them stay
+                // within fm_t no partial block sum can wrap (the replay below would count none).
+                let blockSafe = 8 * (((maxAbsQ * maxAbsK) >> 22) + 1) <= fmMax
+                if blockSafe {
+                    for blk in 0..<blocks {
+                        var bs: UInt32 = 0
+                        for j in 0..<8 {
+                            let u = UInt32(bitPattern: qRow[blk * 8 + j]) ^ 0x8000_0000
+                            qU[blk * 8 + j] = UInt64(u)
+                            bs &+= u
+                        }
+                        qBlockSum[blk] = bs &<< 9
+                    }
+                }
                 // Q·K: per block of 8 dims, addend += q*k (exact product, floored), addend *= scale,
                 // score += addend.
                 for ki in 0..<T {
                     let kRow = k + ki * D + off
                     var s: Int32 = 0
                     var b = 0
+                    if blockSafe {
+                        // The block sum fits fm_t, so it is its value mod 2^32. With qu = q + 2^31,
+                        // ku = k + 2^31: floor(q·k / 2^22) = floor(qu·ku / 2^22) − 2^9·(qu + ku) + 2^40,
+                        // qu·ku an unsigned 32×32-bit product (SSE2 `pmuludq`), the floor a logical shift.
+                        let kRaw = UnsafeRawPointer(kU.baseAddress! + ki * hd)
+                        let qRaw = UnsafeRawPointer(qU.baseAddress!)
+                        for blk in 0..<blocks {
+                            // (masking tells the optimiser the high halves are zero: one `pmuludq` per pair)
+                            let qv = qRaw.loadUnaligned(fromByteOffset: blk &* 64, as: SIMD8<UInt64>.self)
+                                & SIMD8<UInt64>(repeating: 0xFFFF_FFFF)
+                            let kv = SIMD8<UInt64>(truncatingIfNeeded:
+                                kRaw.loadUnaligned(fromByteOffset: blk &* 32, as: SIMD8<UInt32>.self))
+                            let t = UInt32(truncatingIfNeeded: ((qv &* kv) &>> 22).wrappedSum())
+                                &- qBlockSum[blk] &- kBlockSum[ki * blocks + blk]
+                            let addend = mulFm(Int32(bitPattern: t), scale, &wQK)
+                            s = addFm(Int64(s), Int64(addend), &wQK)
+                        }
+                        scores[ki] = s
+                        continue
+                    }
                     while b < hd {
                         var sum: Int64 = 0, absSum: Int64 = 0
                         for j in b..<(b + 8) {
@@ -499,6 +558,7 @@ extension FixedBackbone {
                 for step in 0..<T { rs.update(scores[(o + step) % T], &wSoft) }
                 let recip = recipFm(rs.sum, &wSoft)
                 var weightSum: Int64 = 0
+                var allWeightsNonNegative = true
                 for step in 0..<T {
                     let ki = (o + step) % T
                     let dExact = Int64(scores[ki]) - Int64(rs.bias)
@@ -507,11 +567,46 @@ extension FixedBackbone {
                     let a = mulFm(e, recip, &wSoft)
                     weights[ki] = Int64(a)
                     weightSum += abs(Int64(a))
+                    allWeightsNonNegative = allWeightsNonNegative && a >= 0
                 }
                 // attn × V: acc = v*a (floored), acc += previous, keys in the same order.
                 let outRow = out + qi * D + off
                 let bound = Double(maxAbsV) * Double(weightSum) / 4_194_304.0 + Double(T) + 1
-                if bound < 2_147_483_647.0 {
+                if bound < 2_147_483_647.0 && allWeightsNonNegative {
+                    // No partial sum can wrap, so only the sum mod 2^32 matters. With
+                    // v + 2^31 = u ∈ [0, 2^32) and 0 ≤ a < 2^32: floor(v·a / 2^22) =
+                    // floor(u·a / 2^22) − 2^9·a, where u·a < 2^64 is an unsigned 32×32-bit
+                    // product (SSE2 `pmuludq`) and the floor a logical shift.
+                    accU.withUnsafeMutableBufferPointer { ab in
+                        let ra = UnsafeMutableRawPointer(ab.baseAddress!)
+                        for d in 0..<hd { ab[d] = 0 }
+                        var sumA: UInt32 = 0
+                        for ki in 0..<T {
+                            let a32 = UInt32(truncatingIfNeeded: weights[ki])   // 0 ≤ a < 2^31
+                            let a = UInt64(a32)
+                            sumA &+= a32
+                            let av = SIMD8<UInt64>(repeating: a)
+                            let rv = UnsafeRawPointer(v + ki * D + off)
+                            var d = 0
+                            while d < hdVec {
+                                let u = rv.loadUnaligned(fromByteOffset: d &* 4, as: SIMD8<UInt32>.self)
+                                    ^ SIMD8<UInt32>(repeating: 0x8000_0000)
+                                let p = (SIMD8<UInt64>(truncatingIfNeeded: u) &* av) &>> 22
+                                let cur = ra.loadUnaligned(fromByteOffset: d &* 4, as: SIMD8<UInt32>.self)
+                                ra.storeBytes(of: cur &+ SIMD8<UInt32>(truncatingIfNeeded: p),
+                                              toByteOffset: d &* 4, as: SIMD8<UInt32>.self)
+                                d &+= 8
+                            }
+                            while d < hd {
+                                let u = UInt64(UInt32(bitPattern: v[ki * D + off + d]) ^ 0x8000_0000)
+                                ab[d] &+= UInt32(truncatingIfNeeded: (u &* a) &>> 22)
+                                d &+= 1
+                            }
+                        }
+                        let correction = sumA &<< 9
+                        for d in 0..<hd { outRow[d] = Int32(bitPattern: ab[d] &- correction) }
+                    }
+                } else if bound < 2_147_483_647.0 {
                     for d in 0..<hd { acc[d] = 0 }
                     acc.withUnsafeMutableBufferPointer { ab in
                         for ki in 0..<T {

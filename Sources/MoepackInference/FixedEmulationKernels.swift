@@ -194,9 +194,17 @@ struct FixedLinear: Sendable {
     let w: [Int16]
     let bias: [Int32]
     let rowNorm: [Double]
+    /// Eight lanes of 1 for ``dotRows4`` (kept in memory on purpose, see there).
+    let onesLanes: SIMD8<Int16>
+    /// max_o ‖w_o‖ and max_o |bias_o| (raw), for a per-row bound covering every output.
+    let maxRowNorm: Double
+    let maxAbsBias: Int64
+    /// True when four `pmulhw` results of this weight matrix can be summed in Int16 lanes exactly.
+    let highSum4: Bool
 
     init(outDim: Int, inDim: Int, w: [Int16], bias: [Int32]) {
         self.outDim = outDim; self.inDim = inDim; self.w = w; self.bias = bias
+        onesLanes = SIMD8<Int16>(repeating: 1)
         var norms = [Double](repeating: 0, count: outDim)
         for o in 0..<outDim {
             var s = 0.0
@@ -204,6 +212,12 @@ struct FixedLinear: Sendable {
             norms[o] = s.squareRoot()
         }
         rowNorm = norms
+        maxRowNorm = norms.max() ?? 0
+        maxAbsBias = bias.reduce(Int64(0)) { max($0, abs(Int64($1))) }
+        let maxAbsW = w.reduce(Int64(0)) { max($0, abs(Int64($1))) }
+        // |floor(b4·w / 2^16)| ≤ |w|/2 + 1 for b4 ∈ [−2^15, 2^15): four of them fit Int16 when
+        // 4·(max|w|/2 + 1) ≤ 32767.
+        highSum4 = 4 * (maxAbsW / 2 + 1) <= 32_767
     }
 }
 
@@ -313,41 +327,229 @@ func dotReplay(x: UnsafePointer<Int32>, w: UnsafePointer<Int16>, n: Int, start: 
     return (s.squareRoot(), small)
 }
 
+/// The 16-bit form used by the blocked linear kernel (``dotRows4``): for
+/// −2^29 ≤ x < 2^29 − 2^13 write x = a·2^14 + b (a = x >> 14, b ∈ [0, 2^14)) and set
+/// a′ = a + [b ≥ 2^13] (fits Int16 on that range) and b4 = the low 16 bits of 4b read as Int16,
+/// i.e. 4b − 2^16·[b ≥ 2^13]. Then for every Int16 w
+///   floor(x·w / 2^14) = a·w + floor(b·w / 2^14) = a′·w + floor(b4·w / 2^16),
+/// because floor(b4·w / 2^16) = floor(b·w / 2^14) − w·[b ≥ 2^13]. Both terms are SSE2 16-bit
+/// operations: a′·w summed in pairs (`pmaddwd`) and floor(b4·w / 2^16) the signed high half
+/// (`pmulhw`), summed in pairs against ones. All sums are only needed mod 2^32 (AP_WRAP).
+@inline(__always) func inPairRange(_ v: Int32) -> Bool { v >= -(1 << 29) && v < (1 << 29) - (1 << 13) }
+
+/// Pairs of 16-bit lanes multiplied and summed into 32-bit lanes (SSE2 `pmaddwd`), wrapping.
+@inline(__always) func maddPairs(_ a: SIMD8<Int16>, _ b: SIMD8<Int16>) -> SIMD4<Int32> {
+    let p = SIMD8<Int32>(truncatingIfNeeded: a) &* SIMD8<Int32>(truncatingIfNeeded: b)
+    return p.evenHalf &+ p.oddHalf
+}
+
+/// Signed high half of 16×16-bit products, floor(a·b / 2^16) (SSE2 `pmulhw`).
+@inline(__always) func mulHigh(_ a: SIMD8<Int16>, _ b: SIMD8<Int16>) -> SIMD8<Int16> {
+    SIMD8<Int16>(truncatingIfNeeded: (SIMD8<Int32>(truncatingIfNeeded: a) &* SIMD8<Int32>(truncatingIfNeeded: b)) &>> 16)
+}
+
+/// Σ_i floor(x_i · w_i / 2^14) mod 2^32 for `rowCount` (1…4) input rows at once against one weight
+/// row, inputs given as the a′ / b4 parts of ``inPairRange`` (row r at `a + r·n`, `b4 + r·n`).
+/// `ones` must be eight lanes of 1; it is a parameter so that the optimiser keeps the
+/// `pmaddwd`-against-ones form instead of widening the high halves lane by lane. `highSum4` may be
+/// true only when every |w_i| ≤ 16380 (then four high halves sum exactly in Int16).
+@inline(never) func dotRows4(a: UnsafePointer<Int16>, b4: UnsafePointer<Int16>, w: UnsafePointer<Int16>,
+                             n: Int, rowCount: Int, ones: SIMD8<Int16>, highSum4: Bool = false) -> SIMD4<Int32> {
+    let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b4), rw = UnsafeRawPointer(w)
+    let stride = n &* 2
+    let vecEnd = n & ~7
+    var result = SIMD4<Int32>(repeating: 0)
+    if rowCount == 4 {
+        var acc0 = SIMD4<Int32>(repeating: 0), acc1 = acc0, acc2 = acc0, acc3 = acc0
+        var i = 0
+        if highSum4 {
+            // Four chunks of high halves summed in Int16 (exact, see FixedLinear.highSum4), then
+            // one `pmaddwd` against ones.
+            let end32 = n & ~31
+            while i < end32 {
+                var h0 = SIMD8<Int16>(repeating: 0), h1 = h0, h2 = h0, h3 = h0
+                for c in 0..<4 {
+                    let off = (i &+ c &* 8) &* 2
+                    let wv = rw.loadUnaligned(fromByteOffset: off, as: SIMD8<Int16>.self)
+                    var av = ra.loadUnaligned(fromByteOffset: off, as: SIMD8<Int16>.self)
+                    var bv = rb.loadUnaligned(fromByteOffset: off, as: SIMD8<Int16>.self)
+                    acc0 &+= maddPairs(av, wv); h0 &+= mulHigh(bv, wv)
+                    av = ra.loadUnaligned(fromByteOffset: off &+ stride, as: SIMD8<Int16>.self)
+                    bv = rb.loadUnaligned(fromByteOffset: off &+ stride, as: SIMD8<Int16>.self)
+                    acc1 &+= maddPairs(av, wv); h1 &+= mulHigh(bv, wv)
+                    av = ra.loadUnaligned(fromByteOffset: off &+ 2 &* stride, as: SIMD8<Int16>.self)
+                    bv = rb.loadUnaligned(fromByteOffset: off &+ 2 &* stride, as: SIMD8<Int16>.self)
+                    acc2 &+= maddPairs(av, wv); h2 &+= mulHigh(bv, wv)
+                    av = ra.loadUnaligned(fromByteOffset: off &+ 3 &* stride, as: SIMD8<Int16>.self)
+                    bv = rb.loadUnaligned(fromByteOffset: off &+ 3 &* stride, as: SIMD8<Int16>.self)
+                    acc3 &+= maddPairs(av, wv); h3 &+= mulHigh(bv, wv)
+                }
+                acc0 &+= maddPairs(h0, ones); acc1 &+= maddPairs(h1, ones)
+                acc2 &+= maddPairs(h2, ones); acc3 &+= maddPairs(h3, ones)
+                i &+= 32
+            }
+        }
+        while i < vecEnd {
+            let off = i &* 2
+            let wv = rw.loadUnaligned(fromByteOffset: off, as: SIMD8<Int16>.self)
+            var av = ra.loadUnaligned(fromByteOffset: off, as: SIMD8<Int16>.self)
+            var bv = rb.loadUnaligned(fromByteOffset: off, as: SIMD8<Int16>.self)
+            acc0 &+= maddPairs(av, wv) &+ maddPairs(mulHigh(bv, wv), ones)
+            av = ra.loadUnaligned(fromByteOffset: off &+ stride, as: SIMD8<Int16>.self)
+            bv = rb.loadUnaligned(fromByteOffset: off &+ stride, as: SIMD8<Int16>.self)
+            acc1 &+= maddPairs(av, wv) &+ maddPairs(mulHigh(bv, wv), ones)
+            av = ra.loadUnaligned(fromByteOffset: off &+ 2 &* stride, as: SIMD8<Int16>.self)
+            bv = rb.loadUnaligned(fromByteOffset: off &+ 2 &* stride, as: SIMD8<Int16>.self)
+            acc2 &+= maddPairs(av, wv) &+ maddPairs(mulHigh(bv, wv), ones)
+            av = ra.loadUnaligned(fromByteOffset: off &+ 3 &* stride, as: SIMD8<Int16>.self)
+            bv = rb.loadUnaligned(fromByteOffset: off &+ 3 &* stride, as: SIMD8<Int16>.self)
+            acc3 &+= maddPairs(av, wv) &+ maddPairs(mulHigh(bv, wv), ones)
+            i &+= 8
+        }
+        result = SIMD4(acc0.wrappedSum(), acc1.wrappedSum(), acc2.wrappedSum(), acc3.wrappedSum())
+    } else {
+        for r in 0..<rowCount {
+            var acc = SIMD4<Int32>(repeating: 0)
+            let rowOff = r &* stride
+            var i = 0
+            while i < vecEnd {
+                let off = i &* 2
+                let wv = rw.loadUnaligned(fromByteOffset: off, as: SIMD8<Int16>.self)
+                let av = ra.loadUnaligned(fromByteOffset: rowOff &+ off, as: SIMD8<Int16>.self)
+                let bv = rb.loadUnaligned(fromByteOffset: rowOff &+ off, as: SIMD8<Int16>.self)
+                acc &+= maddPairs(av, wv) &+ maddPairs(mulHigh(bv, wv), ones)
+                i &+= 8
+            }
+            result[r] = acc.wrappedSum()
+        }
+    }
+    if vecEnd < n {
+        for r in 0..<rowCount {
+            var s = result[r]
+            for i in vecEnd..<n {
+                let wi = Int32(w[i])
+                s = s &+ Int32(a[r &* n &+ i]) &* wi &+ ((Int32(b4[r &* n &+ i]) &* wi) &>> 16)
+            }
+            result[r] = s
+        }
+    }
+    return result
+}
+
+/// L2 norm (raw units, summed in index order) of one input row, and whether every value is in
+/// ``inPairRange``.
+@inline(__always) func rowNormAndRange(_ x: UnsafePointer<Int32>, n: Int) -> (Double, Bool) {
+    var s = 0.0
+    var inRange = true
+    for i in 0..<n {
+        let v = x[i]
+        let d = Double(v)
+        s += d * d
+        inRange = inRange && inPairRange(v)
+    }
+    return (s.squareRoot(), inRange)
+}
+
+/// Fills the a′ / b4 parts of ``inPairRange`` for one row (every value must be in range).
+@inline(__always) func splitPairRow(_ x: UnsafePointer<Int32>, n: Int, a: UnsafeMutablePointer<Int16>,
+                                    b4: UnsafeMutablePointer<Int16>) {
+    for i in 0..<n {
+        let v = x[i]
+        let b = v & 0x3FFF
+        a[i] = Int16(truncatingIfNeeded: (v &>> 14) &+ (b &>> 13))
+        b4[i] = Int16(truncatingIfNeeded: b &<< 2)
+    }
+}
+
 /// `compute_linear` on `rows` contiguous input rows of `layer.inDim` fm_t values, writing
 /// `rows × layer.outDim` fm_t values: out = bias, then per input in order `addend = in*w` (floored,
 /// wrapped), `out += addend`; optionally GELU on the result (use_gelu). `scratch` holds
 /// ≥ 3·inDim values. Adds the wraps it observes to `wraps` (and GELU wraps to `geluWraps`).
+///
+/// Value and wrap count of every output are decided per (row, output) exactly as by a step-by-step
+/// replay: when the bound |bias| + ‖x‖·‖w_o‖/2^14 + n + 1 on every partial sum stays below 2^31 no
+/// assignment can wrap and the wrapped sum is computed with 16-bit SIMD (four rows at a time);
+/// otherwise ``dotReplay`` counts the wraps.
 func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                    output: UnsafeMutablePointer<Int32>, gelu: Bool,
                    scratch: UnsafeMutablePointer<Int16>,
                    wraps: inout Int, geluWraps: inout Int, form: DotForm = .perProduct) {
     let n = layer.inDim, m = layer.outDim
+    guard rows > 0, m > 0 else { return }
+    let ones = layer.onesLanes
+    withUnsafeTemporaryAllocation(of: Int16.self, capacity: 8 * max(n, 1)) { pairBuf in
     layer.w.withUnsafeBufferPointer { wb in
         layer.bias.withUnsafeBufferPointer { bb in
             layer.rowNorm.withUnsafeBufferPointer { nb in
                 let wp = wb.baseAddress!
+                let pa = pairBuf.baseAddress!, pb4 = pa + 4 * n
                 let xc = scratch, xd = scratch + n, xb = scratch + 2 * n
-                for r in 0..<rows {
-                    let x = input + r * n
-                    let (xNorm, small) = splitRow(x, n: n, xc: xc, xd: xd, xb: xb)
-                    let out = output + r * m
-                    for o in 0..<m {
-                        let wRow = wp + o * n
-                        let b = bb[o]
-                        // |every partial sum| ≤ |b| + Σ|x_i w_i|/2^14 + n ≤ |b| + ‖x‖‖w_o‖/2^14 + n.
-                        let bound = Double(abs(Int64(b))) + xNorm * nb[o] / 16384.0 + Double(n) + 1
-                        var v: Int32
-                        if bound < 2_147_483_647.0 {
-                            v = b &+ (small ? dotWrapped14Small(xa: xd, xb: xb, w: wRow, n: n)
-                                           : dotWrapped14(xc: xc, xd: xd, xb: xb, w: wRow, n: n))
-                        } else {
-                            v = dotReplay(x: x, w: wRow, n: n, start: b, shift: 14, form: form, wraps: &wraps)
-                        }
-                        if gelu { v = geluFm(v, &geluWraps) }
-                        out[o] = v
+                var norms = SIMD4<Double>(repeating: 0)
+                var r0 = 0
+                while r0 < rows {
+                    let count = min(4, rows - r0)
+                    var allInRange = true
+                    for j in 0..<count {
+                        let (nrm, ok) = rowNormAndRange(input + (r0 + j) * n, n: n)
+                        norms[j] = nrm
+                        allInRange = allInRange && ok
                     }
+                    if allInRange {
+                        // The same bound with max |bias| and max ‖w_o‖: rounding is monotonic, so
+                        // when it is below 2^31 every per-output bound is too.
+                        var rowSafe = SIMD4<Int32>(repeating: 0) .== SIMD4<Int32>(repeating: 1)
+                        for j in 0..<count {
+                            rowSafe[j] = Double(layer.maxAbsBias) + norms[j] * layer.maxRowNorm / 16384.0
+                                + Double(n) + 1 < 2_147_483_647.0
+                        }
+                        for j in 0..<count {
+                            splitPairRow(input + (r0 + j) * n, n: n, a: pa + j * n, b4: pb4 + j * n)
+                        }
+                        for o in 0..<m {
+                            let wRow = wp + o * n
+                            let b = bb[o]
+                            let dots = dotRows4(a: pa, b4: pb4, w: wRow, n: n, rowCount: count, ones: ones,
+                                                highSum4: layer.highSum4)
+                            for j in 0..<count {
+                                // |every partial sum| ≤ |b| + Σ|x_i w_i|/2^14 + n ≤ |b| + ‖x‖‖w_o‖/2^14 + n.
+                                var v: Int32
+                                if rowSafe[j] || Double(abs(Int64(b))) + norms[j] * nb[o] / 16384.0 + Double(n) + 1
+                                    < 2_147_483_647.0 {
+                                    v = b &+ dots[j]
+                                } else {
+                                    v = dotReplay(x: input + (r0 + j) * n, w: wRow, n: n, start: b, shift: 14,
+                                                  form: form, wraps: &wraps)
+                                }
+                                if gelu { v = geluFm(v, &geluWraps) }
+                                output[(r0 + j) * m + o] = v
+                            }
+                        }
+                    } else {
+                        for j in 0..<count {
+                            let r = r0 + j
+                            let x = input + r * n
+                            let (xNorm, small) = splitRow(x, n: n, xc: xc, xd: xd, xb: xb)
+                            let out = output + r * m
+                            for o in 0..<m {
+                                let wRow = wp + o * n
+                                let b = bb[o]
+                                let bound = Double(abs(Int64(b))) + xNorm * nb[o] / 16384.0 + Double(n) + 1
+                                var v: Int32
+                                if bound < 2_147_483_647.0 {
+                                    v = b &+ (small ? dotWrapped14Small(xa: xd, xb: xb, w: wRow, n: n)
+                                                   : dotWrapped14(xc: xc, xd: xd, xb: xb, w: wRow, n: n))
+                                } else {
+                                    v = dotReplay(x: x, w: wRow, n: n, start: b, shift: 14, form: form, wraps: &wraps)
+                                }
+                                if gelu { v = geluFm(v, &geluWraps) }
+                                out[o] = v
+                            }
+                        }
+                    }
+                    r0 += count
                 }
             }
         }
+    }
     }
 }
