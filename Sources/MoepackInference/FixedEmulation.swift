@@ -47,24 +47,6 @@ public struct KernelArrays: Sendable {
     }
 }
 
-/// Routing decisions of one MoE block in the fixed-point emulation (same fields as the float path's
-/// `MoERouting`).
-public struct MoERoutingFixed: Sendable, Equatable {
-    /// Block index (0-based transformer layer).
-    public var block: Int
-    /// Chosen experts, [tokens, topK] row-major, in the kernel's top-k slot order.
-    public var topExperts: [Int32]
-    /// The kernel's gate weights of the chosen experts (`exp(logit − max) / sum`, fm_t) dequantised,
-    /// [tokens, topK], aligned with `topExperts`.
-    public var topWeights: [Float]
-    /// Per expert (ascending index), the tokens routed to it in token order (`expert_queues`).
-    public var queues: [[Int32]]
-
-    public init(block: Int, topExperts: [Int32], topWeights: [Float], queues: [[Int32]]) {
-        self.block = block; self.topExperts = topExperts; self.topWeights = topWeights; self.queues = queues
-    }
-}
-
 /// Number of fm_t wrap-arounds one unit produced in one forward pass.
 ///
 /// A wrap is an assignment to an fm_t (ap_fixed<32,10>, AP_WRAP) whose exact value lies outside
@@ -90,7 +72,7 @@ public struct FixedForwardResult: Sendable {
     /// x after each block, [depth][tokens·D] dequantised; empty unless `recordBlocks` was requested.
     public var blockOutputs: [[Float]]
     /// Routing of every MoE block, in layer order.
-    public var routing: [MoERoutingFixed]
+    public var routing: [MoERouting]
     /// Units that wrapped at least once (units with no wrap are omitted), in datapath order.
     public var overflow: [OverflowCount]
 }
@@ -340,7 +322,7 @@ extension FixedBackbone {
         patchEmbed(pixels: pixels, out: x, ledger: &ledger)
 
         var blockOutputs: [[Float]] = []
-        var routing: [MoERoutingFixed] = []
+        var routing: [MoERouting] = []
         for (l, layer) in layers.enumerated() {
             var w = 0, w2 = 0
             layerNorm(x, out: h, weight: layer.norm1Weight, bias: layer.norm1Bias, wraps: &w)
@@ -640,7 +622,7 @@ extension FixedBackbone {
              fc1: [FixedLinear], fc2: [FixedLinear], layer: Int,
              gathered: UnsafeMutablePointer<Int32>, hidden: UnsafeMutablePointer<Int32>,
              expertOut: UnsafeMutablePointer<Int32>, scratch: UnsafeMutablePointer<Int16>,
-             ledger: inout WrapLedger) -> MoERoutingFixed {
+             ledger: inout WrapLedger) -> MoERouting {
         let D = config.embedDim, T = config.tokens, E = config.experts, K = config.topK
         var wGate = 0, wSoft = 0, wExpert = 0, wExpertGelu = 0, wCombine = 0, unused = 0
         var logits = [Int32](repeating: 0, count: T * E)
@@ -695,7 +677,7 @@ extension FixedBackbone {
         ledger.add(layer, "moe.softmax", wSoft)
         ledger.add(layer, "moe.expert", wExpert + wExpertGelu)
         ledger.add(layer, "moe.combine", wCombine)
-        return MoERoutingFixed(block: layer, topExperts: topExperts, topWeights: topWeights, queues: queues)
+        return MoERouting(block: layer, topExperts: topExperts, topWeights: topWeights, queues: queues)
     }
 }
 

@@ -6,7 +6,9 @@ import Glibc
 import Darwin
 #endif
 
-/// Routing decisions of one MoE block for one frame.
+/// Routing decisions of one MoE block for one frame, from either datapath. The fixed-point emulation
+/// fills `topExperts` in the kernel's top-k slot order and `topWeights` with the kernel's dequantized
+/// gate weights (`exp(logit − max) / sum` in fm_t).
 public struct MoERouting: Sendable, Equatable {
     /// Block index (0-based, into `BackboneWeights.blocks`).
     public var block: Int

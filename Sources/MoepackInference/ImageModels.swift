@@ -19,7 +19,7 @@ public struct FrameResult: Sendable {
     /// x after each block, [depth][tokens·D] (empty unless recorded).
     public var blockOutputs: [[Float]]
     /// Per MoE block: top-k experts [tokens, k].
-    public var routing: [(block: Int, topExperts: [Int32], topWeights: [Float], queues: [[Int32]])]
+    public var routing: [MoERouting]
     /// Fixed mode only: wrap-arounds seen per layer and unit.
     public var overflow: [OverflowCount]
 }
@@ -99,10 +99,10 @@ public final class ImageModel: Sendable {
         if let float {
             let r = try float.forward(pixels: frame.pixels, recordBlocks: recordBlocks)
             return FrameResult(output: r.output, blockOutputs: r.blockOutputs,
-                               routing: r.routing.map { ($0.block, $0.topExperts, $0.topWeights, $0.queues) }, overflow: [])
+                               routing: r.routing, overflow: [])
         }
         let r = try fixed!.forward(pixels: frame.bytes, recordBlocks: recordBlocks)
         return FrameResult(output: r.output, blockOutputs: r.blockOutputs,
-                           routing: r.routing.map { ($0.block, $0.topExperts, $0.topWeights, $0.queues) }, overflow: r.overflow)
+                           routing: r.routing, overflow: r.overflow)
     }
 }
