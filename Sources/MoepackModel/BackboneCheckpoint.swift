@@ -145,12 +145,6 @@ public final class BackboneCheckpoint: @unchecked Sendable {
         let path = source.path
         if let e = expected {
             // Structure must match the profile exactly.
-            func mism(_ what: String, _ got: Any, _ want: Any, _ tensor: String) -> MoepackError {
-                let shown = map[tensor] ?? tensor
-                let s = source.entry(shown)?.shape ?? []
-                return MoepackError(.mismatch, file: path, item: shown,
-                                    "shape \(shapeString(s)) gives \(what) = \(got), the profile expects \(want)")
-            }
             if inferred.depth != e.depth {
                 throw MoepackError(.mismatch, file: path, item: "blocks.*",
                                    "checkpoint has \(inferred.depth) blocks, the profile expects \(e.depth)")
@@ -162,7 +156,6 @@ public final class BackboneCheckpoint: @unchecked Sendable {
             if inferred.tasks < 1 && !e.moeBlocks.isEmpty {
                 throw MoepackError(.badInput, file: path, item: "blocks.\(e.moeBlocks[0]).mlp.gate.0.w_gate", "missing tensor")
             }
-            _ = mism // shapes are checked tensor by tensor below with expected shapes
         }
         var expectedShapes: [(String, [Int])] = [
             ("patch_embed.proj.weight", [c.embedDim, c.inChans, c.patchSize, c.patchSize]),

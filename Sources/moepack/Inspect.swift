@@ -73,9 +73,7 @@ struct Inspect: ParsableCommand {
                 report.tasks = c.tasks; report.tokens = c.tokens; report.patch_size = c.patchSize; report.in_chans = c.inChans
             }
             if json {
-                let enc = JSONEncoder()
-                enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-                print(String(decoding: try enc.encode(report), as: UTF8.self))
+                try printJSON(report)
                 return
             }
             print("\(source.path): \(source.container), \(source.entries.count) tensors")

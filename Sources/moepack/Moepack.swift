@@ -32,3 +32,11 @@ func guarded(_ body: () throws -> Void) throws {
 func note(_ s: String) {
     FileHandle.standardError.write(Data("\(s)\n".utf8))
 }
+
+/// Prints `value` as JSON on stdout: sorted keys, pretty printed, non-finite numbers as strings.
+func printJSON(_ value: some Encodable) throws {
+    let enc = JSONEncoder()
+    enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+    enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+    print(String(decoding: try enc.encode(value), as: UTF8.self))
+}

@@ -153,10 +153,7 @@ struct Verify: ParsableCommand {
             let report = try verify(image: image, reference: reference, frames: inputs, mode: mode, task: task,
                                     thresholds: th, checkpointPath: checkpoint, progress: progressReporter("verify"))
             if json {
-                let enc = JSONEncoder()
-                enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-                enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-                print(String(decoding: try enc.encode(report), as: UTF8.self))
+                try printJSON(report)
             } else {
                 print(renderVerifyReport(report))
             }

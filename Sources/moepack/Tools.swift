@@ -82,9 +82,7 @@ struct Schedule: ParsableCommand {
                                          bytes_fetched: order.count * perExpert, bursts: b, largest_expert_bytes: perExpert))
             }
             if json {
-                let enc = JSONEncoder()
-                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-                print(String(decoding: try enc.encode(out), as: UTF8.self))
+                try printJSON(out)
                 return
             }
             print("schedule of \(directory) on \(image) (task \(model.task)): experts visited in ascending index, each over its whole token queue")
@@ -122,10 +120,7 @@ struct Suggest: ParsableCommand {
                                            folds: checkpointOptions.folds)
             let s = try suggestTypes(kernel: kernel, profile: profile, task: task)
             if json {
-                let enc = JSONEncoder()
-                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-                enc.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-                print(String(decoding: try enc.encode(s), as: UTF8.self))
+                try printJSON(s)
             } else {
                 print(renderSuggestions(s))
             }
