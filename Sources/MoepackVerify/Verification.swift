@@ -52,6 +52,10 @@ public struct FrameReport: Sendable, Codable, Equatable {
     public var output: ComparisonMetrics
     public var blocks: [BlockReport]
     public var moe_blocks: [MoEBlockReport]
+    /// Tokens whose top-k expert set differs from the float model's in at least one MoE block, and the
+    /// largest output error over the other tokens (routing flips on near-ties dominate max |err|).
+    public var tokens_routed_differently: [Int]
+    public var max_abs_error_same_routing: Double
     /// Fixed mode: wrap-arounds per layer/unit (only non-zero entries).
     public var overflow: [OverflowReport]?
 }
@@ -191,7 +195,19 @@ func compareFrame(name: String, note: String?, got: FrameResult, want: ForwardRe
                                   top1_agreement: Double(top1) / Double(max(tokens, 1))))
     }
     let overflow = got.overflow.filter { $0.count > 0 }.map { OverflowReport(layer: $0.layer, unit: $0.unit, count: $0.count) }
+    var differing = Set<Int>()
+    for (g, w) in zip(got.routing, want.routing) {
+        for t in 0..<(w.topExperts.count / k) where Set(g.topExperts[(t * k)..<((t + 1) * k)]) != Set(w.topExperts[(t * k)..<((t + 1) * k)]) {
+            differing.insert(t)
+        }
+    }
+    let d = got.output.count / max(want.routing.first.map { $0.topExperts.count / k } ?? 1, 1)
+    var sameMax = 0.0
+    for i in 0..<got.output.count where !differing.contains(i / max(d, 1)) {
+        sameMax = max(sameMax, Double(abs(got.output[i] - want.output[i])))
+    }
     return FrameReport(frame: name, note: note, output: out, blocks: blocks, moe_blocks: moe,
+                       tokens_routed_differently: differing.sorted(), max_abs_error_same_routing: sameMax,
                        overflow: got.overflow.isEmpty && overflow.isEmpty ? nil : overflow)
 }
 
@@ -213,11 +229,15 @@ public func renderVerifyReport(_ r: VerifyReport) -> String {
         let o = r.frames[0].output
         s += "  output [tokens, D]: MSE \(f(o.mse)), max |err| \(f(o.max_abs_error)), cosine \(String(format: "%.6f", o.cosine)) (reference RMS \(f(o.reference_rms)))\n"
         s += "  per block max |err|: " + r.frames[0].blocks.map { "\($0.block):\(f($0.max_abs_error, 2))" }.joined(separator: " ") + "\n"
+        let diff = r.frames[0].tokens_routed_differently
+        if !diff.isEmpty {
+            s += "  \(diff.count) token(s) routed to a different expert set (tokens \(diff.prefix(8).map(String.init).joined(separator: ", "))\(diff.count > 8 ? ", …" : "")): near-ties in the gate; max |err| over the other tokens \(f(r.frames[0].max_abs_error_same_routing))\n"
+        }
     } else {
         let sm = r.summary
         s += "  \(sm.frames) frames: mean MSE \(f(sm.mean_mse)), worst \(f(sm.worst_mse)) (\(sm.worst_mse_frame)); mean cosine \(String(format: "%.6f", sm.mean_cosine)), worst \(String(format: "%.6f", sm.worst_cosine)) (\(sm.worst_cosine_frame)); max |err| \(f(sm.max_abs_error))\n"
     }
-    s += "  routing agreement (top-\(r.frames.first.map { _ in "k" } ?? "k") set, worst frame): " + r.moe_blocks.map { "block \($0.block) \(String(format: "%.3f", $0.routing_agreement))" }.joined(separator: ", ") + "\n"
+    s += "  routing agreement (top-k expert set\(r.frames.count > 1 ? ", worst frame" : "")): " + r.moe_blocks.map { "block \($0.block) \(String(format: "%.3f", $0.routing_agreement))" }.joined(separator: ", ") + "\n"
     if r.mode == .fixed {
         s += "  accumulator wrap-arounds: \(r.summary.total_overflow)"
         if let o = r.frames.first?.overflow, !o.isEmpty {

@@ -122,7 +122,7 @@ func packSummary(_ r: PackResult, output: String) -> String {
         let e = byType[t.type] ?? (0, 0)
         byType[t.type] = (e.0 + t.count, e.1 + t.overflow)
     }
-    s += "  type                 values     overflow\n"
+    s += "  " + "type".padding(toLength: 34, withPad: " ", startingAt: 0) + "values".leftPad(10) + "overflow".leftPad(10) + "\n"
     for (k, v) in byType.sorted(by: { $0.key < $1.key }) {
         let c = m.types[k] ?? ""
         s += "  " + "\(k) \(c)".padding(toLength: 34, withPad: " ", startingAt: 0) + String(v.0).leftPad(10) + String(v.1).leftPad(10) + "\n"
