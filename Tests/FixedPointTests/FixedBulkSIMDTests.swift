@@ -169,6 +169,26 @@ final class FixedBulkSIMDTests: XCTestCase {
         }
     }
 
+    /// Known statistics from the SIMD path alone (64 values = 8 whole groups, all negative errors):
+    /// ap_fixed<16,2,AP_RND_CONV>, x_i = −(i + ¼)·LSB → code −i, error −¼ LSB.
+    func testSIMDStatsKnownValues() {
+        let t = try! FixedType(parsing: "ap_fixed<16,2,AP_RND_CONV,AP_SAT>")
+        XCTAssertTrue(t.simdEncodeEligible)
+        let lsb = 0x1p-14
+        let xs = (0..<64).map { Float(-(Double($0) + 0.25) * lsb) }
+        let (bytes, s) = t.encode(xs)
+        for i in 0..<64 { XCTAssertEqual(Self.codes(t, bytes, i), Int64(-i), "element \(i)") }
+        XCTAssertEqual(s.count, 64)
+        XCTAssertEqual(s.overflowCount, 0)
+        XCTAssertNil(s.firstNonFiniteIndex)
+        XCTAssertEqual(s.min, -63.25 * lsb)
+        XCTAssertEqual(s.max, -0.25 * lsb)
+        XCTAssertEqual(s.maxAbsError, 0.25 * lsb)
+        XCTAssertEqual(s.sumSquaredError, 64 * 0.0625 * lsb * lsb)
+        // Σ (i + ¼)² = Σi² + ½Σi + 64/16 = 85344 + 1008 + 4 (exact in Double).
+        XCTAssertEqual(s.sumSquares, 86356 * lsb * lsb)
+    }
+
     /// Empty input: no bytes written, count 0.
     func testEmpty() {
         let (bytes, stats) = FixedType(width: 16, integerBits: 2).encode([])
