@@ -24,6 +24,7 @@ public final class AtomicFileWriter {
             throw MoepackError(.io, file: path, "cannot create a file in \(dir)")
         }
         handle = h
+        InterruptCleanup.register(temporaryPath)
     }
 
     deinit { abort() }
@@ -64,6 +65,7 @@ public final class AtomicFileWriter {
         guard let h = handle else { throw MoepackError(.io, file: path, "already closed") }
         try? h.close()
         handle = nil
+        defer { InterruptCleanup.unregister(temporaryPath) }
         if rename(temporaryPath, path) != 0 {
             unlink(temporaryPath)
             throw MoepackError(.io, file: path, "cannot rename the finished file into place")
@@ -76,6 +78,7 @@ public final class AtomicFileWriter {
             try? h.close()
             handle = nil
             unlink(temporaryPath)
+            InterruptCleanup.unregister(temporaryPath)
         }
     }
 
@@ -124,6 +127,7 @@ public final class StagedDirectory {
         do { try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: false) } catch {
             throw MoepackError(.io, file: destination, "cannot create a folder in \(parent)")
         }
+        InterruptCleanup.register(staging)
     }
 
     deinit { if !committed { abort() } }
@@ -149,10 +153,52 @@ public final class StagedDirectory {
             try? FileManager.default.removeItem(atPath: staging)
         }
         committed = true
+        InterruptCleanup.unregister(staging)
     }
 
     /// Removes the staging folder and everything in it.
     public func abort() {
         try? FileManager.default.removeItem(atPath: staging)
+        InterruptCleanup.unregister(staging)
+    }
+}
+
+/// Removes registered staging paths when the process is interrupted (SIGINT, SIGTERM, SIGHUP), so
+/// that Ctrl-C during `pack` leaves neither the output nor a hidden staging folder behind.
+///
+/// The signals are handled by a dispatch source on a background queue (not an async signal
+/// handler), which removes what is registered and exits with 128 + signal number.
+public enum InterruptCleanup {
+    nonisolated(unsafe) private static var paths = Set<String>()
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
+
+    /// Installs the handlers once (call early in `main`).
+    public static func install() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard sources.isEmpty else { return }
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler {
+                lock.lock()
+                let todo = paths
+                lock.unlock()
+                for p in todo { try? FileManager.default.removeItem(atPath: p) }
+                exit(128 + sig)
+            }
+            s.resume()
+            sources.append(s)
+        }
+    }
+
+    /// Removes `path` (file or folder) if the process is interrupted before ``unregister(_:)``.
+    public static func register(_ path: String) {
+        lock.lock(); paths.insert(path); lock.unlock()
+    }
+
+    public static func unregister(_ path: String) {
+        lock.lock(); paths.remove(path); lock.unlock()
     }
 }

@@ -113,14 +113,17 @@ public struct KernelProfile: Sendable, Codable, Equatable {
     /// - Throws: ``MoepackError`` when the file has no `s_axi_control` registers for the buffers.
     public mutating func applyHWH(path: String) throws {
         let regs = try HWHRegisterMap.read(path: path)
-        var found = 0
+        // Every pointer argument that has a register in the profile must have one in the .hwh: a
+        // partial match means another kernel's bitstream, and silently mixing offsets would be wrong.
+        let missing = buffers.filter { $0.register != nil && regs["\($0.name)_1"] == nil }.map(\.name)
+            + registers.keys.sorted().filter { regs[$0] == nil }
+        guard missing.isEmpty else {
+            throw MoepackError(.mismatch, file: path, "no s_axi_control register for \(missing.joined(separator: ", ")) (is this the bitstream of kernel \(kernel)?)")
+        }
         for i in buffers.indices {
-            if let off = regs["\(buffers[i].name)_1"] { buffers[i].register = off; found += 1 }
+            if let off = regs["\(buffers[i].name)_1"] { buffers[i].register = off }
         }
         for key in registers.keys { if let off = regs[key] { registers[key] = off } }
-        if found == 0 {
-            throw MoepackError(.badInput, file: path, "no register of any kernel argument found (expected NAME_1 registers)")
-        }
     }
 }
 

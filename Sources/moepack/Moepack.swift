@@ -20,7 +20,9 @@ struct Moepack: ParsableCommand {
 }
 
 /// Runs a subcommand body, turning ``MoepackError`` into one stderr line and its exit code.
+/// Interrupts (Ctrl-C) remove any output being staged.
 func guarded(_ body: () throws -> Void) throws {
+    InterruptCleanup.install()
     do {
         try body()
     } catch let e as MoepackError {

@@ -17,13 +17,18 @@ struct CheckpointOptions: ParsableArguments {
     @Option(help: "Key of the state_dict inside a training checkpoint (default: search state_dict, model, model_state, net, ema, top level).")
     var key: String?
 
-    @Option(name: .long, parsing: .upToNextOption, help: "Training input mean per channel (input = (byte/255 - mean)/std).")
-    var mean: [Double] = [0.485, 0.456, 0.406]
+    @Option(name: .long, parsing: .upToNextOption, help: ArgumentHelp("Training input mean per channel, space separated (input = (byte/255 - mean)/std; default ImageNet 0.485 0.456 0.406).", valueName: "m"))
+    var mean: [Double] = []
 
-    @Option(name: .long, parsing: .upToNextOption, help: "Training input std per channel.")
-    var std: [Double] = [0.229, 0.224, 0.225]
+    @Option(name: .long, parsing: .upToNextOption, help: ArgumentHelp("Training input std per channel, space separated (default ImageNet 0.229 0.224 0.225).", valueName: "s"))
+    var std: [Double] = []
 
-    var folds: FoldOptions { FoldOptions(mean: mean, std: std) }
+    /// True when the user gave --mean or --std.
+    var foldsGiven: Bool { !mean.isEmpty || !std.isEmpty }
+    var folds: FoldOptions {
+        let d = FoldOptions()
+        return FoldOptions(mean: mean.isEmpty ? d.mean : mean, std: std.isEmpty ? d.std : std)
+    }
     var open: OpenOptions { OpenOptions(stateDictKey: key) }
 }
 
@@ -100,6 +105,9 @@ struct Pack: ParsableCommand {
             let options = PackOptions(profile: profile, task: Int(task) ?? 0, allTasks: allTasks, layout: layout,
                                       quantization: quantization, overflow: overflow,
                                       strict: strict, frame: frame?.bytes, tool: "moepack \(Moepack.version)")
+            if layout == .expertMajor {
+                note("moepack: note: --layout expert-major is for kernels rebuilt with one expert base pointer; the published Edge-MoE bitstream reads --layout kernel")
+            }
             let result = try pack(kernel: kernel, options: options, outputDirectory: output) { note("moepack: warning: \($0)") }
             if !quiet { print(packSummary(result, output: output)) }
             if let report {

@@ -24,7 +24,13 @@ struct FrameOptions: ParsableArguments {
                 throw MoepackError(.io, file: p, "no such file or folder")
             }
             if isDir.boolValue {
-                let names = ((try? FileManager.default.contentsOfDirectory(atPath: p)) ?? []).filter { !$0.hasPrefix(".") }.sorted()
+                // Frame files only (by extension); anything else in the folder is passed over.
+                let frameExtensions: Set<String> = ["png", "npy", "u8", "bin", "raw"]
+                let names = ((try? FileManager.default.contentsOfDirectory(atPath: p)) ?? [])
+                    .filter { !$0.hasPrefix(".") && frameExtensions.contains(($0 as NSString).pathExtension.lowercased()) }.sorted()
+                guard !names.isEmpty else {
+                    throw MoepackError(.badInput, file: p, "no frame files (.png, .npy, .u8, .bin, .raw) in this folder")
+                }
                 paths += names.map { (p as NSString).appendingPathComponent($0) }
             } else {
                 paths.append(p)
@@ -89,9 +95,8 @@ struct Run: ParsableCommand {
             let progress = progressReporter("run")
             // Frames run in parallel across the cores; outputs are written in input order.
             let outputs = try runFrames(model, inputs, progress: progress)
-            for (nf, values) in zip(inputs, outputs) {
-                let base = ((nf.name as NSString).lastPathComponent as NSString).deletingPathExtension
-                try NpyWriter.write(Tensor(shape: [c.tokens, c.embedDim], values: values), to: stage.path(base + ".npy"))
+            for (name, values) in zip(outputNames(inputs.map(\.name)), outputs) {
+                try NpyWriter.write(Tensor(shape: [c.tokens, c.embedDim], values: values), to: stage.path(name))
             }
             try stage.commit()
             print("wrote \(inputs.count) outputs to \(output)/ ([\(c.tokens), \(c.embedDim)] float32 each, \(mode.rawValue) datapath, task \(model.task))")
@@ -143,7 +148,15 @@ struct Verify: ParsableCommand {
             let inputs = try frames.load(config: image.manifest.model)
             let source = try openCheckpoint(checkpoint, options: checkpointOptions.open)
             let backbone = try BackboneCheckpoint(source: source, expected: image.manifest.model)
+            if let packed = image.manifest.folds, checkpointOptions.foldsGiven, packed != checkpointOptions.folds {
+                throw MoepackError(.usage, file: directory, item: "--mean/--std",
+                                   "the image was packed with mean \(packed.mean) std \(packed.std); verify uses the manifest's values (omit --mean/--std)")
+            }
             let folds = image.manifest.folds ?? checkpointOptions.folds
+            // The reference should be the checkpoint the image was packed from.
+            if let sha = try? sha256OfPath(checkpoint), sha != image.manifest.source.sha256 {
+                note("moepack: warning: \(checkpoint) is not the checkpoint this image was packed from (sha256 \(sha.prefix(12))…, manifest \(image.manifest.source.sha256.prefix(12))… from \(image.manifest.source.path))")
+            }
             let kernel = try KernelTensors(checkpoint: backbone, folds: folds)
             let reference = try kernel.backboneWeights(task: task ?? image.manifest.task)
             var th = VerifyThresholds.defaults(for: mode)
@@ -186,4 +199,23 @@ func runFrames(_ model: ImageModel, _ frames: [NamedFrame], progress: (@Sendable
         }
     }
     return try slots.values.map { try $0!.get() }
+}
+
+/// Output file names for frames: `<stem>.npy`; when two frames share a stem, `<file name>.npy`, and
+/// when those collide too, a `-<n>` suffix, so that no output overwrites another.
+func outputNames(_ frames: [String]) -> [String] {
+    let stems = frames.map { (($0 as NSString).lastPathComponent as NSString).deletingPathExtension }
+    var counts: [String: Int] = [:]
+    for s in stems { counts[s, default: 0] += 1 }
+    var used = Set<String>()
+    return zip(frames, stems).map { path, stem in
+        var name = counts[stem]! > 1 ? (path as NSString).lastPathComponent : stem
+        if used.contains(name + ".npy") {
+            var n = 2
+            while used.contains("\(name)-\(n).npy") { n += 1 }
+            name = "\(name)-\(n)"
+        }
+        used.insert(name + ".npy")
+        return name + ".npy"
+    }
 }
