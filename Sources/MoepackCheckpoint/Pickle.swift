@@ -123,8 +123,9 @@ public struct PickleLimits: Sendable {
     public var maxContainerCount = 10_000_000
     /// Nesting depth of the result (deeper or cyclic structures are refused).
     public var maxDepth = 200
-    /// Total values in the result (shared sub-objects count once per reference).
-    public var maxTotalValues = 50_000_000
+    /// Total values in the result (shared sub-objects count once per reference; a cap on
+    /// memo-sharing blow-ups such as `x = (x, x)` repeated).
+    public var maxTotalValues = 10_000_000
     public init() {}
 }
 
@@ -196,7 +197,11 @@ final class PickleInput {
 /// `_rebuild_parameter_with_state`; storage types `torch.{Float,Half,BFloat16,Double,Long,Int,Short,
 /// Char,Byte,Bool}Storage`; `collections.OrderedDict`; `torch.Size`; `torch.device`;
 /// `builtins.{set,frozenset,list,dict,tuple}` (and `__builtin__` spellings); `_codecs.encode`
-/// (latin-1 only, for protocol-2 bytes). Refused on purpose: `torch.storage._load_from_bytes` (it
+/// (latin-1 only, for protocol-2 bytes). Training checkpoints' extras (`best_acc`, `args`) are
+/// interpreted as opaque values without calling anything: `numpy.core.multiarray.scalar` and
+/// `numpy._core.multiarray.scalar` → `.object(type: "numpy.scalar")`, `numpy.dtype` →
+/// `.object(type: "numpy.dtype")`, `argparse.Namespace` → `.object(type: "argparse.Namespace")` (BUILD
+/// state is dropped). Refused on purpose: `torch.storage._load_from_bytes` (it
 /// unpickles a nested pickle), anything from `os`, `posix`, `subprocess`, `builtins.eval`/`exec`, …
 public struct RestrictedUnpickler {
     public typealias PersistentLoad = (PickleValue) throws -> PickleValue
@@ -207,6 +212,10 @@ public struct RestrictedUnpickler {
         case storageType(DType)
         case orderedDict, torchSize, torchDevice, codecsEncode
         case builtinSet, builtinFrozenset, builtinList, builtinDict, builtinTuple
+        /// Training-state values outside the state_dict, kept as opaque ``PickleValue/object(type:args:)``:
+        /// `numpy.core.multiarray.scalar` / `numpy._core.multiarray.scalar` (NumPy 1 / 2), `numpy.dtype`,
+        /// `argparse.Namespace`.
+        case numpyScalar, numpyDType, argparseNamespace
     }
 
     static let storageTypes: [String: DType] = [
@@ -230,6 +239,9 @@ public struct RestrictedUnpickler {
         case ("builtins", "list"), ("__builtin__", "list"): return .builtinList
         case ("builtins", "dict"), ("__builtin__", "dict"): return .builtinDict
         case ("builtins", "tuple"), ("__builtin__", "tuple"): return .builtinTuple
+        case ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"): return .numpyScalar
+        case ("numpy", "dtype"): return .numpyDType
+        case ("argparse", "Namespace"): return .argparseNamespace
         case ("torch", _): return storageTypes[name].map { .storageType($0) }
         default: return nil
         }
@@ -298,6 +310,9 @@ public struct RestrictedUnpickler {
         var marks: [Int] = []
         var memo: [Int: Item] = [:]
         let L = limits
+        // Deeply nested values (a million TUPLE1s) would overflow the call stack when released
+        // recursively; take the graph apart iteratively on every exit instead.
+        defer { Self.dismantle(&stack, &memo) }
 
         func push(_ i: Item) throws {
             guard stack.count < L.maxStack else { throw fail("pickle value stack exceeds \(L.maxStack) items") }
@@ -540,6 +555,29 @@ public struct RestrictedUnpickler {
         }
     }
 
+    /// Releases the unpickling graph without recursion: moves every value into a work list and empties
+    /// containers before they are freed (also breaks reference cycles between lists and dicts).
+    static func dismantle(_ stack: inout [Item], _ memo: inout [Int: Item]) {
+        var work = stack
+        stack = []
+        work.append(contentsOf: memo.values)
+        memo = [:]
+        while let x = work.popLast() {
+            switch x {
+            case .tuple(let t): work.append(contentsOf: t)
+            case .list(let l), .set(let l):
+                work.append(contentsOf: l.items)
+                l.items = []
+            case .dict(let d):
+                for (k, v) in d.items { work.append(k); work.append(v) }
+                for (k, v) in d.attrs { work.append(k); work.append(v) }
+                d.items = []; d.attrs = []; d.strIndex = [:]; d.intIndex = [:]
+            case .object(_, let args): work.append(contentsOf: args)
+            case .v, .callable: break
+            }
+        }
+    }
+
     private func persistent(_ pid: Item, _ persistentLoad: PersistentLoad?) throws -> PickleValue {
         guard let persistentLoad else { throw fail("pickle has a persistent id but this container defines none") }
         var budget = 10_000
@@ -635,6 +673,18 @@ public struct RestrictedUnpickler {
             return .v(.bytes(out))
         case .torchDevice:
             return .object("torch.device", a)
+        case .numpyScalar:
+            // numpy.core.multiarray.scalar(dtype, bytes) (numpy/core/multiarray.py); the bytes are kept, not decoded.
+            guard (1...2).contains(a.count) else { throw fail("\(fname) takes 1 or 2 arguments, got \(a.count)") }
+            return .object("numpy.scalar", a)
+        case .numpyDType:
+            // numpy.dtype(obj, align, copy); the BUILD state that follows is dropped.
+            guard (1...3).contains(a.count), case .v(.string) = a[0] else { throw fail("numpy.dtype: first argument is not a type string") }
+            return .object("numpy.dtype", a)
+        case .argparseNamespace:
+            // Protocol ≥ 2: NEWOBJ(argparse.Namespace, ()) then BUILD(state dict), dropped.
+            guard a.isEmpty else { throw fail("argparse.Namespace: unexpected constructor arguments") }
+            return .object("argparse.Namespace", [])
         case .storageType:
             throw fail("pickle instantiates a storage type directly")
         }

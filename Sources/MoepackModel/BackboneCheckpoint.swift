@@ -162,7 +162,23 @@ public final class BackboneCheckpoint: @unchecked Sendable {
             if inferred.tasks < 1 && !e.moeBlocks.isEmpty {
                 throw MoepackError(.badInput, file: path, item: "blocks.\(e.moeBlocks[0]).mlp.gate.0.w_gate", "missing tensor")
             }
-            _ = mism // shapes are checked tensor by tensor below with expected shapes
+            // Named structural counts first, so the line says which hyper-parameter differs (expected vs
+            // actual); every shape is still checked tensor by tensor below.
+            if inferred.embedDim != e.embedDim {
+                throw mism("hidden size (embed dim)", inferred.embedDim, e.embedDim, "patch_embed.proj.weight")
+            }
+            if inferred.tokens > 0, inferred.tokens != e.tokens {
+                throw mism("token count", inferred.tokens, e.tokens, "pos_embed")
+            }
+            if let first = e.moeBlocks.first, inferred.experts > 0 {
+                let htoh4 = "blocks.\(first).mlp.experts.htoh4.weight"
+                if inferred.experts != e.experts { throw mism("expert count", inferred.experts, e.experts, htoh4) }
+                if inferred.expertHidden != e.expertHidden { throw mism("expert hidden size", inferred.expertHidden, e.expertHidden, htoh4) }
+            }
+            if inferred.mlpHidden > 0, e.mlpHidden > 0, inferred.mlpHidden != e.mlpHidden,
+               let dense = (0..<e.depth).first(where: { !e.moeBlocks.contains($0) }) {
+                throw mism("MLP hidden size", inferred.mlpHidden, e.mlpHidden, "blocks.\(dense).mlp.fc1.weight")
+            }
         }
         var expectedShapes: [(String, [Int])] = [
             ("patch_embed.proj.weight", [c.embedDim, c.inChans, c.patchSize, c.patchSize]),
