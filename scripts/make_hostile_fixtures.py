@@ -136,12 +136,15 @@ class Config:  # a user class: pickled as __main__.Config, must stay refused
 
 
 def stable_legacy_keys(data):
-    """Legacy torch.save names storages by id(); replace each key with a same-length constant so the
-    fixture bytes do not change between runs (BINUNICODE lengths stay valid)."""
-    keys = sorted(set(re.findall(rb"X.\x00\x00\x00(\d{6,20})", data)))
-    for n, k in enumerate(keys):
-        data = data.replace(k, str(10 ** (len(k) - 1) + n).encode())
-    return data
+    """Legacy torch.save names storages by id(); rename them '0', '1', … (BINUNICODE strings with their
+    length fields rewritten) so the fixture bytes do not change between runs."""
+    keys = {}
+
+    def sub(m):
+        k = keys.setdefault(m.group(1), str(len(keys)).encode())
+        return b"X" + struct.pack("<I", len(k)) + k
+
+    return re.sub(rb"X[\x06-\x14]\x00\x00\x00(\d{6,20})", sub, data)
 
 
 def small_state_dict():
@@ -189,9 +192,12 @@ def save_tiny(sd, name, stored=(), separate=()):
 
 
 def main():
-    if os.path.isdir(ROOT):
-        shutil.rmtree(ROOT)
-    os.makedirs(ROOT)
+    # Everything but regressions/ (fuzzer findings, committed by hand) is regenerated.
+    os.makedirs(ROOT, exist_ok=True)
+    for n in os.listdir(ROOT):
+        if n != "regressions":
+            p = os.path.join(ROOT, n)
+            shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
     torch.manual_seed(20240917)
     np.random.seed(20240917)
     expect = {}
@@ -328,6 +334,9 @@ def main():
     with h5py.File(out("int_weights.h5"), "w", track_order=True) as h:
         h.create_dataset("dense/weight", data=np.arange(12, dtype="<i4").reshape(4, 3))
         h.create_dataset("dense/bias", data=np.arange(4, dtype="<f4"))
+    # A float dataset declaring 128 MiB that stores nothing (fill value): refused before allocation.
+    with h5py.File(out("fill_only.h5"), "w") as h:
+        h.create_dataset("w", shape=(4096, 8192), dtype="<f4")
 
     # --- tiny M3ViT derivatives (profile tiny-test) ---
     lean = tiny_lean_state_dict()
@@ -424,7 +433,7 @@ def main():
         p = [x for x in zi.namelist() if x.endswith("data.pkl")][0]
         write(os.path.join(CORPUS, "pickle", n.replace(".pth", ".pkl")), zi.read(p))
     write(os.path.join(CORPUS, "pickle", "proto0.pkl"), pickle.dumps({"a": [1, 2.5, "s", b"b", (None, True)]}, protocol=0))
-    write(os.path.join(CORPUS, "legacy", "small_legacy.pth"), stable_legacy_keys(torch_bytes(small_state_dict(), legacy=True)))
+    write(os.path.join(CORPUS, "legacy", "small_legacy.pth"), stable_legacy_keys(torch_bytes(shared_storage(small_state_dict()), legacy=True)))
     write(os.path.join(CORPUS, "safetensors", "good.safetensors"),
           st({"__metadata__": {"k": "v"}, "a": {"dtype": "F16", "shape": [2], "data_offsets": [0, 4]},
               "b": {"dtype": "BF16", "shape": [1, 2], "data_offsets": [4, 8]}}, bytes(range(8))))

@@ -244,6 +244,13 @@ final class HostileInputTests: XCTestCase {
         XCTAssertEqual(try h.readFloat32("dense.bias"), [0, 1, 2, 3])
     }
 
+    func testHDF5DatasetThatStoresNothingIsRefusedBeforeAllocation() throws {
+        let h = try openCheckpoint(fx("fill_only.h5"))
+        XCTAssertEqual(h.entries, [TensorEntry(name: "w", dtype: .float32, shape: [4096, 8192])])
+        refused(try h.readFloat32("w"), "fill_only.h5",
+                ["'w': dataset declares 33554432 elements but stores 0 bytes in the file (fill values or a corrupted extent)"])
+    }
+
     // MARK: model stage (tiny M³ViT, profile tiny-test)
 
     func testTinyLeanOpensAgainstTheProfile() throws {
