@@ -2,16 +2,19 @@
 # Runs every libFuzzer target for FUZZ_SECONDS (default 60) each, starting from the committed seeds in
 # fuzz/corpus/<target>/ plus the growing working corpus fuzz/.work/<target>/. Crashing inputs land in
 # fuzz/.artifacts/<target>/ (copy them to Tests/Fixtures/hostile/regressions/<target>/ once fixed).
-# Usage: FUZZ_SECONDS=300 bash fuzz/run.sh [target ...]
+# Usage: FUZZ_SECONDS=300 bash fuzz/run.sh [target ...]   (targets: zip pickle legacy safetensors npy hdf5)
 # Exit status: 0 when no target produced an artifact, 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-bash fuzz/build.sh "$@" || exit 2
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    for t in fuzz/targets/*.swift; do targets+=("$(basename "$t" .swift)"); done
+    # hdf5 only on request (FUZZ_HDF5=1 or by name): the system libhdf5 1.10 crashes on some corrupted
+    # files by itself (fuzz/known-crashes/libhdf5/), which would stop that target within seconds.
+    targets=(zip pickle legacy safetensors npy)
+    [ "${FUZZ_HDF5:-0}" = 1 ] && targets+=(hdf5)
 fi
+bash fuzz/build.sh "${targets[@]}" || exit 2
 status=0
 printf "%-12s %12s %8s %s\n" target executions crashes log
 for t in "${targets[@]}"; do
