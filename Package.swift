@@ -49,7 +49,7 @@ let package = Package(
                                          "MoepackVerify",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
-        .testTarget(name: "CheckpointTests", dependencies: ["MoepackCheckpoint", "MoepackCore"]),
+        .testTarget(name: "CheckpointTests", dependencies: ["MoepackCheckpoint", "MoepackCore", "MoepackModel"]),
         .testTarget(name: "FixedPointTests", dependencies: ["MoepackFixedPoint"]),
         .testTarget(name: "ModelTests", dependencies: ["MoepackModel", "MoepackCheckpoint"]),
         .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint"]),

@@ -284,13 +284,21 @@ public final class HDF5Source: TensorSource {
 
     /// Reads a float dataset through libhdf5 into `out` as the native `memType`. Lock held by caller.
     private func read<T>(_ objectPath: String, name: String, count: Int, memType: hid_t, zero: T) throws -> [T] {
-        var out = [T](repeating: zero, count: count)
-        if count == 0 { return out }
+        if count == 0 { return [] }
         let did = H5Dopen2(fileID, objectPath, 0)
         guard did >= 0 else {
             throw MoepackError(.badInput, file: path, item: name, "cannot open the dataset\(hdf5ErrorText())")
         }
         defer { H5Dclose(did) }
+        // A dataset may declare any extent and store nothing (fill values): before reserving memory,
+        // a large dataset must store at least 1/1032 of its bytes (gzip's largest ratio) in the file.
+        let (bytes, o) = count.multipliedReportingOverflow(by: MemoryLayout<T>.stride)
+        let stored = Int(clamping: H5Dget_storage_size(did))
+        guard !o, bytes <= Self.maxDatasetBytes, bytes <= 64 << 20 || bytes / 1032 <= stored else {
+            throw MoepackError(.badInput, file: path, item: name,
+                               "dataset declares \(count) elements but stores \(stored) bytes in the file (fill values or a corrupted extent)")
+        }
+        var out = [T](repeating: zero, count: count)
         let rc = out.withUnsafeMutableBytes { H5Dread(did, memType, 0 /* H5S_ALL */, 0 /* H5S_ALL */, 0 /* H5P_DEFAULT */, $0.baseAddress) }
         guard rc >= 0 else {
             throw MoepackError(.badInput, file: path, item: name, "libhdf5 cannot read the dataset (corrupted data or unavailable filter)\(hdf5ErrorText())")

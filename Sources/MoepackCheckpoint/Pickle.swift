@@ -123,8 +123,9 @@ public struct PickleLimits: Sendable {
     public var maxContainerCount = 10_000_000
     /// Nesting depth of the result (deeper or cyclic structures are refused).
     public var maxDepth = 200
-    /// Total values in the result (shared sub-objects count once per reference).
-    public var maxTotalValues = 50_000_000
+    /// Total values in the result (shared sub-objects count once per reference; a cap on
+    /// memo-sharing blow-ups such as `x = (x, x)` repeated).
+    public var maxTotalValues = 10_000_000
     public init() {}
 }
 
@@ -196,7 +197,11 @@ final class PickleInput {
 /// `_rebuild_parameter_with_state`; storage types `torch.{Float,Half,BFloat16,Double,Long,Int,Short,
 /// Char,Byte,Bool}Storage`; `collections.OrderedDict`; `torch.Size`; `torch.device`;
 /// `builtins.{set,frozenset,list,dict,tuple}` (and `__builtin__` spellings); `_codecs.encode`
-/// (latin-1 only, for protocol-2 bytes). Refused on purpose: `torch.storage._load_from_bytes` (it
+/// (latin-1 only, for protocol-2 bytes). Training checkpoints' extras (`best_acc`, `args`) are
+/// interpreted as opaque values without calling anything: `numpy.core.multiarray.scalar` and
+/// `numpy._core.multiarray.scalar` → `.object(type: "numpy.scalar")`, `numpy.dtype` →
+/// `.object(type: "numpy.dtype")`, `argparse.Namespace` → `.object(type: "argparse.Namespace")` (BUILD
+/// state is dropped). Refused on purpose: `torch.storage._load_from_bytes` (it
 /// unpickles a nested pickle), anything from `os`, `posix`, `subprocess`, `builtins.eval`/`exec`, …
 public struct RestrictedUnpickler {
     public typealias PersistentLoad = (PickleValue) throws -> PickleValue
@@ -207,6 +212,10 @@ public struct RestrictedUnpickler {
         case storageType(DType)
         case orderedDict, torchSize, torchDevice, codecsEncode
         case builtinSet, builtinFrozenset, builtinList, builtinDict, builtinTuple
+        /// Training-state values outside the state_dict, kept as opaque ``PickleValue/object(type:args:)``:
+        /// `numpy.core.multiarray.scalar` / `numpy._core.multiarray.scalar` (NumPy 1 / 2), `numpy.dtype`,
+        /// `argparse.Namespace`.
+        case numpyScalar, numpyDType, argparseNamespace
     }
 
     static let storageTypes: [String: DType] = [
@@ -230,6 +239,9 @@ public struct RestrictedUnpickler {
         case ("builtins", "list"), ("__builtin__", "list"): return .builtinList
         case ("builtins", "dict"), ("__builtin__", "dict"): return .builtinDict
         case ("builtins", "tuple"), ("__builtin__", "tuple"): return .builtinTuple
+        case ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"): return .numpyScalar
+        case ("numpy", "dtype"): return .numpyDType
+        case ("argparse", "Namespace"): return .argparseNamespace
         case ("torch", _): return storageTypes[name].map { .storageType($0) }
         default: return nil
         }
@@ -264,7 +276,10 @@ public struct RestrictedUnpickler {
 
     // MARK: interpreter
 
-    /// Mutable containers while unpickling (memo references share them, as in Python).
+    /// Mutable containers while unpickling (memo references share them, as in Python). Every box is
+    /// created through the load's ``Arena``, which keeps it alive until the load ends and then empties
+    /// it: a chain of a million nested lists is never released recursively (which would overflow the
+    /// call stack), and reference cycles are broken.
     final class ListBox { var items: [Item] = []; init(_ i: [Item] = []) { items = i } }
     final class DictBox {
         var items: [(Item, Item)] = []
@@ -282,14 +297,47 @@ public struct RestrictedUnpickler {
             items.append((k, v))
         }
     }
+    /// Owns every box of one load (see ``ListBox``).
+    final class Arena {
+        private var lists: [ListBox] = []
+        private var dicts: [DictBox] = []
+        func list(_ items: [Item] = []) -> ListBox {
+            let l = ListBox(items)
+            lists.append(l)
+            return l
+        }
+        func dict() -> DictBox {
+            let d = DictBox()
+            dicts.append(d)
+            return d
+        }
+        /// Empties every box (their items are released while the arena still holds the boxes, so no
+        /// release recurses into a box), then lets the boxes go.
+        func clear() {
+            for l in lists { l.items = [] }
+            for d in dicts { d.items = []; d.attrs = []; d.strIndex = [:]; d.intIndex = [:] }
+            lists = []
+            dicts = []
+        }
+    }
     enum Item {
         case v(PickleValue)
         case list(ListBox)
         case set(ListBox)
-        case tuple([Item])
+        /// Tuples are values: `depth` counts nested tuples (boxes reset it) and is capped at
+        /// ``PickleLimits/maxDepth`` when the tuple is made, so releasing one never recurses deeply.
+        case tuple([Item], depth: Int)
         case dict(DictBox)
         case callable(Callable, String)
-        case object(String, [Item])
+        case object(String, ListBox)
+    }
+
+    /// Makes a tuple item, refusing tuple nesting deeper than ``PickleLimits/maxDepth``.
+    func tuple(_ items: [Item]) throws -> Item {
+        var d = 1
+        for i in items { if case .tuple(_, let cd) = i, cd + 1 > d { d = cd + 1 } }
+        guard d <= limits.maxDepth else { throw fail("pickle nesting deeper than \(limits.maxDepth) (or cyclic)") }
+        return .tuple(items, depth: d)
     }
 
     /// Interprets opcodes from `input` until STOP and returns the result.
@@ -298,6 +346,8 @@ public struct RestrictedUnpickler {
         var marks: [Int] = []
         var memo: [Int: Item] = [:]
         let L = limits
+        let arena = Arena()
+        defer { arena.clear() }
 
         func push(_ i: Item) throws {
             guard stack.count < L.maxStack else { throw fail("pickle value stack exceeds \(L.maxStack) items") }
@@ -434,26 +484,26 @@ public struct RestrictedUnpickler {
             case 0x53: // STRING (text repr)
                 let b = try stringRepr(try line())
                 try push(.v(String(validating: b, as: UTF8.self).map { .string($0) } ?? .bytes(b)))
-            case 0x29: try push(.tuple([])) // EMPTY_TUPLE
-            case 0x85: try push(.tuple([try pop()])) // TUPLE1
+            case 0x29: try push(try tuple([])) // EMPTY_TUPLE
+            case 0x85: try push(try tuple([try pop()])) // TUPLE1
             case 0x86: // TUPLE2
                 let b = try pop(), a = try pop()
-                try push(.tuple([a, b]))
+                try push(try tuple([a, b]))
             case 0x87: // TUPLE3
                 let c = try pop(), b = try pop(), a = try pop()
-                try push(.tuple([a, b, c]))
-            case 0x74: try push(.tuple(try popMark())) // TUPLE
-            case 0x5d: try push(.list(ListBox())) // EMPTY_LIST
-            case 0x6c: try push(.list(ListBox(try popMark()))) // LIST
-            case 0x7d: try push(.dict(DictBox())) // EMPTY_DICT
-            case 0x8f: try push(.set(ListBox())) // EMPTY_SET
+                try push(try tuple([a, b, c]))
+            case 0x74: try push(try tuple(try popMark())) // TUPLE
+            case 0x5d: try push(.list(arena.list())) // EMPTY_LIST
+            case 0x6c: try push(.list(arena.list(try popMark()))) // LIST
+            case 0x7d: try push(.dict(arena.dict())) // EMPTY_DICT
+            case 0x8f: try push(.set(arena.list())) // EMPTY_SET
             case 0x64: // DICT
                 let items = try popMark()
                 guard items.count % 2 == 0 else { throw fail("pickle DICT with an odd number of items") }
-                let d = DictBox()
+                let d = arena.dict()
                 for i in stride(from: 0, to: items.count, by: 2) { d.set(items[i], items[i + 1]) }
                 try push(.dict(d))
-            case 0x91: try push(.set(ListBox(try popMark()))) // FROZENSET
+            case 0x91: try push(.set(arena.list(try popMark()))) // FROZENSET
             case 0x61: // APPEND
                 let v = try pop()
                 guard case .list(let l)? = stack.last else { throw fail("pickle APPEND to a non-list") }
@@ -504,22 +554,22 @@ public struct RestrictedUnpickler {
                 let module = try utf8(try line()), name = try utf8(try line())
                 let callable = try resolveGlobal(module, name)
                 let args = try popMark()
-                try push(try reduce(callable, .tuple(args), newObject: true))
+                try push(try reduce(callable, try tuple(args), newObject: true, arena))
             case 0x6f: // OBJ
                 var items = try popMark()
                 guard !items.isEmpty else { throw fail("pickle OBJ without a class") }
                 let cls = items.removeFirst()
-                try push(try reduce(cls, .tuple(items), newObject: true))
+                try push(try reduce(cls, try tuple(items), newObject: true, arena))
             case 0x52: // REDUCE
                 let args = try pop(), f = try pop()
-                try push(try reduce(f, args, newObject: false))
+                try push(try reduce(f, args, newObject: false, arena))
             case 0x81: // NEWOBJ
                 let args = try pop(), cls = try pop()
-                try push(try reduce(cls, args, newObject: true))
+                try push(try reduce(cls, args, newObject: true, arena))
             case 0x92: // NEWOBJ_EX
                 let kwargs = try pop(), args = try pop(), cls = try pop()
                 if case .dict(let d) = kwargs, !d.items.isEmpty { throw fail("pickle NEWOBJ_EX with keyword arguments is not supported") }
-                try push(try reduce(cls, args, newObject: true))
+                try push(try reduce(cls, args, newObject: true, arena))
             case 0x62: // BUILD
                 let state = try pop()
                 guard let obj = stack.last else { throw fail("pickle BUILD on an empty stack") }
@@ -551,7 +601,7 @@ public struct RestrictedUnpickler {
         case .dict(let d):
             // OrderedDict instance state: a dict of attributes (or (dict, slots)).
             var st = state
-            if case .tuple(let t) = state, t.count == 2 { st = t[0] }
+            if case .tuple(let t, _) = state, t.count == 2 { st = t[0] }
             if case .dict(let sd) = st { d.attrs.append(contentsOf: sd.items) }
             else if case .v(.none) = st {}
             else { throw fail("pickle BUILD on a dict with unsupported state") }
@@ -563,14 +613,14 @@ public struct RestrictedUnpickler {
     }
 
     /// Interprets a call of an allow-listed callable. Nothing is executed.
-    private func reduce(_ f: Item, _ args: Item, newObject: Bool) throws -> Item {
+    private func reduce(_ f: Item, _ args: Item, newObject: Bool, _ arena: Arena) throws -> Item {
         guard case .callable(let c, let fname) = f else {
             if case .v(.global(let m, let n)) = f {
                 throw fail("pickle calls '\(m).\(n)', which is a type moepack only accepts as a storage type")
             }
             throw fail("pickle REDUCE/NEWOBJ on a value that is not an allow-listed callable")
         }
-        guard case .tuple(let a) = args else { throw fail("pickle arguments to '\(fname)' are not a tuple") }
+        guard case .tuple(let a, _) = args else { throw fail("pickle arguments to '\(fname)' are not a tuple") }
         var budget = 1_000_000
         func val(_ i: Item) throws -> PickleValue { try freeze(i, depth: 0, budget: &budget) }
         switch c {
@@ -593,35 +643,35 @@ public struct RestrictedUnpickler {
             guard a.count >= 1, case .tensorRef = try val(a[0]) else { throw fail("\(fname): first argument is not a tensor") }
             return a[0]
         case .orderedDict, .builtinDict:
-            let d = DictBox()
+            let d = arena.dict()
             if let first = a.first {
                 guard case .list(let l) = first else {
                     if case .dict(let src) = first { for (k, v) in src.items { d.set(k, v) }; return .dict(d) }
                     throw fail("\(fname): unsupported argument")
                 }
                 for p in l.items {
-                    guard case .tuple(let kv) = p, kv.count == 2 else { throw fail("\(fname): items are not pairs") }
+                    guard case .tuple(let kv, _) = p, kv.count == 2 else { throw fail("\(fname): items are not pairs") }
                     d.set(kv[0], kv[1])
                 }
             }
             return .dict(d)
         case .torchSize, .builtinTuple:
-            guard let first = a.first else { return .tuple([]) }
+            guard let first = a.first else { return try tuple([]) }
             switch first {
-            case .tuple(let t): return .tuple(t)
-            case .list(let l): return .tuple(l.items)
+            case .tuple: return first
+            case .list(let l): return try tuple(l.items)
             default: throw fail("\(fname): argument is not a sequence")
             }
         case .builtinList, .builtinSet, .builtinFrozenset:
             var items: [Item] = []
             if let first = a.first {
                 switch first {
-                case .tuple(let t): items = t
+                case .tuple(let t, _): items = t
                 case .list(let l), .set(let l): items = l.items
                 default: throw fail("\(fname): argument is not a sequence")
                 }
             }
-            return c == .builtinList ? .list(ListBox(items)) : .set(ListBox(items))
+            return c == .builtinList ? .list(arena.list(items)) : .set(arena.list(items))
         case .codecsEncode:
             guard a.count == 2, case .v(.string(let s)) = a[0], case .v(.string(let enc)) = a[1] else {
                 throw fail("_codecs.encode: expected (str, encoding)")
@@ -634,7 +684,19 @@ public struct RestrictedUnpickler {
             }
             return .v(.bytes(out))
         case .torchDevice:
-            return .object("torch.device", a)
+            return .object("torch.device", arena.list(a))
+        case .numpyScalar:
+            // numpy.core.multiarray.scalar(dtype, bytes) (numpy/core/multiarray.py); the bytes are kept, not decoded.
+            guard (1...2).contains(a.count) else { throw fail("\(fname) takes 1 or 2 arguments, got \(a.count)") }
+            return .object("numpy.scalar", arena.list(a))
+        case .numpyDType:
+            // numpy.dtype(obj, align, copy); the BUILD state that follows is dropped.
+            guard (1...3).contains(a.count), case .v(.string) = a[0] else { throw fail("numpy.dtype: first argument is not a type string") }
+            return .object("numpy.dtype", arena.list(a))
+        case .argparseNamespace:
+            // Protocol ≥ 2: NEWOBJ(argparse.Namespace, ()) then BUILD(state dict), dropped.
+            guard a.isEmpty else { throw fail("argparse.Namespace: unexpected constructor arguments") }
+            return .object("argparse.Namespace", arena.list())
         case .storageType:
             throw fail("pickle instantiates a storage type directly")
         }
@@ -649,7 +711,7 @@ public struct RestrictedUnpickler {
         case .v(let v): return v
         case .list(let l): return .list(try l.items.map { try freeze($0, depth: depth + 1, budget: &budget) })
         case .set(let l): return .set(try l.items.map { try freeze($0, depth: depth + 1, budget: &budget) })
-        case .tuple(let t): return .tuple(try t.map { try freeze($0, depth: depth + 1, budget: &budget) })
+        case .tuple(let t, _): return .tuple(try t.map { try freeze($0, depth: depth + 1, budget: &budget) })
         case .dict(let d):
             let items = try d.items.map { PickleDictItem(key: try freeze($0.0, depth: depth + 1, budget: &budget),
                                                          value: try freeze($0.1, depth: depth + 1, budget: &budget)) }
@@ -660,7 +722,7 @@ public struct RestrictedUnpickler {
             let parts = name.split(separator: ".")
             return .global(module: parts.dropLast().joined(separator: "."), name: String(parts.last ?? ""))
         case .object(let t, let args):
-            return .object(type: t, args: try args.map { try freeze($0, depth: depth + 1, budget: &budget) })
+            return .object(type: t, args: try args.items.map { try freeze($0, depth: depth + 1, budget: &budget) })
         }
     }
 

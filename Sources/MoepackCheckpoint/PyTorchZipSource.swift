@@ -97,7 +97,19 @@ public final class PyTorchZipSource: TensorSource {
 
     public func readRaw(_ name: String) throws -> [UInt8] {
         guard let t = refs[name] else { throw MoepackError(.badInput, file: path, item: name, "no such tensor") }
-        let bytes = try archive.read(prefix + "data/" + t.storage.key)
+        let record = prefix + "data/" + t.storage.key
+        let bytes: [UInt8]
+        do { bytes = try archive.read(record) } catch var e as MoepackError where e.item == record {
+            // Name the tensor the user asked for; the record stays in the message.
+            e.item = name
+            e.message = "record '\(record)': " + e.message
+            throw e
+        }
+        // The directory size was checked at open; a record that changed since is refused, not trapped on.
+        let (need, o) = t.storage.numel.multipliedReportingOverflow(by: t.storage.dtype.byteSize)
+        guard !o, bytes.count == need else {
+            throw MoepackError(.badInput, file: path, item: name, "record '\(record)' holds \(bytes.count) bytes, expected \(t.storage.numel) × \(t.storage.dtype.byteSize)")
+        }
         return TorchCheckpoint.gather(bytes, t)
     }
 

@@ -41,9 +41,11 @@ func openFile(_ path: String, options: OpenOptions) throws -> any TensorSource {
     if isHDF5 {
         return try HDF5Source(path: path)
     }
-    if head.count >= 9 {
+    if head.count >= 9, head[8] == 0x7b {
+        // An 8-byte length then `{`: safetensors, even when the length is absurd (the reader then
+        // reports the length against the file size and its cap instead of "unknown container").
         var r = LEReader(head)
-        if let n = r.uint(8), n >= 2, n <= UInt64(file.size - 8), head[8] == 0x7b {
+        if let n = r.uint(8), n >= 2 {
             return try SafetensorsSource(path: path)
         }
     }

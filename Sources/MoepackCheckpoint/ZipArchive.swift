@@ -30,7 +30,8 @@ public struct ZipEntry: Sendable, Equatable {
 ///
 /// Checks: EOCD and comment fill the file exactly; single-disk archives only; central directory inside
 /// the file and before the EOCD; no duplicate names; records do not overlap; sizes ≤ 16 GiB
-/// (``maxUncompressedSize``); stored records have equal sizes; on read, the local header matches the
+/// (``maxUncompressedSize``); deflated records declare at most 1032 × their compressed size (the
+/// deflate format's largest ratio); stored records have equal sizes; on read, the local header matches the
 /// central directory (name, method, sizes/CRC unless flag bit 3), deflate output length equals the
 /// declared size, and the CRC-32 of the bytes equals the declared CRC. No encryption.
 public final class ZipArchive: @unchecked Sendable {
@@ -188,6 +189,14 @@ public final class ZipArchive: @unchecked Sendable {
             guard flags & 0x1 == 0, flags & 0x40 == 0 else { throw ebad("encrypted records are not supported") }
             guard usize <= maxUncompressedSize else {
                 throw ebad("declared size \(usize) bytes exceeds the \(maxUncompressedSize >> 30) GiB limit")
+            }
+            if method == 8 {
+                // Deflate expands at most 1032:1 (RFC 1951: a 258-byte match costs at least 2 bits), so a
+                // larger declared size is a lie; refusing it here keeps a small file from reserving gigabytes.
+                let (most, o) = csize.multipliedReportingOverflow(by: 1032)
+                guard o || usize <= most + 64 else {
+                    throw ebad("declared size \(usize) bytes is more than \(csize) deflated bytes can inflate to (zip bomb)")
+                }
             }
             guard csize <= cdOffset, offset < cdOffset else {
                 throw ebad("record (offset \(offset), \(csize) bytes) lies outside the data area before the central directory")

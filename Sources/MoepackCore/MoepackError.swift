@@ -40,10 +40,31 @@ public struct MoepackError: Error, CustomStringConvertible, Sendable, Equatable 
 
     public var description: String {
         var parts: [String] = []
-        if let file { parts.append(file) }
-        if let item { parts.append("'\(item)'") }
-        parts.append(String(message.map { $0 == "\n" ? " " : $0 }))
+        if let file { parts.append(Self.oneLine(file)) }
+        if let item { parts.append("'\(Self.oneLine(item))'") }
+        parts.append(Self.oneLine(message))
         return parts.joined(separator: ": ")
+    }
+
+    /// Names come from the input (zip record names, state_dict keys): control characters are shown as
+    /// `\n`, `\r`, `\t` or `\u{..}` so the description stays one line.
+    static func oneLine(_ s: String) -> String {
+        guard s.unicodeScalars.contains(where: { $0.properties.generalCategory == .control || $0 == "\u{2028}" || $0 == "\u{2029}" }) else { return s }
+        var out = ""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if u.properties.generalCategory == .control || u == "\u{2028}" || u == "\u{2029}" {
+                    out += "\\u{\(String(u.value, radix: 16))}"
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        return out
     }
 
     /// Process exit status for this error (2 refused input, 1 verification/IO failure, 64 usage).

@@ -145,6 +145,12 @@ public final class BackboneCheckpoint: @unchecked Sendable {
         let path = source.path
         if let e = expected {
             // Structure must match the profile exactly.
+            func mism(_ what: String, _ got: Any, _ want: Any, _ tensor: String) -> MoepackError {
+                let shown = map[tensor] ?? tensor
+                let s = source.entry(shown)?.shape ?? []
+                return MoepackError(.mismatch, file: path, item: shown,
+                                    "shape \(shapeString(s)) gives \(what) = \(got), the profile expects \(want)")
+            }
             if inferred.depth != e.depth {
                 throw MoepackError(.mismatch, file: path, item: "blocks.*",
                                    "checkpoint has \(inferred.depth) blocks, the profile expects \(e.depth)")
@@ -155,6 +161,23 @@ public final class BackboneCheckpoint: @unchecked Sendable {
             }
             if inferred.tasks < 1 && !e.moeBlocks.isEmpty {
                 throw MoepackError(.badInput, file: path, item: "blocks.\(e.moeBlocks[0]).mlp.gate.0.w_gate", "missing tensor")
+            }
+            // Named structural counts first, so the line says which hyper-parameter differs (expected vs
+            // actual); every shape is still checked tensor by tensor below.
+            if inferred.embedDim != e.embedDim {
+                throw mism("hidden size (embed dim)", inferred.embedDim, e.embedDim, "patch_embed.proj.weight")
+            }
+            if inferred.tokens > 0, inferred.tokens != e.tokens {
+                throw mism("token count", inferred.tokens, e.tokens, "pos_embed")
+            }
+            if let first = e.moeBlocks.first, inferred.experts > 0 {
+                let htoh4 = "blocks.\(first).mlp.experts.htoh4.weight"
+                if inferred.experts != e.experts { throw mism("expert count", inferred.experts, e.experts, htoh4) }
+                if inferred.expertHidden != e.expertHidden { throw mism("expert hidden size", inferred.expertHidden, e.expertHidden, htoh4) }
+            }
+            if inferred.mlpHidden > 0, e.mlpHidden > 0, inferred.mlpHidden != e.mlpHidden,
+               let dense = (0..<e.depth).first(where: { !e.moeBlocks.contains($0) }) {
+                throw mism("MLP hidden size", inferred.mlpHidden, e.mlpHidden, "blocks.\(dense).mlp.fc1.weight")
             }
         }
         var expectedShapes: [(String, [Int])] = [

@@ -79,7 +79,7 @@ final class BackboneCheckpointTests: XCTestCase {
         XCTAssertThrowsError(try BackboneCheckpoint(source: tinyStateDict(), expected: wrong)) { error in
             let e = error as! MoepackError
             XCTAssertEqual(e.kind, .mismatch)
-            XCTAssertEqual(e.description, "tiny.pth: 'module.backbone.blocks.1.mlp.gate.0.w_gate': shape [4,2], expected [4,4]")
+            XCTAssertEqual(e.description, "tiny.pth: 'module.backbone.blocks.1.mlp.experts.htoh4.weight': shape [2,3,4] gives expert count = 2, the profile expects 4")
         }
         XCTAssertNoThrow(try BackboneCheckpoint(source: tinyStateDict(), expected: tinyConfig))
     }
@@ -95,7 +95,7 @@ final class BackboneCheckpointTests: XCTestCase {
         let src = tinyStateDict(override: ["blocks.1.mlp.experts.htoh4.weight": [3, 3, 4]])
         XCTAssertThrowsError(try BackboneCheckpoint(source: src, expected: tinyConfig)) { error in
             XCTAssertEqual((error as! MoepackError).description,
-                           "tiny.pth: 'module.backbone.blocks.1.mlp.experts.htoh4.weight': shape [3,3,4], expected [2,3,4]")
+                           "tiny.pth: 'module.backbone.blocks.1.mlp.experts.htoh4.weight': shape [3,3,4] gives expert count = 3, the profile expects 2")
         }
     }
 
