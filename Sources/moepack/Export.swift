@@ -51,7 +51,7 @@ struct Export: ParsableCommand {
 
     func run() throws {
         try guarded {
-            let source = try openCheckpoint(checkpoint, options: OpenOptions(stateDictKey: key))
+            let source = try openCheckpointIsolated(checkpoint, options: OpenOptions(stateDictKey: key))
             try checkKeyApplies(key, to: source)
             let options = ExportOptions(all: all, dtype: dtype, metadata: !noMetadata, moepackVersion: Moepack.version)
             let r = try exportBackbone(source: source, options: options, to: output)

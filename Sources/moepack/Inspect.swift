@@ -47,7 +47,7 @@ struct Inspect: ParsableCommand {
 
     func run() throws {
         try guarded {
-            let source = try openCheckpoint(checkpoint, options: OpenOptions(stateDictKey: key))
+            let source = try openCheckpointIsolated(checkpoint, options: OpenOptions(stateDictKey: key))
             try checkKeyApplies(key, to: source)
             let expected = profile == "none" ? nil : try KernelProfile.load(profile).model
             var config: M3ViTConfig?

@@ -16,7 +16,7 @@ struct Moepack: ParsableCommand {
         Refused input exits with status 2 and one line on stderr naming the file, the tensor and the problem.
         """,
         version: version,
-        subcommands: [Pack.self, Run.self, Verify.self, Inspect.self, Export.self, Quantize.self, Check.self, ImageCommand.self, Schedule.self, Suggest.self])
+        subcommands: [Pack.self, Run.self, Verify.self, Inspect.self, Export.self, Quantize.self, Check.self, ImageCommand.self, Schedule.self, Suggest.self, ProbeHDF5.self])
 }
 
 /// Runs a subcommand body, turning ``MoepackError`` into one stderr line and its exit code.

@@ -93,7 +93,7 @@ struct Pack: ParsableCommand {
     func run() throws {
         try guarded {
             let profile = try profileOptions.load()
-            let source = try openCheckpoint(checkpoint, options: checkpointOptions.open)
+            let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
             let backbone = try BackboneCheckpoint(source: source, expected: profile.model)
             let kernel = try KernelTensors(checkpoint: backbone, folds: checkpointOptions.folds)
             var frame: Frame? = nil

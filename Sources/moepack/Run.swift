@@ -146,7 +146,7 @@ struct Verify: ParsableCommand {
         try guarded {
             let image = try PackedImage(directory: directory)
             let inputs = try frames.load(config: image.manifest.model)
-            let source = try openCheckpoint(checkpoint, options: checkpointOptions.open)
+            let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
             let backbone = try BackboneCheckpoint(source: source, expected: image.manifest.model)
             if let packed = image.manifest.folds, checkpointOptions.foldsGiven, packed != checkpointOptions.folds {
                 throw MoepackError(.usage, file: directory, item: "--mean/--std",

@@ -115,7 +115,7 @@ struct Suggest: ParsableCommand {
     func run() throws {
         try guarded {
             let profile = try profileOptions.load()
-            let source = try openCheckpoint(checkpoint, options: checkpointOptions.open)
+            let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
             let kernel = try KernelTensors(checkpoint: try BackboneCheckpoint(source: source, expected: profile.model),
                                            folds: checkpointOptions.folds)
             let s = try suggestTypes(kernel: kernel, profile: profile, task: task)

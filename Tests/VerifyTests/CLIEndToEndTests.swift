@@ -103,4 +103,14 @@ final class CLIEndToEndTests: XCTestCase {
         XCTAssertEqual(back.status, 0, back.stderr)
         XCTAssertEqual(try npyFloats(dir + "/back.npy"), [0.5, -1.25, 1.984375, 1.984375])
     }
+
+    /// libhdf5 1.10.8 dies with SIGSEGV on this fuzzer-found file; moepack must still answer in one line.
+    func testHDF5LibraryCrashBecomesOneLineRefusal() throws {
+        let bad = "fuzz/known-crashes/libhdf5/segv-H5F__accum_read-H5G__stab_iterate.h5"
+        let r = try moepack(["inspect", bad])
+        XCTAssertEqual(r.status, 2)
+        XCTAssertEqual(r.stderr, "moepack: error: \(bad): corrupted HDF5 file: the HDF5 library crashed reading it (signal 11)\n")
+        let ok = try moepack(["inspect", "Tests/Fixtures/tiny/model.h5"])
+        XCTAssertEqual(ok.status, 0, ok.stderr)
+    }
 }

@@ -1,0 +1,57 @@
+import ArgumentParser
+import Foundation
+import MoepackCore
+import MoepackCheckpoint
+
+/// Opens a checkpoint; an HDF5 file is first read completely by a child `moepack` process, because
+/// the system libhdf5 (1.10.8) can crash with a signal on some corrupted files (found by fuzzing,
+/// `fuzz/known-crashes/libhdf5/`) and a crash must become a one-line refusal, not a dead process.
+func openCheckpointIsolated(_ path: String, options: OpenOptions) throws -> any TensorSource {
+    if isHDF5File(path) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+        p.arguments = ["probe-hdf5", path]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        do { try p.run() } catch {
+            throw MoepackError(.io, file: path, "cannot start the HDF5 probe process")
+        }
+        p.waitUntilExit()
+        if p.terminationReason == .uncaughtSignal {
+            throw MoepackError(.badInput, file: path, "corrupted HDF5 file: the HDF5 library crashed reading it (signal \(p.terminationStatus))")
+        }
+    }
+    return try openCheckpoint(path, options: options)
+}
+
+/// HDF5 signature at offset 0, 512, 1024, … (the HDF5 file format's superblock search).
+func isHDF5File(_ path: String) -> Bool {
+    guard let h = FileHandle(forReadingAtPath: path) else { return false }
+    defer { try? h.close() }
+    let magic: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]
+    let size = (try? h.seekToEnd()) ?? 0
+    var offset: UInt64 = 0
+    while offset + 8 <= size {
+        try? h.seek(toOffset: offset)
+        if let d = try? h.read(upToCount: 8), [UInt8](d) == magic { return true }
+        offset = offset == 0 ? 512 : offset * 2
+    }
+    return false
+}
+
+/// Hidden: opens an HDF5 checkpoint and reads every dataset, so the parent learns whether the HDF5
+/// library survives this file.
+struct ProbeHDF5: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "probe-hdf5", shouldDisplay: false)
+
+    @Argument var path: String
+
+    func run() throws {
+        do {
+            let s = try openCheckpoint(path)
+            for e in s.entries { _ = try? s.readRaw(e.name) }
+        } catch {
+            throw ExitCode(2)
+        }
+    }
+}
