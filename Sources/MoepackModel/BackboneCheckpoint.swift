@@ -108,9 +108,15 @@ public final class BackboneCheckpoint: @unchecked Sendable {
         var moe: [Int] = []
         var experts = 0, expertHidden = 0, mlpHidden = 0, tasks = 0
         for i in 0..<depth {
-            if let s = shape(source, map, "blocks.\(i).mlp.experts.htoh4.weight") {
+            // A block is MoE when any of its expert or gate tensors is present (a folder may lack the
+            // expert matrices, as the published Edge-MoE weights do: they are then reported missing).
+            let w1 = shape(source, map, "blocks.\(i).mlp.experts.htoh4.weight")
+            let b1 = shape(source, map, "blocks.\(i).mlp.experts.htoh4.bias")
+            let isMoE = w1 != nil || b1 != nil || map["blocks.\(i).mlp.gate.0.w_gate"] != nil
+            if isMoE {
                 moe.append(i)
-                if s.count == 3 && experts == 0 { experts = s[0]; expertHidden = s[1] }
+                if let s = w1, s.count == 3, experts == 0 { experts = s[0]; expertHidden = s[1] }
+                if let s = b1, s.count == 2, experts == 0 { experts = s[0]; expertHidden = s[1] }
                 if tasks == 0 {
                     while map["blocks.\(i).mlp.gate.\(tasks).w_gate"] != nil { tasks += 1 }
                 }
@@ -149,7 +155,7 @@ public final class BackboneCheckpoint: @unchecked Sendable {
                 let shown = map[tensor] ?? tensor
                 let s = source.entry(shown)?.shape ?? []
                 return MoepackError(.mismatch, file: path, item: shown,
-                                    "shape \(shapeString(s)) gives \(what) = \(got), the profile expects \(want)")
+                                    "shape \(shapeString(s)) gives \(what) = \(got), the profile expects \(want)\(epHint(source, shown))")
             }
             if inferred.depth != e.depth {
                 throw MoepackError(.mismatch, file: path, item: "blocks.*",
@@ -220,19 +226,30 @@ public final class BackboneCheckpoint: @unchecked Sendable {
         for (canonical, want) in expectedShapes {
             guard let srcName = map[canonical], let entry = source.entry(srcName) else {
                 let shown = naming == .edgeMoE ? edgeName(canonical) : canonical
-                throw MoepackError(.badInput, file: path, item: shown, "missing tensor (expected shape \(shapeString(want)))")
+                var hint = ""
+                if naming == .edgeMoE && canonical.contains(".mlp.experts.") && canonical.hasSuffix(".weight") {
+                    hint = "; the published Edge-MoE weights folder has no expert matrices: add l{i}_htoh4_weight / l{i}_h4toh_weight files (raw float32) for every MoE block"
+                }
+                throw MoepackError(.badInput, file: path, item: shown, "missing tensor (expected shape \(shapeString(want)))\(hint)")
             }
             // pos_embed may come as [T,D] too
             if canonical == "pos_embed", entry.shape.reduce(1, *) == want.reduce(1, *), entry.shape.suffix(2) == want.suffix(2) { continue }
             if entry.shape != want {
                 throw MoepackError(.mismatch, file: path, item: srcName,
-                                   "shape \(shapeString(entry.shape)), expected \(shapeString(want))")
+                                   "shape \(shapeString(entry.shape)), expected \(shapeString(want))\(epHint(source, srcName))")
             }
             if !entry.dtype.isFloatingPoint {
                 throw MoepackError(.badInput, file: path, item: srcName,
                                    "dtype \(entry.dtype.rawValue) where a float weight is expected")
             }
         }
+    }
+
+    /// For expert-parallel folders: a tensor found in ranks > 0 was concatenated along dim 0, which is
+    /// right for expert tensors only; say so when a shape comes out wrong.
+    static func epHint(_ source: any TensorSource, _ name: String) -> String {
+        guard source.container == "expert-parallel-folder", !name.contains(".experts.") else { return "" }
+        return " (in an expert-parallel folder, tensors that appear in ranks > 0 are concatenated along dim 0; only expert tensors may be saved by every rank)"
     }
 
     static func edgeName(_ canonical: String) -> String {

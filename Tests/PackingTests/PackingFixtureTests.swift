@@ -74,6 +74,16 @@ final class PackingFixtureTests: XCTestCase {
 /// matrices, pack with AP_TRN/AP_WRAP to exactly floor(x·2^F) wrapped to W bits of the float files,
 /// and with the defaults to round-half-even with saturation.
 final class RealEdgeMoETests: XCTestCase {
+    /// The published folder lacks the expert matrices: the refusal names the first missing one.
+    func testRealFolderWithoutExpertsNamesTheMissingMatrix() throws {
+        let weights = sharedEdgeMoE.appendingPathComponent("weights")
+        guard FileManager.default.fileExists(atPath: weights.path) else { throw XCTSkip("../shared/edge-moe absent") }
+        let profile = try KernelProfile.load("edge-moe-zcu102")
+        XCTAssertThrowsError(try BackboneCheckpoint(source: try openCheckpoint(weights.path), expected: profile.model)) { e in
+            XCTAssertTrue((e as! MoepackError).description.hasPrefix("\(weights.path): 'l1_htoh4_weight': missing tensor (expected shape [16,384,192]); the published Edge-MoE weights folder has no expert matrices"), "\(e)")
+        }
+    }
+
     func testRealWeightsPackBitExact() throws {
         let weights = sharedEdgeMoE.appendingPathComponent("weights")
         guard FileManager.default.fileExists(atPath: weights.path) else { throw XCTSkip("../shared/edge-moe absent") }
