@@ -81,6 +81,8 @@ public struct Manifest: Sendable, Codable, Equatable {
     public var quantization: Quantization
     public var source: Source
     public var image: Image
+    /// The C header written beside the image (`moepack_ddr.h`) and its SHA-256.
+    public var header: Image?
     public var alignment: Int
     /// Element type spellings by name.
     public var types: [String: String]

@@ -30,7 +30,9 @@ public final class PackedImage: @unchecked Sendable {
     public struct CheckResult: Sendable {
         public var imageOK: Bool
         public var badBuffers: [String]
-        public var ok: Bool { imageOK && badBuffers.isEmpty }
+        /// False when `moepack_ddr.h` is missing or differs from the manifest's checksum.
+        public var headerOK: Bool = true
+        public var ok: Bool { imageOK && badBuffers.isEmpty && headerOK }
     }
 
     /// Re-hashes the image and every buffer and compares with the manifest.
@@ -41,7 +43,12 @@ public final class PackedImage: @unchecked Sendable {
             let h = bytes.withUnsafeBytes { hex(SHA256.hash(data: UnsafeRawBufferPointer(rebasing: $0[b.offset..<(b.offset + b.bytes)]))) }
             if h != b.sha256 { bad.append(b.name) }
         }
-        return CheckResult(imageOK: whole == manifest.image.sha256, badBuffers: bad)
+        var headerOK = true
+        if let h = manifest.header {
+            let path = (directory as NSString).appendingPathComponent(h.file)
+            headerOK = FileManager.default.contents(atPath: path).map { hex(SHA256.hash(data: $0)) == h.sha256 } ?? false
+        }
+        return CheckResult(imageOK: whole == manifest.image.sha256, badBuffers: bad, headerOK: headerOK)
     }
 
     /// The element type of buffer `name` (base spelling from the manifest, Vitis default modes).

@@ -397,19 +397,23 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
         notes.append("expert-major layout: for kernels built with one expert base pointer. Record address = base + \(region.offset) + moe_index·\(el.strideBlock) + expert·\(el.strideExpert); inside a record w1 at +\(el.w1), b1 at +\(el.b1), w2 at +\(el.w2), b2 at +\(el.b2). The published bitstream needs --layout kernel.")
     }
     if kernel.checkpoint.naming == .edgeMoE { notes.append("Source is an Edge-MoE folder: already folded, folds not applied.") }
-    let manifest = Manifest(
+    let manifest0 = Manifest(
         format: "moepack-ddr/1", tool: options.tool, profile: profile.name, kernel: profile.kernel,
         task: options.allTasks ? 0 : options.task, layout: options.layout.rawValue, model: cfg,
         folds: kernel.checkpoint.naming == .m3vit ? kernel.folds : nil,
         quantization: Manifest.Quantization(mode: options.quantization.rawValue, overflow: options.overflow.rawValue, tensors: reports),
         source: Manifest.Source(path: src.path, container: src.container, sha256: try sourceHash.value(), notes: src.notes),
         image: Manifest.Image(file: "ddr.bin", bytes: plan.totalBytes, sha256: hex(image.imageHash.finalize())),
+        header: nil,
         alignment: profile.alignment, types: profile.types, registers: profile.registers, buffers: manifestBuffers,
         expert_records: records.isEmpty ? nil : records,
         expert_types: plan.expertLayout.map { el in Dictionary(uniqueKeysWithValues: zip(expertArrayNames, el.partTypes.map(\.baseDescription))) },
         task_gates: taskGates, notes: notes)
+    var manifest = manifest0
+    let header = Array(CHeader.render(manifest).utf8)
+    manifest.header = Manifest.Image(file: "moepack_ddr.h", bytes: header.count, sha256: hex(SHA256.hash(data: header)))
+    try AtomicFileWriter.write(header, to: stage.path("moepack_ddr.h"))
     try AtomicFileWriter.write(Array(try manifest.encoded()), to: stage.path("manifest.json"))
-    try AtomicFileWriter.write(Array(CHeader.render(manifest).utf8), to: stage.path("moepack_ddr.h"))
     try stage.commit()
     return PackResult(manifest: manifest, warnings: warnings, overflowByType: overflowByType)
 }

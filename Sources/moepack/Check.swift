@@ -6,7 +6,7 @@ import MoepackPacking
 struct Check: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Re-verify a packed image on disk against its manifest's SHA-256 checksums.",
-        discussion: "Exit status 0 when the image and every buffer match, 1 otherwise (names the corrupted buffers).")
+        discussion: "Exit status 0 when the image, every buffer and the C header match, 1 otherwise (names the corrupted buffers). The manifest itself is the reference: keep a copy of its SHA-256 if it travels separately.")
 
     @Argument(help: "Folder written by `moepack pack`.")
     var directory: String
@@ -19,7 +19,7 @@ struct Check: ParsableCommand {
                 print("\(directory): ok (\(image.manifest.image.bytes) bytes, \(image.manifest.buffers.count) buffers, sha256 \(image.manifest.image.sha256))")
             } else {
                 throw MoepackError(.verificationFailed, file: image.imagePath,
-                                   "checksum mismatch: \(r.imageOK ? "" : "whole image; ")buffers \(r.badBuffers.isEmpty ? "none" : r.badBuffers.joined(separator: ", "))")
+                                   "checksum mismatch: \(r.imageOK ? "" : "whole image; ")\(r.headerOK ? "" : "moepack_ddr.h; ")buffers \(r.badBuffers.isEmpty ? "none" : r.badBuffers.joined(separator: ", "))")
             }
         }
     }
