@@ -184,7 +184,7 @@ func hex(_ d: some Sequence<UInt8>) -> String {
 public func sha256OfPath(_ path: String) throws -> String {
     var hasher = SHA256()
     var isDir: ObjCBool = false
-    FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
+    _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
     let files: [String]
     if isDir.boolValue {
         files = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
@@ -196,10 +196,18 @@ public func sha256OfPath(_ path: String) throws -> String {
         var d: ObjCBool = false
         guard FileManager.default.fileExists(atPath: f, isDirectory: &d), !d.boolValue else { continue }
         if isDir.boolValue { hasher.update(data: Array((f as NSString).lastPathComponent.utf8) + [0]) }
-        guard let h = FileHandle(forReadingAtPath: f) else { throw MoepackError(.io, file: f, "cannot read") }
-        defer { try? h.close() }
-        while let chunk = try h.read(upToCount: 1 << 20), !chunk.isEmpty {
-            hasher.update(data: chunk)
+        // Streamed in 4 MiB windows through one reused buffer: bounded memory whatever the file size.
+        let fd = open(f, O_RDONLY)
+        guard fd >= 0 else { throw MoepackError(.io, file: f, "cannot read") }
+        defer { close(fd) }
+        let chunk = 4 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 64)
+        defer { buffer.deallocate() }
+        while true {
+            let n = read(fd, buffer.baseAddress, chunk)
+            if n < 0 { throw MoepackError(.io, file: f, "read failed") }
+            if n == 0 { break }
+            hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
         }
     }
     return hex(hasher.finalize())
