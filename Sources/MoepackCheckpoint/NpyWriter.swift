@@ -83,7 +83,7 @@ public enum NpyWriter {
                 throw MoepackError(.badInput, "\(bytes.count) bytes given, shape \(shapeString(shape)) × \(dtype.rawValue) needs \(n)")
             }
             let h = try header(descr: d, shape: shape)
-            let w = try AtomicFileWriter(destination: path)
+            let w = try AtomicFileWriter(path: path)
             do {
                 try w.write(h)
                 try w.write(bytes)

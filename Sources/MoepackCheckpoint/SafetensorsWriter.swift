@@ -6,92 +6,7 @@ import Glibc
 import Darwin
 #endif
 
-// MARK: - Whole-or-nothing file output
-
-private func posixWrite(_ fd: Int32, _ buf: UnsafeRawPointer, _ n: Int) -> Int {
-    #if canImport(Glibc)
-    return Glibc.write(fd, buf, n)
-    #else
-    return Darwin.write(fd, buf, n)
-    #endif
-}
-
-/// Writes a file through a temporary sibling (`.<name>.tmp-XXXXXX` in the destination folder) that is
-/// renamed over the destination only by ``commit()``; ``abort()`` removes it. No partial output file is
-/// ever left under the destination name.
-final class AtomicFileWriter {
-    let destination: String
-    private(set) var tempPath: String
-    private var fd: Int32
-    private var pending: [UInt8] = []
-    private static let flushBytes = 1 << 20
-
-    /// - Throws: ``MoepackError`` (`io`) when the temporary file cannot be created.
-    init(destination: String) throws {
-        self.destination = destination
-        let url = URL(fileURLWithPath: destination)
-        let dir = url.deletingLastPathComponent().path
-        var template = Array("\(dir)/.\(url.lastPathComponent).tmp-XXXXXX".utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { buf -> Int32 in
-            guard let base = buf.baseAddress else { return -1 }
-            return mkstemp(base)
-        }
-        guard fd >= 0 else {
-            throw MoepackError(.io, file: destination, "cannot create a temporary file in \(dir): \(String(cString: strerror(errno)))")
-        }
-        _ = fchmod(fd, 0o644)
-        self.fd = fd
-        self.tempPath = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    deinit { abort() }
-
-    func write(_ bytes: [UInt8]) throws {
-        pending.append(contentsOf: bytes)
-        if pending.count >= Self.flushBytes { try flush() }
-    }
-
-    private func flush() throws {
-        guard fd >= 0 else { throw MoepackError(.io, file: destination, "write after close") }
-        var done = 0
-        let fd = self.fd
-        try pending.withUnsafeBytes { buf in
-            guard let base = buf.baseAddress else { return }
-            while done < buf.count {
-                let n = posixWrite(fd, base + done, buf.count - done)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw MoepackError(.io, file: destination, "write failed: \(String(cString: strerror(errno)))")
-                }
-                done += n
-            }
-        }
-        pending.removeAll(keepingCapacity: true)
-    }
-
-    /// Flushes, syncs, closes and renames the temporary file to the destination.
-    func commit() throws {
-        try flush()
-        if fsync(fd) != 0 {
-            throw MoepackError(.io, file: destination, "fsync failed: \(String(cString: strerror(errno)))")
-        }
-        close(fd)
-        fd = -1
-        if rename(tempPath, destination) != 0 {
-            let msg = String(cString: strerror(errno))
-            unlink(tempPath)
-            tempPath = ""
-            throw MoepackError(.io, file: destination, "cannot rename the temporary file into place: \(msg)")
-        }
-        tempPath = ""
-    }
-
-    /// Closes and deletes the temporary file (no-op after ``commit()``).
-    func abort() {
-        if fd >= 0 { close(fd); fd = -1 }
-        if !tempPath.isEmpty { unlink(tempPath); tempPath = "" }
-    }
-}
+// Output files go through MoepackCore's AtomicFileWriter (temporary sibling, renamed when complete).
 
 // MARK: - Float conversions
 
@@ -285,7 +200,7 @@ public enum SafetensorsWriter {
                 throw MoepackError(.badInput, item: tensors[i].name,
                                    "\(tensors[i].bytes.count) bytes given, shape \(shapeString(tensors[i].shape)) × \(tensors[i].dtype.rawValue) needs \(n)")
             }
-            let w = try AtomicFileWriter(destination: path)
+            let w = try AtomicFileWriter(path: path)
             do {
                 try w.write(header)
                 for (i, _) in order { try w.write(tensors[i].bytes) }
@@ -327,7 +242,7 @@ public enum SafetensorsWriter {
                 stored.append(e.dtype)
             }
             let (header, order) = try layout(specs, metadata: metadata)
-            let w = try AtomicFileWriter(destination: path)
+            let w = try AtomicFileWriter(path: path)
             do {
                 try w.write(header)
                 for (i, n) in order {

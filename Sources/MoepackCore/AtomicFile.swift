@@ -21,7 +21,7 @@ public final class AtomicFileWriter {
         temporaryPath = (dir as NSString).appendingPathComponent(".\(name).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         guard FileManager.default.createFile(atPath: temporaryPath, contents: nil),
               let h = FileHandle(forWritingAtPath: temporaryPath) else {
-            throw MoepackError(.io, file: path, "cannot create a file in \(dir)")
+            throw MoepackError(.io, file: path, "cannot create a temporary file in \(dir)")
         }
         handle = h
         InterruptCleanup.register(temporaryPath)
