@@ -44,7 +44,7 @@ final class RandomAccessFile: Sendable {
     /// Reads exactly `count` bytes at `offset`.
     /// - Throws: ``MoepackError`` (`badInput`) naming `what` when the range lies outside the file
     ///   (truncated file), (`io`) when the OS refuses the read.
-    func read(at offset: Int, count: Int, what: String) throws -> [UInt8] {
+    func read(at offset: Int, count: Int, what: String? = nil) throws -> [UInt8] {
         guard offset >= 0, count >= 0 else {
             throw MoepackError(.badInput, file: path, item: what, "negative offset or length")
         }

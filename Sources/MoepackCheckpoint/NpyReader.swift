@@ -434,7 +434,7 @@ public final class NpySource: TensorSource {
     /// The parsed header.
     public let header: NpyHeader
 
-    private let file: FormatFile
+    private let file: RandomAccessFile
 
     /// True when the file starts with the `.npy` magic string `\x93NUMPY`.
     public static func matches(_ firstBytes: [UInt8], fileSize: Int) -> Bool {
@@ -447,11 +447,11 @@ public final class NpySource: TensorSource {
     ///   read), structured and other unsupported dtypes; `io` when the file cannot be opened.
     public init(path: String) throws {
         self.path = path
-        let file = try FormatFile(path: path)
+        let file = try RandomAccessFile(path)
         self.file = file
         let stem = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
         do {
-            let prefix = try file.read(offset: 0, count: min(12, file.size))
+            let prefix = try file.read(at: 0, count: min(12, file.size))
             guard Self.matches(prefix, fileSize: file.size) else {
                 throw MoepackError(.badInput, "not a .npy file: the magic string \\x93NUMPY is missing")
             }
@@ -459,7 +459,7 @@ public final class NpySource: TensorSource {
             guard total <= file.size else {
                 throw MoepackError(.badInput, ".npy header of \(total) bytes is longer than the file (\(file.size) bytes): truncated file")
             }
-            let header = try NpyHeader.parse(bytes: try file.read(offset: 0, count: total))
+            let header = try NpyHeader.parse(bytes: try file.read(at: 0, count: total))
             guard header.dataByteCount <= file.size - total else {
                 throw MoepackError(.badInput, item: stem,
                                    "array data needs \(header.dataByteCount) bytes, the file holds \(file.size - total) after the header: truncated file")
@@ -485,7 +485,7 @@ public final class NpySource: TensorSource {
     /// Reads the array as little-endian C-order bytes in its stored dtype.
     public func readRaw(_ name: String) throws -> [UInt8] {
         try check(name)
-        let stored = try file.read(offset: header.headerBytes, count: header.dataByteCount, item: name)
+        let stored = try file.read(at: header.headerBytes, count: header.dataByteCount, what: name)
         do { return try header.toLittleEndianCOrder(stored) } catch let e as MoepackError {
             var e = e.inFile(path)
             if e.item == nil { e.item = name }

@@ -6,69 +6,7 @@ import Glibc
 import Darwin
 #endif
 
-// MARK: - Positioned file reads (shared by the safetensors and .npy readers)
-
-/// A regular file opened read-only for positioned reads (`pread`). Readers use it to fetch one byte
-/// range at a time and never load a whole checkpoint.
-final class FormatFile: Sendable {
-    /// The path as the user named it (used in error lines).
-    let path: String
-    let fd: Int32
-    /// File size in bytes at open time.
-    let size: Int
-
-    /// - Throws: ``MoepackError`` (`io`) when the file cannot be opened or is not a regular file.
-    init(path: String) throws {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else {
-            throw MoepackError(.io, file: path, "cannot open: \(String(cString: strerror(errno)))")
-        }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else {
-            let msg = String(cString: strerror(errno))
-            close(fd)
-            throw MoepackError(.io, file: path, "cannot stat: \(msg)")
-        }
-        guard (st.st_mode & S_IFMT) == S_IFREG else {
-            close(fd)
-            throw MoepackError(.badInput, file: path, "not a regular file")
-        }
-        self.path = path
-        self.fd = fd
-        self.size = Int(st.st_size)
-    }
-
-    deinit { close(fd) }
-
-    /// Reads `count` bytes at byte `offset`.
-    /// - Throws: ``MoepackError`` (`badInput`) naming `item` when the range lies outside the file or the
-    ///   file shrank; (`io`) when the system read fails.
-    func read(offset: Int, count: Int, item: String? = nil) throws -> [UInt8] {
-        guard offset >= 0, count >= 0, offset <= size, count <= size - offset else {
-            throw MoepackError(.badInput, file: path, item: item,
-                               "byte range at offset \(offset) of length \(count) lies beyond the end of the file (\(size) bytes): truncated file")
-        }
-        if count == 0 { return [] }
-        var out = [UInt8](repeating: 0, count: count)
-        var done = 0
-        let fd = self.fd
-        try out.withUnsafeMutableBytes { buf in
-            guard let base = buf.baseAddress else { return }
-            while done < count {
-                let n = pread(fd, base + done, count - done, off_t(offset + done))
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw MoepackError(.io, file: path, item: item, "read failed: \(String(cString: strerror(errno)))")
-                }
-                if n == 0 {
-                    throw MoepackError(.badInput, file: path, item: item, "file ended early while reading (truncated)")
-                }
-                done += n
-            }
-        }
-        return out
-    }
-}
+// Positioned reads go through RandomAccessFile (FileBytes.swift), shared by every reader.
 
 // MARK: - Minimal strict JSON (safetensors header)
 
@@ -328,7 +266,7 @@ public final class SafetensorsSource: TensorSource {
     /// Byte length `N` of the JSON header (including padding).
     public let headerByteCount: Int
 
-    private let file: FormatFile
+    private let file: RandomAccessFile
     private let dataStart: Int
     /// name → (begin, end) relative to the data section.
     private let ranges: [String: (Int, Int)]
@@ -350,12 +288,12 @@ public final class SafetensorsSource: TensorSource {
     ///   cannot be opened.
     public init(path: String) throws {
         self.path = path
-        let file = try FormatFile(path: path)
+        let file = try RandomAccessFile(path)
         self.file = file
         guard file.size >= 8 else {
             throw MoepackError(.badInput, file: path, "file of \(file.size) bytes is too short for a safetensors header length (8 bytes)")
         }
-        let lenBytes = try file.read(offset: 0, count: 8)
+        let lenBytes = try file.read(at: 0, count: 8)
         var n: UInt64 = 0
         for k in 0..<8 { n |= UInt64(lenBytes[k]) << (8 * UInt64(k)) }
         guard n <= UInt64(Self.maxHeaderBytes) else {
@@ -368,7 +306,7 @@ public final class SafetensorsSource: TensorSource {
         self.headerByteCount = headerLen
         self.dataStart = 8 + headerLen
         let dataSize = file.size - dataStart
-        let header = try file.read(offset: 8, count: headerLen)
+        let header = try file.read(at: 8, count: headerLen)
         guard header.first == UInt8(ascii: "{") else {
             throw MoepackError(.badInput, file: path, "safetensors header does not begin with '{' (not a JSON object)")
         }
@@ -498,7 +436,7 @@ public final class SafetensorsSource: TensorSource {
     /// Reads the tensor's stored bytes (little-endian, C order, stored dtype) by byte range.
     public func readRaw(_ name: String) throws -> [UInt8] {
         let (b, e) = try range(name)
-        return try file.read(offset: dataStart + b, count: e - b, item: name)
+        return try file.read(at: dataStart + b, count: e - b, what: name)
     }
 
     /// Reads the tensor as float32: F64 rounds to nearest, F16/BF16 widen exactly, integers and BOOL
