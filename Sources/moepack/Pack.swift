@@ -125,6 +125,11 @@ struct Pack: ParsableCommand {
 func packSummary(_ r: PackResult, output: String) -> String {
     let m = r.manifest
     var s = "packed \(m.source.path) (\(m.source.container)) → \(output)/ddr.bin: \(m.image.bytes) bytes, \(m.buffers.count) buffers, profile \(m.profile), task \(m.task), \(m.quantization.mode)/\(m.quantization.overflow)\n"
+    var byRole: [String: (count: Int, bytes: Int)] = [:]
+    for b in m.buffers { byRole[b.role, default: (0, 0)].count += 1; byRole[b.role, default: (0, 0)].bytes += b.bytes }
+    s += "  buffers: " + ["weight", "input", "output", "scratch"].compactMap { role in
+        byRole[role].map { "\(role) \(String(format: "%.2f", Double($0.bytes) / 1_048_576)) MiB in \($0.count)" }
+    }.joined(separator: ", ") + " (each 4096-byte aligned)\n"
     var byType: [String: (Int, Int)] = [:]
     for t in m.quantization.tensors {
         let e = byType[t.type] ?? (0, 0)

@@ -91,6 +91,9 @@ struct Run: ParsableCommand {
                 print("wrote \(output): [\(c.tokens), \(c.embedDim)] float32 (\(mode.rawValue) datapath, task \(model.task))")
                 return
             }
+            if output.lowercased().hasSuffix(".npy") {
+                throw MoepackError(.usage, file: output, "\(inputs.count) frames give \(inputs.count) outputs: -o must name a folder, not a .npy file")
+            }
             let stage = try StagedDirectory(destination: output)
             let progress = progressReporter("run")
             // Frames run in parallel across the cores; outputs are written in input order.

@@ -65,6 +65,10 @@ struct Schedule: ParsableCommand {
         try guarded {
             let img = try PackedImage(directory: directory)
             let c = img.manifest.model
+            var isDir: ObjCBool = false
+            if FileManager.default.fileExists(atPath: image, isDirectory: &isDir), isDir.boolValue {
+                throw MoepackError(.usage, file: image, "schedule routes one frame: give a frame file, not a folder")
+            }
             let frame = try FrameLoader.load(path: image, config: c)
             let model = try ImageModel(image: img, mode: .float, task: task)
             let r = try model.run(frame)
