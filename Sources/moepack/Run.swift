@@ -57,11 +57,7 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the backbone from a packed image alone and write its output [tokens, D] as float32 .npy.",
         discussion: """
-        --mode float dequantizes the weights and runs in float32 (exact GELU, LayerNorm eps 1e-6, softmax over all
-        gate logits then top-k without renormalising, tokens grouped per expert as the kernel schedules them).
-        --mode fixed emulates the Edge-MoE kernel's fixed-point datapath with integer arithmetic; exp, sqrt and
-        reciprocal use correctly rounded float64 results converted to the kernel's types, so they may differ from
-        Vitis hls_math in the last bits.
+        --mode float dequantizes the weights and runs in float32 (exact GELU, LayerNorm eps 1e-6, softmax over all gate logits then top-k without renormalising, tokens grouped per expert as the kernel schedules them). --mode fixed emulates the Edge-MoE kernel's fixed-point datapath with integer arithmetic; exp, sqrt and reciprocal use correctly rounded float64 results converted to the kernel's types, so they may differ from Vitis hls_math in the last bits.
         """)
 
     @Argument(help: "Folder written by `moepack pack`.")
@@ -111,11 +107,7 @@ struct Verify: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Prove from a packed image alone that it computes the checkpoint's model.",
         discussion: """
-        Runs the image (float or fixed datapath) and the unquantized float model from the checkpoint on each frame
-        and reports MSE, max abs error, cosine, per-block error and, for every MoE block, the fraction of tokens
-        whose top-k expert set agrees. Exits 1 below the thresholds (float: cosine ≥ 0.9999, agreement ≥ 0.98;
-        fixed: MSE ≤ 0.1 as the published testbench, agreement ≥ 0.97). Fixed mode: exp, sqrt and reciprocal use
-        correctly rounded float64 results, so they may differ from Vitis hls_math in the last bits.
+        Runs the image (float or fixed datapath) and the unquantized float model from the checkpoint on each frame and reports MSE, max abs error, cosine, per-block error and, for every MoE block, the fraction of tokens whose top-k expert set agrees. Exits 1 below the thresholds (float: cosine ≥ 0.9999, agreement ≥ 0.98; fixed: MSE ≤ 0.1 as the published testbench, agreement ≥ 0.97). Fixed mode: exp, sqrt and reciprocal use correctly rounded float64 results, so they may differ from Vitis hls_math in the last bits.
         """)
 
     @Argument(help: "Folder written by `moepack pack`.")
