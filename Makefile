@@ -1,6 +1,7 @@
 # moepack — make demo (the main job on the bundled checkpoint), make test.
 SWIFT ?= swift
-PYTHON ?= /work/venv/bin/python
+# A Python with torch, numpy, h5py and safetensors (only for regenerating fixtures; moepack never calls Python).
+PYTHON ?= $(shell test -x .venv/bin/python && echo .venv/bin/python || echo python3)
 DEB_PACKAGES := zlib1g-dev libopenblas-dev libhdf5-dev libpng-dev pkg-config
 BIN := .build/release/moepack
 CKPT := models/m3vit-tiny-edge-moe.pth
@@ -37,9 +38,15 @@ test: deps
 bench: release
 	bash bench/run.sh
 
-# Regenerates committed fixtures and the bundled checkpoint (needs a venv with torch, numpy, h5py, safetensors).
+# Regenerates the committed fixtures and the bundled checkpoint (seeded, byte-identical on re-run).
 fixtures:
 	$(PYTHON) scripts/make_fixtures.py
+	$(PYTHON) scripts/make_checkpoint_fixtures.py
+	$(PYTHON) scripts/make_format_fixtures.py
+	$(PYTHON) scripts/make_frame_fixtures.py
+	$(PYTHON) scripts/make_fixedpoint_reference.py
+	$(PYTHON) scripts/make_hostile_fixtures.py
+	$(PYTHON) Tests/Fixtures/emulation/make_emulation_ref.py
 
 fuzz:
 	bash fuzz/run.sh
