@@ -6,7 +6,7 @@ truncated variants, a training-style checkpoint, expert-parallel folders, hostil
 Edge-MoE-style raw float32 folder and an npz, plus expected values as raw little-endian float32
 (`.f32`) / raw stored bytes (`.raw`) and `expected.json` (names, dtypes, shapes, skipped names).
 """
-import io, json, os, pickle, shutil, struct, zipfile
+import io, json, os, pickle, shutil, struct, sys, zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -38,6 +38,17 @@ def write_expected(tag, sd, raw_names=()):
     return tensors
 
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_hostile_fixtures import DATE  # noqa: E402  (shared determinism helpers)
+from make_fixtures import save_legacy  # noqa: E402  (legacy format with stable storage keys and order)
+
+
+def writestr(z, name, data, compress_type=None):
+    """zipfile.writestr with a fixed timestamp (the default is the current time)."""
+    info = zipfile.ZipInfo(name, DATE)
+    info.compress_type = z.compression if compress_type is None else compress_type
+    z.writestr(info, data)
+
 def rezip(src, dst, compression, zip64=False):
     """Rewrites every record of a torch zip with the given compression (optionally forcing zip64)."""
     old = zipfile.ZIP64_LIMIT
@@ -46,7 +57,7 @@ def rezip(src, dst, compression, zip64=False):
     try:
         with zipfile.ZipFile(src) as zi, zipfile.ZipFile(dst, "w", compression=compression) as zo:
             for info in zi.infolist():
-                zo.writestr(info.filename, zi.read(info.filename), compress_type=compression)
+                writestr(zo, info.filename, zi.read(info.filename), compress_type=compression)
     finally:
         zipfile.ZIP64_LIMIT = old
 
@@ -85,7 +96,7 @@ def main():
     sd["sliced_t"] = base[:, ::2].t()  # shape [3,4], stride (2,5), shares base's storage
     sd["step"] = 5  # a non-tensor value inside the state_dict
     torch.save(sd, out("basic_zip.pth"))
-    torch.save(sd, out("basic_legacy.pth"), _use_new_zipfile_serialization=False)
+    save_legacy(sd, out("basic_legacy.pth"))
     rezip(out("basic_zip.pth"), out("basic_deflated.pth"), zipfile.ZIP_DEFLATED)
     rezip(out("basic_zip.pth"), out("basic_zip64.pth"), zipfile.ZIP_STORED, zip64=True)
     exp["basic"] = {"tensors": write_expected("basic", sd, raw_names=("half", "bf16", "sliced_t")),
@@ -129,7 +140,7 @@ def main():
     w1 = torch.randn(2, 3, 4)
     shared = torch.randn(5)
     torch.save({"blocks.1.mlp.experts.w": w0, "blocks.1.norm.weight": shared}, out("ep", "0.pth"))
-    torch.save({"blocks.1.mlp.experts.w": w1}, out("ep", "1.pth"), _use_new_zipfile_serialization=False)
+    save_legacy({"blocks.1.mlp.experts.w": w1}, out("ep", "1.pth"))
     exp["ep"] = {"tensors": write_expected("ep", {"blocks.1.mlp.experts.w": torch.cat([w0, w1]), "blocks.1.norm.weight": shared})}
     torch.save({"w": w0}, out("ep_missing", "0.pth"))
     torch.save({"w": w1}, out("ep_missing", "2.pth"))
@@ -147,9 +158,9 @@ def main():
 
     def torch_like_zip(path, pkl):
         with zipfile.ZipFile(path, "w") as z:
-            z.writestr("evil/data.pkl", pkl)
-            z.writestr("evil/byteorder", "little")
-            z.writestr("evil/version", "3\n")
+            writestr(z, "evil/data.pkl", pkl)
+            writestr(z, "evil/byteorder", "little")
+            writestr(z, "evil/version", "3\n")
 
     torch_like_zip(out("evil_system.pth"), pickle.dumps({"w": EvilSystem()}, protocol=2))
     torch_like_zip(out("evil_eval.pth"), pickle.dumps({"w": EvilEval()}, protocol=4))

@@ -227,8 +227,9 @@ def save_legacy(obj, path: str):
     keys = pickle.load(up)
     itemsize = {}
     for v in obj.values():
-        st = v.untyped_storage()
-        itemsize[str(st._cdata)] = v.element_size()
+        if isinstance(v, torch.Tensor):   # non-tensor entries (e.g. a step counter) have no storage
+            st = v.untyped_storage()
+            itemsize[str(st._cdata)] = v.element_size()
     blobs = {}
     for k in keys:
         n = struct.unpack("<q", up.read(8))[0]
@@ -255,7 +256,8 @@ def save_legacy(obj, path: str):
               b"".join(blobs[k] for k in order))
     open(path, "wb").write(result)
     back = torch.load(path, map_location="cpu", weights_only=False)
-    assert list(back) == list(obj) and all(torch.equal(back[k], obj[k]) for k in obj)
+    assert list(back) == list(obj) and all(
+        torch.equal(back[k], obj[k]) if isinstance(obj[k], torch.Tensor) else back[k] == obj[k] for k in obj)
 
 
 # ----------------------------------------------------------------------------------------------
