@@ -130,16 +130,16 @@ def main():
 
     # ---- HDF5 ------------------------------------------------------------------------------------
     with h5py.File(os.path.join(ROOT, "model.h5"), "w", track_order=False) as f:
-        f.create_dataset("blocks/0/attn/qkv/weight", data=qkv)
-        f.create_dataset("blocks/0/norm1/bias", data=bias16)
-        f.create_dataset("blocks/0/mlp/experts/htoh4/weight", data=htoh4.float().numpy())
-        f.create_dataset("head/weight", data=head64)
-        f.create_dataset("special", data=special, chunks=(4,), compression="gzip", compression_opts=4, shuffle=True)
-        f.create_dataset("pos_embed", data=pos, chunks=(1, 2, 2), compression="gzip")
-        f.create_dataset("be/weight", data=qkv.astype(">f4"))
-        f.create_dataset("num_batches_tracked", data=np.int64(7))
-        f.create_dataset("meta/name", data="m3vit-small")
-        f.create_dataset("empty", data=np.zeros((0, 3), dtype=np.float32))
+        f.create_dataset("blocks/0/attn/qkv/weight", data=qkv, track_times=False)
+        f.create_dataset("blocks/0/norm1/bias", data=bias16, track_times=False)
+        f.create_dataset("blocks/0/mlp/experts/htoh4/weight", data=htoh4.float().numpy(), track_times=False)
+        f.create_dataset("head/weight", data=head64, track_times=False)
+        f.create_dataset("special", data=special, chunks=(4,), compression="gzip", compression_opts=4, shuffle=True, track_times=False)
+        f.create_dataset("pos_embed", data=pos, chunks=(1, 2, 2), compression="gzip", track_times=False)
+        f.create_dataset("be/weight", data=qkv.astype(">f4"), track_times=False)
+        f.create_dataset("num_batches_tracked", data=np.int64(7), track_times=False)
+        f.create_dataset("meta/name", data="m3vit-small", track_times=False)
+        f.create_dataset("empty", data=np.zeros((0, 3), dtype=np.float32), track_times=False)
         f["alias"] = h5py.SoftLink("/head/weight")
         # bfloat16 as a custom HDF5 float type (sign bit 15, exponent 7..14 with bias 127, mantissa 0..6).
         bf = h5py.h5t.IEEE_F32LE.copy()
