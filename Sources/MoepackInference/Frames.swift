@@ -109,6 +109,11 @@ public enum FrameLoader {
             guard v.isFinite else {
                 throw MoepackError(.numeric, item: "sample \(i)", "value \(v) is not finite")
             }
+            // Pixels are byte/256 in [0, 1) (1.0, from byte/255 scaling, saturates to 255). Anything
+            // outside [0, 1] is a normalised or otherwise transformed image, not a frame: refuse it.
+            guard v >= 0, v <= 1 else {
+                throw MoepackError(.badInput, item: "sample \(i)", "value \(v) outside [0, 1]: float frames hold pixel/256 values (give raw bytes or un-normalised pixels)")
+            }
             out[i] = UInt8(max(0, min(255, (v * 256).rounded(.down))))
         }
         return out

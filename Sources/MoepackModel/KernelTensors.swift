@@ -63,7 +63,10 @@ public final class KernelTensors: @unchecked Sendable {
             guard folds.mean.count == c, folds.std.count == c else {
                 throw MoepackError(.usage, "--mean and --std need \(c) values each (one per input channel)")
             }
-            guard folds.std.allSatisfy({ $0 != 0 && $0.isFinite }), folds.mean.allSatisfy({ $0.isFinite }) else {
+            guard folds.mean.allSatisfy({ $0.isFinite }) else {
+                throw MoepackError(.usage, "--mean values must be finite")
+            }
+            guard folds.std.allSatisfy({ $0 != 0 && $0.isFinite }) else {
                 throw MoepackError(.usage, "--std values must be finite and non-zero")
             }
         }

@@ -115,10 +115,27 @@ public struct KernelProfile: Sendable, Codable, Equatable {
         let regs = try HWHRegisterMap.read(path: path)
         // Every pointer argument that has a register in the profile must have one in the .hwh: a
         // partial match means another kernel's bitstream, and silently mixing offsets would be wrong.
-        let missing = buffers.filter { $0.register != nil && regs["\($0.name)_1"] == nil }.map(\.name)
+        let pointers = buffers.filter { $0.register != nil }.map(\.name)
+        let missing = pointers.flatMap { ["\($0)_1", "\($0)_2"] }.filter { regs[$0] == nil }
             + registers.keys.sorted().filter { regs[$0] == nil }
         guard missing.isEmpty else {
             throw MoepackError(.mismatch, file: path, "no s_axi_control register for \(missing.joined(separator: ", ")) (is this the bitstream of kernel \(kernel)?)")
+        }
+        // The map must be a plausible s_axi_control block: word-aligned, each pointer's high word right
+        // after its low word, and no two registers at one offset.
+        var used: [Int: String] = [:]
+        for name in pointers.flatMap({ ["\($0)_1", "\($0)_2"] }) + registers.keys.sorted() {
+            let off = regs[name]!
+            guard off >= 0, off % 4 == 0 else {
+                throw MoepackError(.badInput, file: path, item: name, "register offset \(off) is not word-aligned")
+            }
+            if let other = used[off] {
+                throw MoepackError(.badInput, file: path, item: name, "register offset \(off) is also \(other)'s")
+            }
+            used[off] = name
+        }
+        for p in pointers where regs["\(p)_2"]! != regs["\(p)_1"]! + 4 {
+            throw MoepackError(.badInput, file: path, item: "\(p)_2", "high word at \(regs["\(p)_2"]!), expected \(regs["\(p)_1"]! + 4) (low word + 4)")
         }
         for i in buffers.indices {
             if let off = regs["\(buffers[i].name)_1"] { buffers[i].register = off }

@@ -18,7 +18,7 @@ struct Check: ParsableCommand {
             if r.ok {
                 print("\(directory): ok (\(image.manifest.image.bytes) bytes, \(image.manifest.buffers.count) buffers, sha256 \(image.manifest.image.sha256))")
             } else {
-                throw MoepackError(.verificationFailed, file: image.imagePath,
+                throw MoepackError(.verificationFailed, file: directory,
                                    "checksum mismatch: \(r.imageOK ? "" : "whole image; ")\(r.headerOK ? "" : "moepack_ddr.h; ")buffers \(r.badBuffers.isEmpty ? "none" : r.badBuffers.joined(separator: ", "))")
             }
         }

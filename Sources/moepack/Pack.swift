@@ -88,6 +88,16 @@ struct Pack: ParsableCommand {
 
     func run() throws {
         try guarded {
+            guard !output.isEmpty else { throw MoepackError(.usage, item: "--output", "empty output folder name") }
+            // Open the report's temporary file first, so an unwritable --report fails before any output.
+            var reportWriter: AtomicFileWriter? = nil
+            if let report {
+                var isDir: ObjCBool = false
+                if FileManager.default.fileExists(atPath: report, isDirectory: &isDir), isDir.boolValue {
+                    throw MoepackError(.usage, file: report, "--report names a folder; give an .html file path")
+                }
+                reportWriter = try AtomicFileWriter(path: report)
+            }
             let profile = try profileOptions.load()
             let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
             let backbone = try BackboneCheckpoint(source: source, expected: profile.model)
@@ -106,12 +116,13 @@ struct Pack: ParsableCommand {
             }
             let result = try pack(kernel: kernel, options: options, outputDirectory: output) { note("moepack: warning: \($0)") }
             if !quiet { print(packSummary(result, output: output)) }
-            if let report {
+            if let report, let reportWriter {
                 var heatmap: RoutingHeatmap? = nil
                 if let frame {
                     heatmap = try routingHeatmap(kernel: kernel, image: try PackedImage(directory: output), frame: frame)
                 }
-                try AtomicFileWriter.write(Array(QuantReport.html(manifest: result.manifest, routing: heatmap).utf8), to: report)
+                try reportWriter.write(Array(QuantReport.html(manifest: result.manifest, routing: heatmap).utf8))
+                try reportWriter.commit()
                 if !quiet { print("  report: \(report)") }
             }
         }

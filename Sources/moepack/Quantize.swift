@@ -9,8 +9,8 @@ struct Quantize: ParsableCommand {
         abstract: "Convert a float .npy array to ap_fixed raw container integers (or back with --dequantize).",
         discussion: """
         The raw values are W-bit two's complement (ap_fixed) or unsigned (ap_ufixed) integers in the smallest container (int8/16/32/64, uint for ap_ufixed), as the kernel reads them from DDR. Mode names may be omitted and then default as in Vitis HLS: AP_TRN and AP_WRAP. Use it to make HLS testbench vectors:
-          moepack quantize w.npy --type 'ap_fixed<16,2,AP_RND_CONV,AP_SAT>' -o w_raw.npy
-          moepack quantize w_raw.npy --type 'ap_fixed<16,2>' --dequantize -o w_back.npy
+          moepack quantize w.npy --type 'ap_fixed<16,2>' -o raw.npy
+          moepack quantize raw.npy --type 'ap_fixed<16,2>' --dequantize -o back.npy
         """)
 
     @Argument(help: "Input .npy (float for quantize; integer raw values for --dequantize).")

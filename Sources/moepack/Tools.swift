@@ -40,8 +40,8 @@ struct Schedule: ParsableCommand {
     @Argument(help: "Folder written by `moepack pack`.")
     var directory: String
 
-    @Option(help: "Frame to route.")
-    var image: String
+    @Option(help: "Frame to route (one frame).")
+    var image: [String] = []
 
     @Option(help: "Task (default: the image's task).")
     var task: Int?
@@ -65,6 +65,9 @@ struct Schedule: ParsableCommand {
         try guarded {
             let img = try PackedImage(directory: directory)
             let c = img.manifest.model
+            guard image.count == 1, let image = image.first else {
+                throw MoepackError(.usage, item: "--image", "schedule routes one frame: give exactly one --image FRAME (got \(image.count))")
+            }
             var isDir: ObjCBool = false
             if FileManager.default.fileExists(atPath: image, isDirectory: &isDir), isDir.boolValue {
                 throw MoepackError(.usage, file: image, "schedule routes one frame: give a frame file, not a folder")

@@ -88,13 +88,24 @@ final class FramesTests: XCTestCase {
         let frame = try FrameLoader.load(path: try write("f.u8", data), config: c)
         XCTAssertEqual(frame.bytes, data)
         XCTAssertEqual(frame.pixels[1], 20 / 256)
-        // float32 raw: floor(v·256) clamped: byte/256 exact, just below a step, ≥1, negative.
-        let values: [Float] = [3 / 256, 0.5, 0.999, 1.5, -0.1, Float(5) / 256 - 1e-7, 0, 0.25, 0.75, 0.1, 0.2, 0.3]
-        var raw: [UInt8] = []
-        for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { raw += $0 } }
-        let ff = try FrameLoader.load(path: try write("image.float32.bin", raw), config: c)
+        // float32 raw: floor(v·256) clamped: byte/256 exact, just below a step, 1.0 (byte/255 scaling) saturates.
+        let values: [Float] = [3 / 256, 0.5, 0.999, 1.0, 0, Float(5) / 256 - 1e-7, 0, 0.25, 0.75, 0.1, 0.2, 0.3]
+        func rawBytes(_ vs: [Float]) -> [UInt8] {
+            var raw: [UInt8] = []
+            for v in vs { withUnsafeBytes(of: v.bitPattern.littleEndian) { raw += $0 } }
+            return raw
+        }
+        let ff = try FrameLoader.load(path: try write("image.float32.bin", rawBytes(values)), config: c)
         XCTAssertEqual(ff.bytes, [3, 128, 255, 255, 0, 4, 0, 64, 192, 25, 51, 76])
         XCTAssertNotNil(ff.note)
+        // Values outside [0, 1] are a normalised image, not pixel/256: refused, naming the sample.
+        for (bad, index) in [(Float(1.5), 3), (Float(-0.1), 4)] {
+            var vs = values
+            vs[index] = bad
+            XCTAssertThrowsError(try FrameLoader.load(path: try write("bad.float32.bin", rawBytes(vs)), config: c)) { e in
+                XCTAssertTrue((e as! MoepackError).description.contains("'sample \(index)': value \(Double(bad)) outside [0, 1]"), "\(e)")
+            }
+        }
     }
 
     func testNpyLayouts() throws {

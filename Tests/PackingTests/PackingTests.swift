@@ -81,6 +81,27 @@ final class ProfileTests: XCTestCase {
         XCTAssertEqual(regs["debug_id"], 332)
     }
 
+    /// A register map that cannot be the kernel's (shared offset, misaligned, missing high word) is refused.
+    func testImplausibleHWHRefused() throws {
+        let hwh = sharedEdgeMoE.appendingPathComponent("bitstream.hwh").path
+        guard let text = try? String(contentsOfFile: hwh, encoding: .utf8) else { throw XCTSkip("../shared/edge-moe absent") }
+        let low = "<PROPERTY NAME=\"ADDRESS_OFFSET\" VALUE=\"212\"/>"
+        let cases: [(String, String)] = [
+            (text.replacingOccurrences(of: low, with: "<PROPERTY NAME=\"ADDRESS_OFFSET\" VALUE=\"188\"/>"), "'moe_weights_l1_1': register offset 188 is also attn_bias_1's"),
+            (text.replacingOccurrences(of: low, with: "<PROPERTY NAME=\"ADDRESS_OFFSET\" VALUE=\"213\"/>"), "'moe_weights_l1_1': register offset 213 is not word-aligned"),
+            (text.replacingOccurrences(of: "REGISTER NAME=\"attn_bias_2\"", with: "REGISTER NAME=\"attn_bias_9\""), "no s_axi_control register for attn_bias_2"),
+        ]
+        let dir = tempDir("hwh")
+        for (i, (t, message)) in cases.enumerated() {
+            let path = dir + "/b\(i).hwh"
+            try t.write(toFile: path, atomically: true, encoding: .utf8)
+            var p = try KernelProfile.load("edge-moe-zcu102")
+            XCTAssertThrowsError(try p.applyHWH(path: path)) { e in
+                XCTAssertTrue((e as! MoepackError).description.contains(message), "\(e)")
+            }
+        }
+    }
+
     func testBadProfileRefused() throws {
         let dir = tempDir("profile")
         let path = dir + "/p.json"

@@ -179,6 +179,6 @@ final class CLIHostileTests: XCTestCase {
         let r = try moepack(["check", dir])
         XCTAssertEqual(r.status, 1, r.stderr)
         XCTAssertEqual(r.stderrLines.count, 1, r.stderr)
-        XCTAssertTrue(r.stderrLines.first?.hasPrefix("moepack: error: \(dir)/ddr.bin: checksum mismatch: whole image; buffers \(name)") ?? false, r.stderr)
+        XCTAssertTrue(r.stderrLines.first?.hasPrefix("moepack: error: \(dir): checksum mismatch: whole image; buffers \(name)") ?? false, r.stderr)
     }
 }
