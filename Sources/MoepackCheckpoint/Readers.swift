@@ -30,15 +30,7 @@ func openFile(_ path: String, options: OpenOptions) throws -> any TensorSource {
     if starts([0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59]) {
         return try NpySource(path: path)
     }
-    let hdf5Magic: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]
-    var hdfOffset = 0
-    var isHDF5 = false
-    while hdfOffset + 8 <= file.size {
-        let m = hdfOffset == 0 ? Array(head.prefix(8)) : try file.read(at: hdfOffset, count: 8, what: "header")
-        if m == hdf5Magic { isHDF5 = true; break }
-        hdfOffset = hdfOffset == 0 ? 512 : hdfOffset * 2
-    }
-    if isHDF5 {
+    if try hasHDF5Signature(file) {
         return try HDF5Source(path: path)
     }
     if head.count >= 9, head[8] == 0x7b {
@@ -74,4 +66,23 @@ func openFolder(_ path: String, options: OpenOptions) throws -> any TensorSource
         return try EdgeMoEFolderSource(path: path)
     }
     throw MoepackError(.badInput, file: path, "not a checkpoint folder: no 0.pth (expert-parallel ranks) and no *.float32.bin files (Edge-MoE folder)")
+}
+
+/// The HDF5 file format's superblock signature `\x89HDF\r\n\x1a\n`, searched at offsets 0, 512, 1024,
+/// 2048, … (the format allows a user block before the superblock).
+func hasHDF5Signature(_ file: RandomAccessFile) throws -> Bool {
+    let magic: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]
+    var offset = 0
+    while offset + 8 <= file.size {
+        if try file.read(at: offset, count: 8, what: "header") == magic { return true }
+        offset = offset == 0 ? 512 : offset * 2
+    }
+    return false
+}
+
+/// True when `path` is a regular file with an HDF5 signature (see ``hasHDF5Signature(_:)``); false when
+/// it cannot be read.
+public func isHDF5File(_ path: String) -> Bool {
+    guard let file = try? RandomAccessFile(path) else { return false }
+    return (try? hasHDF5Signature(file)) ?? false
 }

@@ -24,21 +24,6 @@ func openCheckpointIsolated(_ path: String, options: OpenOptions) throws -> any 
     return try openCheckpoint(path, options: options)
 }
 
-/// HDF5 signature at offset 0, 512, 1024, … (the HDF5 file format's superblock search).
-func isHDF5File(_ path: String) -> Bool {
-    guard let h = FileHandle(forReadingAtPath: path) else { return false }
-    defer { try? h.close() }
-    let magic: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0d, 0x0a, 0x1a, 0x0a]
-    let size = (try? h.seekToEnd()) ?? 0
-    var offset: UInt64 = 0
-    while offset + 8 <= size {
-        try? h.seek(toOffset: offset)
-        if let d = try? h.read(upToCount: 8), [UInt8](d) == magic { return true }
-        offset = offset == 0 ? 512 : offset * 2
-    }
-    return false
-}
-
 /// Hidden: opens an HDF5 checkpoint and reads every dataset, so the parent learns whether the HDF5
 /// library survives this file.
 struct ProbeHDF5: ParsableCommand {
