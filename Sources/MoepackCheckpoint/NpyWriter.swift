@@ -83,14 +83,9 @@ public enum NpyWriter {
                 throw MoepackError(.badInput, "\(bytes.count) bytes given, shape \(shapeString(shape)) × \(dtype.rawValue) needs \(n)")
             }
             let h = try header(descr: d, shape: shape)
-            let w = try AtomicFileWriter(path: path)
-            do {
+            try AtomicFileWriter.write(to: path) { w in
                 try w.write(h)
                 try w.write(bytes)
-                try w.commit()
-            } catch {
-                w.abort()
-                throw error
             }
         } catch let e as MoepackError {
             throw e.inFile(path)

@@ -200,14 +200,9 @@ public enum SafetensorsWriter {
                 throw MoepackError(.badInput, item: tensors[i].name,
                                    "\(tensors[i].bytes.count) bytes given, shape \(shapeString(tensors[i].shape)) × \(tensors[i].dtype.rawValue) needs \(n)")
             }
-            let w = try AtomicFileWriter(path: path)
-            do {
+            try AtomicFileWriter.write(to: path) { w in
                 try w.write(header)
                 for (i, _) in order { try w.write(tensors[i].bytes) }
-                try w.commit()
-            } catch {
-                w.abort()
-                throw error
             }
         } catch let e as MoepackError {
             throw e.inFile(path)
@@ -242,8 +237,7 @@ public enum SafetensorsWriter {
                 stored.append(e.dtype)
             }
             let (header, order) = try layout(specs, metadata: metadata)
-            let w = try AtomicFileWriter(path: path)
-            do {
+            try AtomicFileWriter.write(to: path) { w in
                 try w.write(header)
                 for (i, n) in order {
                     let sel = selecting[i]
@@ -259,10 +253,6 @@ public enum SafetensorsWriter {
                     }
                     try w.write(bytes)
                 }
-                try w.commit()
-            } catch {
-                w.abort()
-                throw error
             }
         } catch let e as MoepackError {
             throw e.inFile(path)

@@ -84,9 +84,20 @@ public final class AtomicFileWriter {
 
     /// Writes `data` to `path` atomically.
     public static func write(_ data: [UInt8], to path: String) throws {
+        try write(to: path) { try $0.write(data) }
+    }
+
+    /// Runs `body` with a writer for `path` and commits when it returns; when it throws, the temporary
+    /// file is removed and the error rethrown.
+    public static func write(to path: String, _ body: (AtomicFileWriter) throws -> Void) throws {
         let w = try AtomicFileWriter(path: path)
-        try w.write(data)
-        try w.commit()
+        do {
+            try body(w)
+            try w.commit()
+        } catch {
+            w.abort()
+            throw error
+        }
     }
 }
 
