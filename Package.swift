@@ -52,7 +52,8 @@ let package = Package(
         .testTarget(name: "CheckpointTests", dependencies: ["MoepackCheckpoint", "MoepackCore", "MoepackModel"]),
         .testTarget(name: "FixedPointTests", dependencies: ["MoepackFixedPoint"]),
         .testTarget(name: "ModelTests", dependencies: ["MoepackModel", "MoepackCheckpoint"]),
-        .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint"]),
+        .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint",
+                                                        .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "InferenceTests", dependencies: ["MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint"]),
         .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint"]),
     ]

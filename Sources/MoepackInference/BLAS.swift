@@ -41,6 +41,14 @@ enum BLAS {
             return Int(openblas_get_num_threads())
         }
         openblas_set_num_threads(1)
+        // OpenBLAS starts its worker threads when the library loads, and they spin (sched_yield) for
+        // a while before sleeping: a core taken from the command's own work. With one BLAS thread
+        // they are never used, so stop them (`blas_thread_shutdown_`, exported by the pthread
+        // builds; OpenBLAS restarts them by itself if a threaded call ever comes).
+        if let shutdown = dlsym(nil, "blas_thread_shutdown_") {
+            typealias IntFn = @convention(c) () -> Int32
+            _ = unsafeBitCast(shutdown, to: IntFn.self)()
+        }
         return 1
     }()
 
@@ -110,6 +118,12 @@ enum BLAS {
              beta: beta, c: y, ldc: ldy)
     }
 }
+
+/// Settles OpenBLAS's threads (see ``BLAS``): one BLAS thread unless `OPENBLAS_NUM_THREADS` or
+/// `OMP_NUM_THREADS` says otherwise, and then its idle worker threads stopped. The CLI calls this at
+/// start, so that commands that never multiply matrices (`pack`, `inspect`, …) do not share the cores
+/// with spinning BLAS workers.
+public func configureBLASThreads() { _ = BLAS.threads }
 
 /// `getenv` as a Swift string (nil when unset).
 func environmentValue(_ name: String) -> String? {

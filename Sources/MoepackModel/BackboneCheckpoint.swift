@@ -1,3 +1,4 @@
+import Foundation
 import MoepackCore
 import MoepackCheckpoint
 
@@ -14,6 +15,18 @@ public final class BackboneCheckpoint: @unchecked Sendable {
     /// Source entries not used by the backbone, with reasons (decoder heads, final norm, …), plus the
     /// source's own skipped entries.
     public let skipped: [SkippedEntry]
+
+    /// Called with every tensor ``read(_:)`` returns: canonical name and float32 values.
+    public typealias ReadObserver = @Sendable (_ canonical: String, _ values: [Float]) -> Void
+    private let observerLock = NSLock()
+    private var observer: ReadObserver?
+
+    /// Installs (or with `nil` removes) the function called with every tensor ``read(_:)`` returns,
+    /// on the reading thread, after the NaN/Inf check. `pack` and `verify` use it to fingerprint the
+    /// tensors they read without reading them twice.
+    public func observeReads(_ f: ReadObserver?) {
+        observerLock.withLock { observer = f }
+    }
 
     /// Wraps `source`, maps names, infers the configuration and checks it against `expected` (the
     /// hardware profile's model).
@@ -74,6 +87,7 @@ public final class BackboneCheckpoint: @unchecked Sendable {
             throw MoepackError(.numeric, file: source.path, item: s,
                                "\(v[bad]) at flat index \(bad); NaN/Inf weights are refused")
         }
+        observerLock.withLock { observer }?(canonical, v)
         return v
     }
 

@@ -12,10 +12,39 @@ public struct Manifest: Sendable, Codable, Equatable {
     public struct Source: Sendable, Codable, Equatable {
         public var path: String
         public var container: String
-        /// SHA-256 of the checkpoint file (for a folder: of each file's name and bytes, sorted by name).
-        public var sha256: String
+        /// Size of the checkpoint file in bytes (for a folder: of its files together).
+        public var bytes: Int?
+        /// SHA-256 of the checkpoint file (for a folder: of each file's name and bytes, sorted by name);
+        /// only with `pack --source-sha256`, since it reads every byte of the file.
+        public var sha256: String?
+        /// ``TensorDigests/combined(_:)`` of `tensors`: one digest for the weights the image came from.
+        public var tensors_sha256: String?
+        /// Every checkpoint tensor the image was made from, with its SHA-256 (``TensorDigests``).
+        public var tensors: [SourceTensor]?
         /// state_dict key and other reader notes.
         public var notes: [String]
+
+        public init(path: String, container: String, bytes: Int? = nil, sha256: String? = nil,
+                    tensors_sha256: String? = nil, tensors: [SourceTensor]? = nil, notes: [String]) {
+            self.path = path; self.container = container; self.bytes = bytes; self.sha256 = sha256
+            self.tensors_sha256 = tensors_sha256; self.tensors = tensors; self.notes = notes
+        }
+
+        /// Short provenance text: `tensors sha256 0123456789abcdef…` and/or `file sha256 …`.
+        public var fingerprint: String {
+            var parts: [String] = []
+            if let t = tensors_sha256 { parts.append("tensors sha256 \(t.prefix(16))…") }
+            if let f = sha256 { parts.append("file sha256 \(f.prefix(16))…") }
+            return parts.isEmpty ? "no checksum" : parts.joined(separator: ", ")
+        }
+    }
+    /// One checkpoint tensor read by `pack`: canonical M³ViT name, the name in the checkpoint, its
+    /// shape there, and the SHA-256 of its float32 little-endian values (``TensorDigests``).
+    public struct SourceTensor: Sendable, Codable, Equatable {
+        public var name: String
+        public var source_name: String
+        public var shape: [Int]
+        public var sha256: String
     }
     public struct Image: Sendable, Codable, Equatable {
         public var file: String

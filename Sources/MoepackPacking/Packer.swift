@@ -35,14 +35,18 @@ public struct PackOptions: Sendable {
     public var strict: Bool
     /// Frame for the `images` slot ([3,H,W] bytes), or nil for zeros.
     public var frame: [UInt8]?
+    /// Also record the SHA-256 of the whole checkpoint file (`source.sha256`). This reads every byte of
+    /// the file, optimizer state included (about 1 GB/s here, on the second core); without it only the
+    /// tensors moepack uses are read, and `source.tensors` fingerprints those.
+    public var hashSourceFile: Bool
     public var tool: String
 
     public init(profile: KernelProfile, task: Int = 0, allTasks: Bool = false, layout: DDRLayout = .kernel,
                 quantization: Quantization = .AP_RND_CONV, overflow: Overflow = .AP_SAT, strict: Bool = false,
-                frame: [UInt8]? = nil, tool: String = "moepack") {
+                frame: [UInt8]? = nil, hashSourceFile: Bool = false, tool: String = "moepack") {
         self.profile = profile; self.task = task; self.allTasks = allTasks; self.layout = layout
         self.quantization = quantization; self.overflow = overflow
-        self.strict = strict; self.frame = frame; self.tool = tool
+        self.strict = strict; self.frame = frame; self.hashSourceFile = hashSourceFile; self.tool = tool
     }
 }
 
@@ -173,107 +177,6 @@ public struct DDRPlan: Sendable {
 
 func align(_ x: Int, _ a: Int) -> Int { (x + a - 1) / a * a }
 
-func hex(_ d: some Sequence<UInt8>) -> String {
-    let digits = Array("0123456789abcdef".utf8)
-    var s = [UInt8]()
-    for b in d { s.append(digits[Int(b >> 4)]); s.append(digits[Int(b & 15)]) }
-    return String(decoding: s, as: UTF8.self)
-}
-
-/// SHA-256 of a file (streamed), or of a folder: each regular file's name and bytes in name order.
-public func sha256OfPath(_ path: String) throws -> String {
-    var hasher = SHA256()
-    var isDir: ObjCBool = false
-    _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
-    let files: [String]
-    if isDir.boolValue {
-        files = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
-            .map { (path as NSString).appendingPathComponent($0) }
-    } else {
-        files = [path]
-    }
-    for f in files {
-        var d: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: f, isDirectory: &d), !d.boolValue else { continue }
-        if isDir.boolValue { hasher.update(data: Array((f as NSString).lastPathComponent.utf8) + [0]) }
-        // Streamed in 4 MiB windows through one reused buffer: bounded memory whatever the file size.
-        let fd = open(f, O_RDONLY)
-        guard fd >= 0 else { throw MoepackError(.io, file: f, "cannot read") }
-        defer { close(fd) }
-        let chunk = 4 << 20
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk, alignment: 64)
-        defer { buffer.deallocate() }
-        while true {
-            let n = read(fd, buffer.baseAddress, chunk)
-            if n < 0 { throw MoepackError(.io, file: f, "read failed") }
-            if n == 0 { break }
-            hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-        }
-    }
-    return hex(hasher.finalize())
-}
-
-/// A value computed on a background thread; ``value()`` waits for it.
-final class Background<T: Sendable>: @unchecked Sendable {
-    private let group = DispatchGroup()
-    private var result: Result<T, Error>?
-    init(_ work: @escaping @Sendable () throws -> T) {
-        group.enter()
-        DispatchQueue.global().async {
-            self.result = Result { try work() }
-            self.group.leave()
-        }
-    }
-    func value() throws -> T {
-        group.wait()
-        return try result!.get()
-    }
-}
-
-/// Streams quantized bytes into the image while hashing the image and the current buffer.
-final class ImageStream {
-    let file: AtomicFileWriter
-    var imageHash = SHA256()
-    var bufferHash = SHA256()
-    var scratch = [UInt8]()
-    init(path: String) throws { file = try AtomicFileWriter(path: path) }
-    var position: Int { file.bytesWritten }
-
-    func write(_ bytes: UnsafeRawBufferPointer) throws {
-        try file.write(bytes)
-        imageHash.update(bufferPointer: bytes)
-        bufferHash.update(bufferPointer: bytes)
-    }
-
-    func zeros(_ n: Int, hashIntoBuffer: Bool = true) throws {
-        guard n > 0 else { return }
-        if scratch.count < min(n, 1 << 20) { scratch = [UInt8](repeating: 0, count: min(n, 1 << 20)) }
-        var left = n
-        while left > 0 {
-            let k = min(left, 1 << 20)
-            try scratch.withUnsafeBytes { raw in
-                let z = UnsafeRawBufferPointer(rebasing: raw[0..<k])
-                try file.write(z)
-                imageHash.update(bufferPointer: z)
-                if hashIntoBuffer { bufferHash.update(bufferPointer: z) }
-            }
-            left -= k
-        }
-    }
-
-    /// Quantizes `values` to `t` and writes them; returns the statistics.
-    func quantized(_ values: ArraySlice<Float>, _ t: FixedType) throws -> QuantizationStats {
-        var stats = QuantizationStats()
-        let n = values.count * t.containerBytes
-        var out = [UInt8](repeating: 0, count: n)
-        out.withUnsafeMutableBytes { raw in
-            values.withUnsafeBufferPointer { t.encode($0, into: raw, stats: &stats) }
-        }
-        try out.withUnsafeBytes { try write($0) }
-        return stats
-    }
-}
-
 /// Streams a checkpoint into `DIR/ddr.bin`, `DIR/manifest.json` and `DIR/moepack_ddr.h`.
 ///
 /// Weights are read tensor by tensor, folded, quantized to each buffer's `ap_fixed` type with the
@@ -300,11 +203,16 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
                                "model gives shape \(shapeString(s)), the profile declares \(shapeString(p.buffer.shape))")
         }
     }
-    // The source checksum reads the whole checkpoint file: do it on the other core meanwhile.
+    // SHA-256 work (the image, each buffer, the tensors read, and with hashSourceFile the whole
+    // source file) runs on the other core while this thread reads, quantizes and writes.
     let sourcePath = kernel.checkpoint.source.path
-    let sourceHash = Background { try sha256OfPath(sourcePath) }
+    let sourceHash = options.hashSourceFile ? Background { try sha256OfPath(sourcePath) } : nil
+    let hasher = BackgroundHasher()
+    let digests = TensorDigests(hasher: hasher)
+    kernel.checkpoint.observeReads { name, values in digests.record(name, values) }
+    defer { kernel.checkpoint.observeReads(nil) }
     let stage = try StagedDirectory(destination: outputDirectory)
-    let image = try ImageStream(path: stage.path("ddr.bin"))
+    let image = try ImageStream(path: stage.path("ddr.bin"), hasher: hasher)
     var manifestBuffers: [Manifest.Buffer] = []
     var reports: [Manifest.TensorReport] = []
     var warnings: [String] = []
@@ -331,8 +239,8 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
     }
 
     for p in plan.buffers {
-        try image.zeros(p.offset - image.position, hashIntoBuffer: false)
-        image.bufferHash = SHA256()
+        try image.zeros(p.offset - image.position, intoBuffer: false)
+        image.beginBuffer()
         let t = p.type.with(quantization: options.quantization, overflow: options.overflow)
         switch p.content {
         case .kernelArray(let name, let task):
@@ -370,7 +278,7 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
             guard frame.count * p.type.containerBytes <= p.bytes else {
                 throw MoepackError(.mismatch, item: "images", "frame has \(frame.count) bytes, the slot holds \(p.bytes)")
             }
-            try frame.withUnsafeBytes { try image.write($0) }
+            try image.write(frame)
             try image.zeros(p.bytes - frame.count)
         case .frame, .zeros:
             try image.zeros(p.bytes)
@@ -381,10 +289,18 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
         manifestBuffers.append(Manifest.Buffer(
             name: p.buffer.name, offset: p.offset, bytes: p.bytes, type: p.buffer.type,
             ctype: p.type.baseDescription, element_bytes: p.type.containerBytes, shape: p.buffer.shape,
-            register: p.buffer.register, role: p.buffer.role, sha256: hex(image.bufferHash.finalize())))
+            register: p.buffer.register, role: p.buffer.role, sha256: ""))
+        image.endBuffer()
     }
-    try image.zeros(plan.totalBytes - image.position, hashIntoBuffer: false)
+    try image.zeros(plan.totalBytes - image.position, intoBuffer: false)
     try image.file.commit()
+    let (imageSHA, bufferSHAs) = image.finish()
+    for i in manifestBuffers.indices { manifestBuffers[i].sha256 = bufferSHAs[i] }
+    let tensorSHAs = digests.finish()
+    let sourceTensors = tensorSHAs.keys.sorted().map { name in
+        Manifest.SourceTensor(name: name, source_name: kernel.checkpoint.canonicalToSource[name] ?? name,
+                              shape: kernel.checkpoint.entry(name)?.shape ?? [], sha256: tensorSHAs[name]!)
+    }
 
     let src = kernel.checkpoint.source
     var notes = [
@@ -410,8 +326,10 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
         task: options.allTasks ? 0 : options.task, layout: options.layout.rawValue, model: cfg,
         folds: kernel.checkpoint.naming == .m3vit ? kernel.folds : nil,
         quantization: Manifest.Quantization(mode: options.quantization.rawValue, overflow: options.overflow.rawValue, tensors: reports),
-        source: Manifest.Source(path: src.path, container: src.container, sha256: try sourceHash.value(), notes: src.notes),
-        image: Manifest.Image(file: "ddr.bin", bytes: plan.totalBytes, sha256: hex(image.imageHash.finalize())),
+        source: Manifest.Source(path: src.path, container: src.container, bytes: pathBytes(src.path),
+                                sha256: try sourceHash?.value(), tensors_sha256: TensorDigests.combined(sourceTensors),
+                                tensors: sourceTensors, notes: src.notes),
+        image: Manifest.Image(file: "ddr.bin", bytes: plan.totalBytes, sha256: imageSHA),
         header: nil,
         alignment: profile.alignment, types: profile.types, registers: profile.registers, buffers: manifestBuffers,
         expert_records: records.isEmpty ? nil : records,

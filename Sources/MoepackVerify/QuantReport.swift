@@ -121,7 +121,8 @@ public enum QuantReport {
         }
         kv("profile", "\(m.profile) (kernel \(m.kernel))")
         kv("source", "\(m.source.path) [\(m.source.container)]", mono: true)
-        kv("source sha256", m.source.sha256, mono: true)
+        if let t = m.source.tensors_sha256 { kv("tensors sha256", "\(t) (\(m.source.tensors?.count ?? 0) tensors read)", mono: true) }
+        if let f = m.source.sha256 { kv("source file sha256", f, mono: true) }
         kv("image", "\(m.image.file), \(m.image.bytes) bytes, sha256 \(m.image.sha256)", mono: true)
         kv("modes", "\(m.quantization.mode), \(m.quantization.overflow)")
         kv("task", "\(m.task) (gates in moe_w_gate)")

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MoepackCore
+import MoepackInference
 
 /// moepack: M³ViT checkpoints → Edge-MoE DDR images, verified on the CPU.
 @main
@@ -23,6 +24,7 @@ struct Moepack: ParsableCommand {
 /// Interrupts (Ctrl-C) remove any output being staged.
 func guarded(_ body: () throws -> Void) throws {
     InterruptCleanup.install()
+    configureBLASThreads()
     do {
         try body()
     } catch let e as MoepackError {

@@ -83,6 +83,9 @@ struct Pack: ParsableCommand {
     @Option(help: "Frame to place in the images slot (raw uint8 [3,H,W], .npy, PNG).")
     var image: String?
 
+    @Flag(help: "Also record the SHA-256 of the whole checkpoint file in the manifest (reads every byte, optimizer state included). By default only the tensors used are read and fingerprinted.")
+    var sourceSha256 = false
+
     @Flag(help: "Print nothing but warnings and errors.")
     var quiet = false
 
@@ -110,7 +113,7 @@ struct Pack: ParsableCommand {
             }
             let options = PackOptions(profile: profile, task: Int(task) ?? 0, allTasks: allTasks, layout: layout,
                                       quantization: quantization, overflow: overflow,
-                                      strict: strict, frame: frame?.bytes, tool: "moepack \(Moepack.version)")
+                                      strict: strict, frame: frame?.bytes, hashSourceFile: sourceSha256, tool: "moepack \(Moepack.version)")
             if layout == .expertMajor {
                 note("moepack: note: --layout expert-major is for kernels rebuilt with one expert base pointer; the published Edge-MoE bitstream reads --layout kernel")
             }

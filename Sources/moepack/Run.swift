@@ -148,12 +148,16 @@ struct Verify: ParsableCommand {
                                    "the image was packed with mean \(packed.mean) std \(packed.std); verify uses the manifest's values (omit --mean/--std)")
             }
             let folds = image.manifest.folds ?? checkpointOptions.folds
-            // The reference should be the checkpoint the image was packed from.
-            if let sha = try? sha256OfPath(checkpoint), sha != image.manifest.source.sha256 {
-                note("moepack: warning: \(checkpoint) is not the checkpoint this image was packed from (sha256 \(sha.prefix(12))…, manifest \(image.manifest.source.sha256.prefix(12))… from \(image.manifest.source.path))")
-            }
+            // The reference should be the checkpoint the image was packed from: compare the digests
+            // of the tensors read here with the manifest's (the file's SHA-256 for older manifests).
+            let digests = TensorDigests()
+            backbone.observeReads { name, values in digests.record(name, values) }
             let kernel = try KernelTensors(checkpoint: backbone, folds: folds)
             let reference = try kernel.backboneWeights(task: task ?? image.manifest.task)
+            backbone.observeReads(nil)
+            if let warning = sourceMismatch(checkpoint: checkpoint, manifest: image.manifest, readDigests: digests.finish()) {
+                note("moepack: warning: \(warning)")
+            }
             var th = VerifyThresholds.defaults(for: mode)
             if let minCosine { th.min_cosine = minCosine }
             if let maxMse { th.max_mse = maxMse }
@@ -213,4 +217,21 @@ func outputNames(_ frames: [String]) -> [String] {
         used.insert(name + ".npy")
         return name + ".npy"
     }
+}
+
+/// Why `checkpoint` is not the one `manifest` was packed from, or nil when it is (or cannot be told).
+/// Compares the SHA-256 of every tensor read with `source.tensors`; manifests without tensor digests
+/// fall back to the whole file's SHA-256 (`source.sha256`).
+func sourceMismatch(checkpoint: String, manifest: Manifest, readDigests: [String: String]) -> String? {
+    let src = manifest.source
+    if let packed = src.tensors {
+        let differ = packed.filter { t in readDigests[t.name].map { $0 != t.sha256 } ?? false }.map(\.name)
+        guard !differ.isEmpty else { return nil }
+        let shown = differ.prefix(4).joined(separator: ", ") + (differ.count > 4 ? ", …" : "")
+        return "\(checkpoint) is not the checkpoint this image was packed from (\(src.path)): \(differ.count) of \(packed.count) tensor(s) differ: \(shown)"
+    }
+    if let packed = src.sha256, let sha = try? sha256OfPath(checkpoint), sha != packed {
+        return "\(checkpoint) is not the checkpoint this image was packed from (sha256 \(sha.prefix(12))…, manifest \(packed.prefix(12))… from \(src.path))"
+    }
+    return nil
 }

@@ -5,6 +5,7 @@ import MoepackCheckpoint
 import MoepackModel
 import MoepackFixedPoint
 @testable import MoepackPacking
+import Crypto
 
 let tinyFixtures = repoRoot.appendingPathComponent("Tests/Fixtures/tiny")
 
@@ -54,7 +55,51 @@ final class PackingFixtureTests: XCTestCase {
             for b in reference.manifest.buffers where b.role == "weight" {
                 XCTAssertEqual(image.manifest.buffer(b.name)?.sha256, b.sha256, "\(other): \(b.name)")
             }
+            // Tensor digests are of the decoded float32 values: the container does not change them.
+            XCTAssertEqual(image.manifest.source.tensors_sha256, reference.manifest.source.tensors_sha256, other)
         }
+    }
+
+    /// `source.tensors` of a pack equals the digests scripts/make_digest_fixture.py computed with
+    /// torch + hashlib (SHA-256 of float32 little-endian values; the combined line-list digest); the
+    /// image and buffer digests are SHA-256 of ddr.bin and of each buffer's bytes.
+    func testSourceTensorDigestsMatchPython() throws {
+        let path = tinyFixtures.appendingPathComponent("model.pth").path
+        let image = try packTiny(path)
+        let data = try XCTUnwrap(FileManager.default.contents(atPath: tinyFixtures.appendingPathComponent("tensor_sha256.json").path))
+        let json = try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let expected = try XCTUnwrap(json["tensors"] as? [[String: Any]])
+        let src = image.manifest.source
+        let got = try XCTUnwrap(src.tensors)
+        XCTAssertEqual(got.count, expected.count)
+        XCTAssertEqual(got.count, 54)
+        for (g, e) in zip(got, expected) {
+            XCTAssertEqual(g.name, e["name"] as? String)
+            XCTAssertEqual(g.shape, e["shape"] as? [Int], g.name)
+            XCTAssertEqual(g.sha256, e["sha256"] as? String, g.name)
+            XCTAssertEqual(g.source_name, "module.backbone." + g.name)
+        }
+        XCTAssertEqual(src.tensors_sha256, json["tensors_sha256"] as? String)
+        XCTAssertEqual(src.tensors_sha256, "e5b6221c2e2548c9f8b7e3d6c0348408f2b39ea25bb9b62903d533c7bfc2797d")
+        XCTAssertEqual(src.bytes, (try FileManager.default.attributesOfItem(atPath: path))[.size] as? Int)
+        XCTAssertNil(src.sha256, "the whole-file SHA-256 is opt-in (hashSourceFile)")
+        let ddr = try Data(contentsOf: URL(fileURLWithPath: image.directory + "/ddr.bin"))
+        XCTAssertEqual(image.manifest.image.sha256, hex(SHA256.hash(data: ddr)))
+        for b in image.manifest.buffers {
+            XCTAssertEqual(b.sha256, hex(SHA256.hash(data: ddr[b.offset..<(b.offset + b.bytes)])), b.name)
+        }
+    }
+
+    /// With hashSourceFile the manifest also carries the SHA-256 of the checkpoint file's bytes.
+    func testWholeFileHashOnRequest() throws {
+        let path = tinyFixtures.appendingPathComponent("model.pth").path
+        let profile = try KernelProfile.load("tiny-test")
+        let k = try KernelTensors(checkpoint: try BackboneCheckpoint(source: try openCheckpoint(path), expected: profile.model))
+        let out = tempDir("tiny-hash") + "/img"
+        let r = try pack(kernel: k, options: PackOptions(profile: profile, hashSourceFile: true), outputDirectory: out)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        XCTAssertEqual(r.manifest.source.sha256, hex(SHA256.hash(data: bytes)))
+        XCTAssertNotNil(r.manifest.source.tensors_sha256)
     }
 
     /// The already-folded Edge-MoE folder form of the tiny model gives the same bits (its folds were done

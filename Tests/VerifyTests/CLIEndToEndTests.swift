@@ -79,6 +79,31 @@ final class CLIEndToEndTests: XCTestCase {
         XCTAssertTrue(strictV.stdout.contains("FAIL: cosine"), strictV.stdout)
     }
 
+    /// verify compares the tensors it reads with the manifest's digests: the same weights in another
+    /// container pass silently; one flipped mantissa bit is named.
+    func testVerifyNamesTensorsThatDifferFromThePackedOnes() throws {
+        let dir = NSTemporaryDirectory() + "moepack-src-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let frame = "Tests/Fixtures/tiny/frame.u8"
+        let pack = try moepack(["pack", "Tests/Fixtures/tiny/model.pth", "-o", dir + "/img", "--profile", "tiny-test", "--quiet"])
+        XCTAssertEqual(pack.status, 0, pack.stderr)
+        let same = try moepack(["verify", dir + "/img", "--checkpoint", "Tests/Fixtures/tiny/model.safetensors", "--image", frame])
+        XCTAssertEqual(same.status, 0, same.stderr)
+        XCTAssertFalse(same.stderr.contains("not the checkpoint"), same.stderr)
+
+        // blocks.0.attn.proj.bias is the first tensor of the safetensors data (offsets [0, 128]).
+        var st = [UInt8](try Data(contentsOf: repo.appendingPathComponent("Tests/Fixtures/tiny/model.safetensors")))
+        let headerLen = st[0..<8].enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        let header = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(st[8..<(8 + headerLen)])) as? [String: Any])
+        let entry = try XCTUnwrap(header["blocks.0.attn.proj.bias"] as? [String: Any])
+        XCTAssertEqual(entry["data_offsets"] as? [Int], [0, 128])
+        st[8 + headerLen] ^= 1
+        try Data(st).write(to: URL(fileURLWithPath: dir + "/changed.safetensors"))
+        let other = try moepack(["verify", dir + "/img", "--checkpoint", dir + "/changed.safetensors", "--image", frame])
+        XCTAssertTrue(other.stderr.contains("moepack: warning: \(dir)/changed.safetensors is not the checkpoint this image was packed from (Tests/Fixtures/tiny/model.pth): 1 of 54 tensor(s) differ: blocks.0.attn.proj.bias"), other.stderr)
+    }
+
     func testQuantizeRoundTrip() throws {
         let dir = NSTemporaryDirectory() + "moepack-q-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
