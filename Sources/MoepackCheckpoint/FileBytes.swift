@@ -54,10 +54,10 @@ final class RandomAccessFile: Sendable {
                                "byte range \(offset)..<\(o ? Int.max : end) lies beyond the end of the file (\(size) bytes): truncated")
         }
         if count == 0 { return [] }
-        var out = [UInt8](repeating: 0, count: count)
-        var done = 0
-        try out.withUnsafeMutableBytes { buf in
+        // Filled by pread, so no zero fill first; on a throw the initialized count is 0.
+        return try [UInt8](unsafeUninitializedCapacity: count) { buf, initialized in
             guard let base = buf.baseAddress else { return }
+            var done = 0
             while done < count {
                 let n = pread(fd, base + done, count - done, off_t(offset + done))
                 if n < 0 {
@@ -69,8 +69,8 @@ final class RandomAccessFile: Sendable {
                 }
                 done += n
             }
+            initialized = count
         }
-        return out
     }
 
     /// Reads up to `count` bytes at the start of the file (fewer when the file is shorter).

@@ -168,6 +168,8 @@ enum TorchCheckpoint {
             expect *= t.shape[k]
         }
         if contiguous {
+            // The whole storage (the usual case) is returned as is: no copy.
+            if t.offset == 0 && count * isz == storage.count { return storage }
             return Array(storage[t.offset * isz..<(t.offset + count) * isz])
         }
         var out = [UInt8](repeating: 0, count: count * isz)
@@ -196,10 +198,10 @@ enum TorchCheckpoint {
     /// Decodes gathered little-endian bytes of `dtype` to float32.
     static func toFloat32(_ raw: [UInt8], dtype: DType) -> [Float] {
         let count = raw.count / dtype.byteSize
-        var out = [Float](repeating: 0, count: count)
-        raw.withUnsafeBytes { r in
-            out.withUnsafeMutableBufferPointer { o in decodeToFloat32(r, dtype: dtype, count: count, into: o) }
+        // decodeToFloat32 writes all `count` values, so no zero fill first.
+        return [Float](unsafeUninitializedCapacity: count) { o, initialized in
+            raw.withUnsafeBytes { r in decodeToFloat32(r, dtype: dtype, count: count, into: o) }
+            initialized = count
         }
-        return out
     }
 }

@@ -35,7 +35,11 @@ public func decodeToFloat32(_ bytes: UnsafeRawBufferPointer, dtype: DType, count
     precondition(bytes.count >= count * dtype.byteSize && out.count >= count)
     switch dtype {
     case .float32:
+        #if _endian(little)
+        if count > 0 { UnsafeMutableRawPointer(out.baseAddress!).copyMemory(from: bytes.baseAddress!, byteCount: count * 4) }
+        #else
         for i in 0..<count { out[i] = Float(bitPattern: UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self))) }
+        #endif
     case .float64:
         for i in 0..<count { out[i] = Float(Double(bitPattern: UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)))) }
     case .float16:
@@ -66,3 +70,22 @@ public func decodeToFloat32(_ bytes: UnsafeRawBufferPointer, dtype: DType, count
 /// Every float16 bit pattern widened to float32 (exact), so bulk decoding is a table lookup instead of
 /// a runtime call per element.
 let float16Table: [Float] = (0...UInt16.max).map { Float(Float16(bitPattern: $0)) }
+
+/// Index of the first NaN or ±Inf in `values`, or nil. Scans blocks of 4096 with a max-reduction of
+/// the magnitude bits (|x| bits ≥ 0x7F800000 ⇔ exponent all ones), which the compiler vectorises.
+public func firstNonFiniteIndex(_ values: UnsafeBufferPointer<Float>) -> Int? {
+    let n = values.count
+    guard let base = values.baseAddress else { return nil }
+    let bits = UnsafeRawPointer(base).assumingMemoryBound(to: UInt32.self)
+    var start = 0
+    while start < n {
+        let end = min(start + 4096, n)
+        var m: UInt32 = 0
+        for i in start..<end { m = max(m, bits[i] & 0x7FFF_FFFF) }
+        if m >= 0x7F80_0000 {
+            for i in start..<end where !values[i].isFinite { return i }
+        }
+        start = end
+    }
+    return nil
+}

@@ -83,7 +83,7 @@ public final class BackboneCheckpoint: @unchecked Sendable {
             throw MoepackError(.badInput, file: source.path, item: canonical, "missing tensor")
         }
         let v = try source.readFloat32(s)
-        if let bad = v.firstIndex(where: { !$0.isFinite }) {
+        if let bad = v.withUnsafeBufferPointer(firstNonFiniteIndex) {
             throw MoepackError(.numeric, file: source.path, item: s,
                                "\(v[bad]) at flat index \(bad); NaN/Inf weights are refused")
         }
