@@ -21,9 +21,14 @@ public struct MoERouting: Sendable, Equatable {
     /// Per expert (ascending index), the tokens routed to it, in token order (token 0 = cls).
     /// This is the schedule the Edge-MoE kernel builds (`expert_queues`).
     public var queues: [[Int32]]
+    /// Per token [tokens], the gate probability of the k-th (last) chosen expert minus that of the best
+    /// expert left out (≥ 0): how far the token is from a different top-k set. Filled by the float path;
+    /// empty when the datapath does not compute it.
+    public var margins: [Float]
 
-    public init(block: Int, topExperts: [Int32], topWeights: [Float], queues: [[Int32]]) {
+    public init(block: Int, topExperts: [Int32], topWeights: [Float], queues: [[Int32]], margins: [Float] = []) {
         self.block = block; self.topExperts = topExperts; self.topWeights = topWeights; self.queues = queues
+        self.margins = margins
     }
 }
 
@@ -284,7 +289,7 @@ public final class FloatBackbone: Sendable {
         }
         softmaxRows(s.logits, rows: T, cols: E)
         let probs = UnsafeBufferPointer(start: s.logits, count: T * E)
-        let (top, topW, queues) = route(probs: probs, tokens: T, experts: E, topK: K)
+        let (top, topW, queues, margins) = route(probs: probs, tokens: T, experts: E, topK: K)
 
         s.mlp.update(repeating: 0, count: T * D)
         w1.withUnsafeBufferPointer { w1 in b1.withUnsafeBufferPointer { b1 in
@@ -309,7 +314,7 @@ public final class FloatBackbone: Sendable {
             }
         }}}}
         for j in 0..<T * D { s.x[j] += s.mlp[j] }
-        return MoERouting(block: block, topExperts: top, topWeights: topW, queues: queues)
+        return MoERouting(block: block, topExperts: top, topWeights: topW, queues: queues, margins: margins)
     }
 }
 
@@ -322,8 +327,9 @@ public final class FloatBackbone: Sendable {
 /// `top_k` and `torch.topk` on CPU agree on this for distinct values). Queues list, per expert,
 /// the tokens that chose it, in token order.
 func route(probs: UnsafeBufferPointer<Float>, tokens T: Int, experts E: Int, topK K: Int)
-    -> (top: [Int32], weights: [Float], queues: [[Int32]]) {
+    -> (top: [Int32], weights: [Float], queues: [[Int32]], margins: [Float]) {
     var top = [Int32](repeating: 0, count: T * K)
+    var margins = [Float](repeating: 0, count: T)
     var topW = [Float](repeating: 0, count: T * K)
     var queues = (0..<E).map { _ in [Int32]().reserving(T) }
     var chosen = [Bool](repeating: false, count: E)
@@ -340,8 +346,11 @@ func route(probs: UnsafeBufferPointer<Float>, tokens T: Int, experts E: Int, top
             topW[t * K + k] = probs[row + best]
         }
         for e in 0..<E where chosen[e] { queues[e].append(Int32(t)) }
+        var bestLeft: Float = 0
+        for e in 0..<E where !chosen[e] { bestLeft = max(bestLeft, probs[row + e]) }
+        margins[t] = K > 0 && K < E ? topW[t * K + K - 1] - bestLeft : 0
     }
-    return (top, topW, queues)
+    return (top, topW, queues, margins)
 }
 
 private extension Array {

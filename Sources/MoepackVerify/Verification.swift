@@ -12,6 +12,12 @@ public struct VerifyThresholds: Sendable, Codable, Equatable {
     public var max_mse: Double?
     /// Minimum fraction of tokens whose top-k expert set agrees, in every MoE block.
     public var min_routing_agreement: Double
+    /// When set, a token routed differently whose float-model gate margin (probability of its k-th
+    /// chosen expert minus that of the best expert left out, ``MoERouting/margins``) is below this
+    /// value is a near-tie: reported, but counted as agreeing for `min_routing_agreement`; so are
+    /// that token's flips in later MoE blocks, which follow from the first. Unset (the default):
+    /// every differing token counts.
+    public var tie_margin: Double? = nil
 
     /// Float path: cosine ≥ 0.9999 and agreement ≥ 0.98. Fixed path: the published testbench's
     /// acceptance MSE ≤ 0.1 and agreement ≥ 0.97.
@@ -38,6 +44,26 @@ public struct MoEBlockReport: Sendable, Codable, Equatable {
     public var routing_agreement: Double
     /// Fraction of tokens whose first choice equals the float model's.
     public var top1_agreement: Double
+    /// Tokens routed differently whose float-model margin is below the `tie_margin` threshold (0 when
+    /// it is unset); the agreement checked against `min_routing_agreement` counts them as agreeing.
+    public var near_tie_flips: Int = 0
+    /// `routing_agreement` with the near-tie flips counted as agreeing: what the threshold checks.
+    public var routing_agreement_checked: Double? = nil
+}
+
+/// One token whose top-k expert set differs from the float model's in one MoE block.
+public struct RoutingFlip: Sendable, Codable, Equatable {
+    public var block: Int
+    public var token: Int
+    /// Experts the float model chose (gate order) and the ones the image's datapath chose.
+    public var reference_experts: [Int]
+    public var experts: [Int]
+    /// Float model's gate margin for this token (``MoERouting/margins``): k-th chosen minus best
+    /// left-out probability. Near 0: a near-tie any rounding can flip.
+    public var reference_margin: Double
+    /// The same token was already routed differently in an earlier MoE block: its input here differs
+    /// by that earlier flip, so this flip follows from it whatever the margin.
+    public var after_earlier_flip: Bool
 }
 
 public struct OverflowReport: Sendable, Codable, Equatable {
@@ -56,6 +82,8 @@ public struct FrameReport: Sendable, Codable, Equatable {
     /// largest output error over the other tokens (routing flips on near-ties dominate max |err|).
     public var tokens_routed_differently: [Int]
     public var max_abs_error_same_routing: Double
+    /// Every (block, token) whose expert set differs, with the float model's margin there.
+    public var routing_flips: [RoutingFlip]
     /// Fixed mode: wrap-arounds per layer/unit (only non-zero entries).
     public var overflow: [OverflowReport]?
 }
@@ -125,7 +153,8 @@ public func verify(image: PackedImage, reference: BackboneWeights, frames: [Name
             do {
                 let got = try model.run(nf.frame, recordBlocks: true)
                 let want = try float.forward(pixels: nf.frame.pixels, recordBlocks: true)
-                results.set(i, .success(compareFrame(name: nf.name, note: nf.frame.note, got: got, want: want, k: cfg.topK)))
+                results.set(i, .success(compareFrame(name: nf.name, note: nf.frame.note, got: got, want: want, k: cfg.topK,
+                                                     tieMargin: thresholds.tie_margin)))
             } catch {
                 results.set(i, .failure(error))
             }
@@ -147,9 +176,13 @@ public func verify(image: PackedImage, reference: BackboneWeights, frames: [Name
     for (j, b) in cfg.moeBlocks.enumerated() {
         let ra = reports.map { $0.moe_blocks[j].routing_agreement }.min() ?? 1
         let t1 = reports.map { $0.moe_blocks[j].top1_agreement }.min() ?? 1
-        moeWorst.append(MoEBlockReport(block: b, routing_agreement: ra, top1_agreement: t1))
-        if ra < thresholds.min_routing_agreement {
-            failures.append("MoE block \(b): routing agreement \(String(format: "%.4f", ra)) < \(thresholds.min_routing_agreement)")
+        let checked = reports.map { $0.moe_blocks[j].routing_agreement_checked ?? $0.moe_blocks[j].routing_agreement }.min() ?? 1
+        let ties = reports.map { $0.moe_blocks[j].near_tie_flips }.max() ?? 0
+        moeWorst.append(MoEBlockReport(block: b, routing_agreement: ra, top1_agreement: t1, near_tie_flips: ties,
+                                       routing_agreement_checked: thresholds.tie_margin == nil ? nil : checked))
+        if checked < thresholds.min_routing_agreement {
+            let what = thresholds.tie_margin == nil ? "routing agreement" : "routing agreement outside near-ties"
+            failures.append("MoE block \(b): \(what) \(String(format: "%.4f", checked)) < \(thresholds.min_routing_agreement)")
         }
     }
     if let c = thresholds.min_cosine, worstCos.output.cosine < c {
@@ -179,7 +212,8 @@ public func verify(image: PackedImage, reference: BackboneWeights, frames: [Name
         moe_blocks: moeWorst, passed: failures.isEmpty, failures: failures, notes: notes)
 }
 
-func compareFrame(name: String, note: String?, got: FrameResult, want: ForwardResult, k: Int) -> FrameReport {
+func compareFrame(name: String, note: String?, got: FrameResult, want: ForwardResult, k: Int,
+                  tieMargin: Double? = nil) -> FrameReport {
     let out = ComparisonMetrics(got.output, reference: want.output)
     var blocks: [BlockReport] = []
     for (i, (g, w)) in zip(got.blockOutputs, want.blockOutputs).enumerated() {
@@ -187,12 +221,30 @@ func compareFrame(name: String, note: String?, got: FrameResult, want: ForwardRe
         blocks.append(BlockReport(block: i, mse: m.mse, max_abs_error: m.max_abs_error, cosine: m.cosine))
     }
     var moe: [MoEBlockReport] = []
+    var flips: [RoutingFlip] = []
+    // Token → whether its first flip (in block order) was a near-tie; later flips of that token
+    // follow from it and are counted the same way.
+    var firstFlipWasTie: [Int: Bool] = [:]
     for (g, w) in zip(got.routing, want.routing) {
         let tokens = w.topExperts.count / k
-        var top1 = 0
+        var top1 = 0, ties = 0
         for t in 0..<tokens where g.topExperts[t * k] == w.topExperts[t * k] { top1 += 1 }
-        moe.append(MoEBlockReport(block: w.block, routing_agreement: routingAgreement(g.topExperts, w.topExperts, k: k),
-                                  top1_agreement: Double(top1) / Double(max(tokens, 1))))
+        for t in 0..<tokens {
+            let mine = g.topExperts[(t * k)..<((t + 1) * k)], theirs = w.topExperts[(t * k)..<((t + 1) * k)]
+            guard Set(mine) != Set(theirs) else { continue }
+            let margin = t < w.margins.count ? Double(w.margins[t]) : .nan
+            let earlier = firstFlipWasTie[t]
+            let isTie = earlier ?? (tieMargin.map { margin < $0 } ?? false)
+            if earlier == nil { firstFlipWasTie[t] = isTie }
+            if tieMargin != nil && isTie { ties += 1 }
+            flips.append(RoutingFlip(block: w.block, token: t, reference_experts: theirs.map { Int($0) },
+                                     experts: mine.map { Int($0) }, reference_margin: margin,
+                                     after_earlier_flip: earlier != nil))
+        }
+        let agreement = routingAgreement(g.topExperts, w.topExperts, k: k)
+        moe.append(MoEBlockReport(block: w.block, routing_agreement: agreement,
+                                  top1_agreement: Double(top1) / Double(max(tokens, 1)), near_tie_flips: ties,
+                                  routing_agreement_checked: tieMargin == nil ? nil : agreement + Double(ties) / Double(max(tokens, 1))))
     }
     let overflow = got.overflow.filter { $0.count > 0 }.map { OverflowReport(layer: $0.layer, unit: $0.unit, count: $0.count) }
     var differing = Set<Int>()
@@ -208,6 +260,7 @@ func compareFrame(name: String, note: String?, got: FrameResult, want: ForwardRe
     }
     return FrameReport(frame: name, note: note, output: out, blocks: blocks, moe_blocks: moe,
                        tokens_routed_differently: differing.sorted(), max_abs_error_same_routing: sameMax,
+                       routing_flips: flips,
                        overflow: got.overflow.isEmpty && overflow.isEmpty ? nil : overflow)
 }
 
@@ -231,13 +284,18 @@ public func renderVerifyReport(_ r: VerifyReport) -> String {
         s += "  per block max |err|: " + r.frames[0].blocks.map { "\($0.block):\(f($0.max_abs_error, 2))" }.joined(separator: " ") + "\n"
         let diff = r.frames[0].tokens_routed_differently
         if !diff.isEmpty {
-            s += "  \(diff.count) token(s) routed to a different expert set (tokens \(diff.prefix(8).map(String.init).joined(separator: ", "))\(diff.count > 8 ? ", …" : "")): near-ties in the gate; max |err| over the other tokens \(f(r.frames[0].max_abs_error_same_routing))\n"
+            let flips = r.frames[0].routing_flips
+            let shown = flips.prefix(6).map { "token \($0.token) in block \($0.block): experts \($0.reference_experts.map(String.init).joined(separator: ","))→\($0.experts.map(String.init).joined(separator: ",")), float gate margin \(f($0.reference_margin, 2))\($0.after_earlier_flip ? " (after its earlier flip)" : "")" }
+            s += "  \(diff.count) token(s) routed to a different expert set (\(shown.joined(separator: "; "))\(flips.count > 6 ? "; …" : "")); max |err| over the other tokens \(f(r.frames[0].max_abs_error_same_routing))\n"
         }
     } else {
         let sm = r.summary
         s += "  \(sm.frames) frames: mean MSE \(f(sm.mean_mse)), worst \(f(sm.worst_mse)) (\(sm.worst_mse_frame)); mean cosine \(String(format: "%.6f", sm.mean_cosine)), worst \(String(format: "%.6f", sm.worst_cosine)) (\(sm.worst_cosine_frame)); max |err| \(f(sm.max_abs_error))\n"
     }
     s += "  routing agreement (top-k expert set\(r.frames.count > 1 ? ", worst frame" : "")): " + r.moe_blocks.map { "block \($0.block) \(String(format: "%.3f", $0.routing_agreement))" }.joined(separator: ", ") + "\n"
+    if let tm = r.thresholds.tie_margin {
+        s += "  outside near-ties (float gate margin < \(tm) counted as agreeing): " + r.moe_blocks.map { "block \($0.block) \(String(format: "%.3f", $0.routing_agreement_checked ?? $0.routing_agreement)) (\($0.near_tie_flips) near-tie)" }.joined(separator: ", ") + "\n"
+    }
     if r.mode == .fixed {
         s += "  accumulator wrap-arounds: \(r.summary.total_overflow)"
         if let o = r.frames.first?.overflow, !o.isEmpty {
@@ -247,7 +305,8 @@ public func renderVerifyReport(_ r: VerifyReport) -> String {
     }
     for n in r.notes { s += "  note: \(n)\n" }
     let th = r.thresholds
-    let crit = [th.min_cosine.map { "cosine ≥ \($0)" }, th.max_mse.map { "MSE ≤ \($0)" }, "routing agreement ≥ \(th.min_routing_agreement)"].compactMap { $0 }.joined(separator: ", ")
+    let crit = [th.min_cosine.map { "cosine ≥ \($0)" }, th.max_mse.map { "MSE ≤ \($0)" },
+                "routing agreement\(th.tie_margin.map { " outside near-ties (margin < \($0))" } ?? "") ≥ \(th.min_routing_agreement)"].compactMap { $0 }.joined(separator: ", ")
     s += r.passed ? "PASS (\(crit))" : "FAIL: " + r.failures.joined(separator: "; ")
     return s
 }

@@ -134,6 +134,9 @@ struct Verify: ParsableCommand {
     @Option(help: "Minimum routing agreement per MoE block (default 0.98 float, 0.97 fixed).")
     var minRoutingAgreement: Double?
 
+    @Option(help: ArgumentHelp("Count a token routed differently as agreeing when the float model's gate margin there (probability of its k-th expert minus the best one left out) is below this: a near-tie any rounding may flip. Default: every differing token counts.", valueName: "p"))
+    var tieMargin: Double?
+
     @Flag(help: "JSON report on stdout.")
     var json = false
 
@@ -162,6 +165,12 @@ struct Verify: ParsableCommand {
             if let minCosine { th.min_cosine = minCosine }
             if let maxMse { th.max_mse = maxMse }
             if let minRoutingAgreement { th.min_routing_agreement = minRoutingAgreement }
+            if let tieMargin {
+                guard tieMargin >= 0, tieMargin.isFinite else {
+                    throw MoepackError(.usage, item: "--tie-margin", "must be a probability gap ≥ 0, got \(tieMargin)")
+                }
+                th.tie_margin = tieMargin
+            }
             let report = try verify(image: image, reference: reference, frames: inputs, mode: mode, task: task,
                                     thresholds: th, checkpointPath: checkpoint, progress: progressReporter("verify"))
             if json {

@@ -93,6 +93,8 @@ final class FloatForwardTests: XCTestCase {
         XCTAssertEqual(r.top, [0, 1, 1, 3, 0, 2, 2, 1])
         XCTAssertEqual(r.weights, [0.25, 0.25, 0.4, 0.4, 0.3, 0.3, 0.6, 0.2])
         XCTAssertEqual(r.queues, [[0, 2], [0, 1, 3], [2, 3], [1]])
+        // Second choice minus best left out: ties give 0, the last row 0.2 − 0.1.
+        XCTAssertEqual(r.margins, [0, 0.4 - 0.1, 0, Float(0.2) - Float(0.1)])
     }
 
     // MARK: Tiny models
