@@ -154,6 +154,9 @@ func packSummary(_ r: PackResult, output: String) -> String {
     if let worst = m.quantization.tensors.filter({ $0.sqnr_db != nil }).min(by: { $0.sqnr_db! < $1.sqnr_db! }) {
         s += "  SQNR: median \(String(format: "%.1f", sq.sorted()[sq.count / 2])) dB, worst \(String(format: "%.1f", worst.sqnr_db!)) dB (\(worst.name))\n"
     }
+    if let t = m.source.tensors_sha256 {
+        s += "  source: \(m.source.tensors?.count ?? 0) tensors read, tensors sha256 \(t)\(m.source.sha256.map { ", file sha256 \($0)" } ?? "")\n"
+    }
     s += "  image sha256 \(m.image.sha256)"
     return s
 }
