@@ -135,8 +135,8 @@ public final class StagedDirectory {
             throw MoepackError(.io, file: destination, "parent folder \(parent) does not exist")
         }
         staging = (parent as NSString).appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        do { try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: false) } catch {
-            throw MoepackError(.io, file: destination, "cannot create a folder in \(parent)")
+        guard mkdir(staging, 0o755) == 0 else {
+            throw MoepackError(.io, file: destination, "cannot create a folder in \(parent): \(String(cString: strerror(errno)))")
         }
         InterruptCleanup.register(staging)
     }
@@ -169,7 +169,10 @@ public final class StagedDirectory {
 
     /// Removes the staging folder and everything in it.
     public func abort() {
-        try? FileManager.default.removeItem(atPath: staging)
+        // A file removed by someone else meanwhile makes one recursive removal fail: try again.
+        for _ in 0..<3 where FileManager.default.fileExists(atPath: staging) {
+            try? FileManager.default.removeItem(atPath: staging)
+        }
         InterruptCleanup.unregister(staging)
     }
 }

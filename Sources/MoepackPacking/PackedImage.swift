@@ -32,7 +32,20 @@ public final class PackedImage: @unchecked Sendable {
         public var badBuffers: [String]
         /// False when `moepack_ddr.h` is missing or differs from the manifest's checksum.
         public var headerOK: Bool = true
-        public var ok: Bool { imageOK && badBuffers.isEmpty && headerOK }
+        /// False when `source.tensors_sha256` is not the digest of `source.tensors`, or a tensor is
+        /// listed twice: the manifest's provenance was edited.
+        public var sourceDigestsOK: Bool = true
+        public var ok: Bool { imageOK && badBuffers.isEmpty && headerOK && sourceDigestsOK }
+
+        /// What is wrong, for a one-line message (empty when ``ok``).
+        public var problems: [String] {
+            var p: [String] = []
+            if !imageOK { p.append("ddr.bin (whole image)") }
+            if !badBuffers.isEmpty { p.append("buffers " + badBuffers.joined(separator: ", ")) }
+            if !headerOK { p.append("moepack_ddr.h") }
+            if !sourceDigestsOK { p.append("manifest source.tensors_sha256 (not the digest of source.tensors)") }
+            return p
+        }
     }
 
     /// Re-hashes the image and every buffer and compares with the manifest.
@@ -48,7 +61,12 @@ public final class PackedImage: @unchecked Sendable {
             let path = (directory as NSString).appendingPathComponent(h.file)
             headerOK = FileManager.default.contents(atPath: path).map { hex(SHA256.hash(data: $0)) == h.sha256 } ?? false
         }
-        return CheckResult(imageOK: whole == manifest.image.sha256, badBuffers: bad, headerOK: headerOK)
+        var sourceOK = true
+        if let tensors = manifest.source.tensors {
+            sourceOK = Set(tensors.map(\.name)).count == tensors.count
+                && manifest.source.tensors_sha256.map { $0 == TensorDigests.combined(tensors) } ?? true
+        }
+        return CheckResult(imageOK: whole == manifest.image.sha256, badBuffers: bad, headerOK: headerOK, sourceDigestsOK: sourceOK)
     }
 
     /// The element type of buffer `name` (base spelling from the manifest, Vitis default modes).

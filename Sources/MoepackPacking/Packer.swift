@@ -213,6 +213,13 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
     defer { kernel.checkpoint.observeReads(nil) }
     let stage = try StagedDirectory(destination: outputDirectory)
     let image = try ImageStream(path: stage.path("ddr.bin"), hasher: hasher)
+    // On every exit, errors included: no hashing work (which holds the image writer) outlives this
+    // call, the temporary image is removed unless committed, and only then may the staging folder go.
+    defer {
+        hasher.sync {}
+        image.file.abort()
+        withExtendedLifetime(stage) {}
+    }
     var manifestBuffers: [Manifest.Buffer] = []
     var reports: [Manifest.TensorReport] = []
     var warnings: [String] = []

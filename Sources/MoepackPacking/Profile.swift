@@ -144,11 +144,20 @@ public struct KernelProfile: Sendable, Codable, Equatable {
     }
 }
 
+/// JSON path of a coding path: `source.tensors[0].name`.
+func jsonPath(_ path: [any CodingKey]) -> String {
+    var s = ""
+    for k in path {
+        if let i = k.intValue { s += "[\(i)]" } else { s += (s.isEmpty ? "" : ".") + k.stringValue }
+    }
+    return s
+}
+
 func describe(_ e: DecodingError) -> String {
     switch e {
-    case .keyNotFound(let k, let c): return "missing key '\((c.codingPath + [k]).map { $0.stringValue }.joined(separator: "."))'"
+    case .keyNotFound(let k, let c): return "missing key '\(jsonPath(c.codingPath + [k]))'"
     case .typeMismatch(_, let c), .valueNotFound(_, let c):
-        return "wrong type at '\(c.codingPath.map { $0.stringValue }.joined(separator: "."))'"
+        return "wrong type at '\(jsonPath(c.codingPath))'"
     case .dataCorrupted(let c): return c.debugDescription
     @unknown default: return "invalid JSON"
     }

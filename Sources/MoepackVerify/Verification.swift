@@ -104,6 +104,8 @@ public struct VerifyReport: Sendable, Codable, Equatable {
     public var passed: Bool
     public var failures: [String]
     public var notes: [String]
+    /// Whether the checkpoint is the one the image was packed from (set by `moepack verify`).
+    public var source_check: SourceCheck? = nil
 
     public struct Summary: Sendable, Codable, Equatable {
         public var frames: Int
@@ -304,6 +306,7 @@ public func renderVerifyReport(_ r: VerifyReport) -> String {
         s += "\n"
     }
     for n in r.notes { s += "  note: \(n)\n" }
+    if let c = r.source_check { s += "  \(c.same || c.method == .none ? "" : "warning: ")\(c.summary)\n" }
     let th = r.thresholds
     let crit = [th.min_cosine.map { "cosine ≥ \($0)" }, th.max_mse.map { "MSE ≤ \($0)" },
                 "routing agreement\(th.tie_margin.map { " outside near-ties (margin < \($0))" } ?? "") ≥ \(th.min_routing_agreement)"].compactMap { $0 }.joined(separator: ", ")

@@ -19,7 +19,7 @@ struct Check: ParsableCommand {
                 print("\(directory): ok (\(image.manifest.image.bytes) bytes, \(image.manifest.buffers.count) buffers, sha256 \(image.manifest.image.sha256))")
             } else {
                 throw MoepackError(.verificationFailed, file: directory,
-                                   "checksum mismatch: \(r.imageOK ? "" : "whole image; ")\(r.headerOK ? "" : "moepack_ddr.h; ")buffers \(r.badBuffers.isEmpty ? "none" : r.badBuffers.joined(separator: ", "))")
+                                   "checksum mismatch: " + r.problems.joined(separator: "; "))
             }
         }
     }

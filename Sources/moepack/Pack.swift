@@ -83,7 +83,7 @@ struct Pack: ParsableCommand {
     @Option(help: "Frame to place in the images slot (raw uint8 [3,H,W], .npy, PNG).")
     var image: String?
 
-    @Flag(help: "Also record the SHA-256 of the whole checkpoint file in the manifest (reads every byte, optimizer state included). By default only the tensors used are read and fingerprinted.")
+    @Flag(help: "Also record the SHA-256 of the whole checkpoint file in the manifest (source.sha256, as sha256sum prints it; a folder: its files in name order, each as name, NUL, bytes). Reads every byte, optimizer state included; by default only the tensors used are read, and fingerprinted in source.tensors.")
     var sourceSha256 = false
 
     @Flag(help: "Print nothing but warnings and errors.")

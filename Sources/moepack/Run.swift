@@ -108,6 +108,7 @@ struct Verify: ParsableCommand {
         abstract: "Prove from a packed image alone that it computes the checkpoint's model.",
         discussion: """
         Runs the image (float or fixed datapath) and the unquantized float model from the checkpoint on each frame and reports MSE, max abs error, cosine, per-block error and, for every MoE block, the fraction of tokens whose top-k expert set agrees. Exits 1 below the thresholds (float: cosine ≥ 0.9999, agreement ≥ 0.98; fixed: MSE ≤ 0.1 as the published testbench, agreement ≥ 0.97). Fixed mode: exp, sqrt and reciprocal use correctly rounded float64 results, so they may differ from Vitis hls_math in the last bits.
+        It also checks that the checkpoint is the one packed: the SHA-256 of every tensor it reads is compared with the manifest's source.tensors (report field source_check; a difference is a warning, or a failure with --require-same-source).
         """)
 
     @Argument(help: "Folder written by `moepack pack`.")
@@ -134,6 +135,9 @@ struct Verify: ParsableCommand {
     @Option(help: "Minimum routing agreement per MoE block (default 0.98 float, 0.97 fixed).")
     var minRoutingAgreement: Double?
 
+    @Flag(help: "Fail (exit 1) when the checkpoint is not the one the image was packed from, or cannot be checked. Without it a difference is a warning; either way it is in the report (source_check).")
+    var requireSameSource = false
+
     @Option(help: ArgumentHelp("Count a token routed differently as agreeing when the float model's gate margin there (probability of its k-th expert minus the best one left out) is below this: a near-tie any rounding may flip. Default: every differing token counts.", valueName: "p"))
     var tieMargin: Double?
 
@@ -158,9 +162,7 @@ struct Verify: ParsableCommand {
             let kernel = try KernelTensors(checkpoint: backbone, folds: folds)
             let reference = try kernel.backboneWeights(task: task ?? image.manifest.task)
             backbone.observeReads(nil)
-            if let warning = sourceMismatch(checkpoint: checkpoint, manifest: image.manifest, readDigests: digests.finish()) {
-                note("moepack: warning: \(warning)")
-            }
+            let sourceCheck = SourceCheck.compare(checkpoint: checkpoint, manifest: image.manifest, readDigests: digests.finish())
             var th = VerifyThresholds.defaults(for: mode)
             if let minCosine { th.min_cosine = minCosine }
             if let maxMse { th.max_mse = maxMse }
@@ -171,9 +173,11 @@ struct Verify: ParsableCommand {
                 }
                 th.tie_margin = tieMargin
             }
-            let report = try verify(image: image, reference: reference, frames: inputs, mode: mode, task: task,
+            var report = try verify(image: image, reference: reference, frames: inputs, mode: mode, task: task,
                                     thresholds: th, checkpointPath: checkpoint, progress: progressReporter("verify"))
+            report.apply(sourceCheck, required: requireSameSource)
             if json {
+                if !sourceCheck.same && sourceCheck.method != .none { note("moepack: warning: \(sourceCheck.summary)") }
                 try printJSON(report)
             } else {
                 print(renderVerifyReport(report))
@@ -226,21 +230,4 @@ func outputNames(_ frames: [String]) -> [String] {
         used.insert(name + ".npy")
         return name + ".npy"
     }
-}
-
-/// Why `checkpoint` is not the one `manifest` was packed from, or nil when it is (or cannot be told).
-/// Compares the SHA-256 of every tensor read with `source.tensors`; manifests without tensor digests
-/// fall back to the whole file's SHA-256 (`source.sha256`).
-func sourceMismatch(checkpoint: String, manifest: Manifest, readDigests: [String: String]) -> String? {
-    let src = manifest.source
-    if let packed = src.tensors {
-        let differ = packed.filter { t in readDigests[t.name].map { $0 != t.sha256 } ?? false }.map(\.name)
-        guard !differ.isEmpty else { return nil }
-        let shown = differ.prefix(4).joined(separator: ", ") + (differ.count > 4 ? ", …" : "")
-        return "\(checkpoint) is not the checkpoint this image was packed from (\(src.path)): \(differ.count) of \(packed.count) tensor(s) differ: \(shown)"
-    }
-    if let packed = src.sha256, let sha = try? sha256OfPath(checkpoint), sha != packed {
-        return "\(checkpoint) is not the checkpoint this image was packed from (sha256 \(sha.prefix(12))…, manifest \(packed.prefix(12))… from \(src.path))"
-    }
-    return nil
 }

@@ -100,8 +100,24 @@ final class CLIEndToEndTests: XCTestCase {
         XCTAssertEqual(entry["data_offsets"] as? [Int], [0, 128])
         st[8 + headerLen] ^= 1
         try Data(st).write(to: URL(fileURLWithPath: dir + "/changed.safetensors"))
+        let expected = "\(dir)/changed.safetensors is not the checkpoint this image was packed from (Tests/Fixtures/tiny/model.pth): 1 of 54 tensor(s) differ: blocks.0.attn.proj.bias"
         let other = try moepack(["verify", dir + "/img", "--checkpoint", dir + "/changed.safetensors", "--image", frame])
-        XCTAssertTrue(other.stderr.contains("moepack: warning: \(dir)/changed.safetensors is not the checkpoint this image was packed from (Tests/Fixtures/tiny/model.pth): 1 of 54 tensor(s) differ: blocks.0.attn.proj.bias"), other.stderr)
+        XCTAssertEqual(other.status, 0, "a different checkpoint is a warning by default")
+        XCTAssertTrue(other.stdout.contains("  warning: " + expected + "\n"), other.stdout)
+        XCTAssertTrue(same.stdout.contains("  source: the 54 tensors read from Tests/Fixtures/tiny/model.safetensors are the ones packed"), same.stdout)
+
+        let json = try moepack(["verify", dir + "/img", "--checkpoint", dir + "/changed.safetensors", "--image", frame, "--json"])
+        XCTAssertEqual(json.stderr, "moepack: warning: " + expected + "\n")
+        let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
+        let check = try XCTUnwrap(report["source_check"] as? [String: Any])
+        XCTAssertEqual(check["method"] as? String, "tensors")
+        XCTAssertEqual(check["compared"] as? Int, 54)
+        XCTAssertEqual(check["differing"] as? [String], ["blocks.0.attn.proj.bias"])
+        XCTAssertEqual(report["passed"] as? Bool, true)
+
+        let strict = try moepack(["verify", dir + "/img", "--checkpoint", dir + "/changed.safetensors", "--image", frame, "--require-same-source"])
+        XCTAssertEqual(strict.status, 1)
+        XCTAssertTrue(strict.stdout.contains("FAIL: checkpoint differs from the one packed (1 tensor(s))"), strict.stdout)
     }
 
     func testQuantizeRoundTrip() throws {

@@ -175,10 +175,19 @@ final class CLIHostileTests: XCTestCase {
         let b = try XCTUnwrap(h.read(upToCount: 1))
         try h.seek(toOffset: UInt64(offset + bytes / 2))
         try h.write(contentsOf: Data([b[0] ^ 0x10]))
-        try h.close()
         let r = try moepack(["check", dir])
         XCTAssertEqual(r.status, 1, r.stderr)
         XCTAssertEqual(r.stderrLines.count, 1, r.stderr)
-        XCTAssertTrue(r.stderrLines.first?.hasPrefix("moepack: error: \(dir): checksum mismatch: whole image; buffers \(name)") ?? false, r.stderr)
+        XCTAssertEqual(r.stderrLines.first, "moepack: error: \(dir): checksum mismatch: ddr.bin (whole image); buffers \(name)", r.stderr)
+
+        // An edited provenance digest in the manifest is caught too.
+        var text = try String(contentsOfFile: dir + "/manifest.json", encoding: .utf8)
+        try h.close()
+        let digest = try XCTUnwrap((manifest?["source"] as? [String: Any])?["tensors_sha256"] as? String)
+        text = text.replacingOccurrences(of: digest, with: String(repeating: "0", count: 64))
+        try text.write(toFile: dir + "/manifest.json", atomically: true, encoding: .utf8)
+        let r2 = try moepack(["check", dir])
+        XCTAssertEqual(r2.status, 1, r2.stderr)
+        XCTAssertEqual(r2.stderrLines.first, "moepack: error: \(dir): checksum mismatch: ddr.bin (whole image); buffers \(name); manifest source.tensors_sha256 (not the digest of source.tensors)", r2.stderr)
     }
 }
