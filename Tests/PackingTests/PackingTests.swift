@@ -258,6 +258,26 @@ final class PackTests: XCTestCase {
         }
     }
 
+    /// Packing into an existing output folder replaces moepack's three files, keeps the user's other
+    /// files, and leaves no staging folder or moved-aside file behind.
+    func testRepackIntoExistingFolderReplacesOnlyItsFiles() throws {
+        let parent = tempDir("repack"), out = parent + "/img"
+        _ = try packSmall(smallTiny(), to: out)
+        try Data("mine".utf8).write(to: URL(fileURLWithPath: out + "/notes.txt"))
+        let first = FileManager.default.contents(atPath: out + "/ddr.bin")
+        var w = [Float](repeating: 0.02, count: 20)
+        w[3] = -0.5
+        let r = try packSmall(smallTiny(overrides: ["blocks.0.mlp.fc2.weight": w]), to: out)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out).sorted(),
+                       ["ddr.bin", "manifest.json", "moepack_ddr.h", "notes.txt"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: parent), ["img"])
+        XCTAssertEqual(FileManager.default.contents(atPath: out + "/notes.txt"), Data("mine".utf8))
+        XCTAssertNotEqual(FileManager.default.contents(atPath: out + "/ddr.bin"), first)
+        let image = try PackedImage(directory: out)
+        XCTAssertTrue(image.check().ok)
+        XCTAssertEqual(image.manifest, r.manifest)
+    }
+
     func testCheckDetectsCorruption() throws {
         let out = tempDir("corrupt") + "/img"
         let r = try packSmall(smallTiny(), to: out)
