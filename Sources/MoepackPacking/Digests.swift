@@ -89,9 +89,9 @@ public final class BackgroundHasher: @unchecked Sendable {
     private var pending = 0
     private let budget: Int
 
-    /// - Parameter budget: most bytes held for hashing at once (default 64 MiB); one larger job is
+    /// - Parameter budget: most bytes held for hashing at once (default 32 MiB); one larger job is
     ///   still accepted when nothing else is pending.
-    public init(budget: Int = 64 << 20) { self.budget = budget }
+    public init(budget: Int = 32 << 20) { self.budget = budget }
 
     /// Queues `work`, which holds `bytes` bytes alive until it has run.
     public func async(bytes: Int, _ work: @escaping @Sendable () -> Void) {
