@@ -15,8 +15,9 @@
 #                + AdamW state, ~214 MB) vs bench/reference_pack.py on the same file
 #   inspect      moepack inspect --json on models/m3vit-tiny-edge-moe.pth
 #   export       moepack export on models/m3vit-tiny-edge-moe.pth → safetensors
-#   run-float    moepack run --mode float, per frame = (T(N frames) − T(1 frame)) / (N−1), N = $BENCH_FRAMES
-#                (20), vs bench/reference_forward.py ms/frame (PyTorch CPU, 2 threads)
+#   run-float    moepack run --mode float, per frame = (T(N frames) − T(N/2 frames)) / (N/2), N = $BENCH_FRAMES
+#                (20): steady state, both cores busy; vs bench/reference_forward.py ms/frame (PyTorch CPU,
+#                2 threads). Also 1 frame, to show how cost grows with frames (slopes 1→N/2 and N/2→N)
 #   run-fixed    the same with --mode fixed (no reference)
 #   pack-small   pack on bench/out/train-small.pth (ViT-Small-sized, ~860 MB) with --profile bench/vit-small.json,
 #                both tools, plus the growth factors small ÷ tiny (file bytes, moepack, reference)
@@ -58,7 +59,8 @@ esac
 
 $REF_ONLY || [ -x "$BIN" ] || die "$BIN not found or not executable. Build it first: make release (swift build -c release --product moepack), then run bash bench/run.sh (or make bench)."
 (( RUNS >= 1 )) || die "BENCH_RUNS must be >= 1"
-(( FRAMES >= 2 )) || die "BENCH_FRAMES must be >= 2"
+(( FRAMES >= 4 )) || die "BENCH_FRAMES must be >= 4"
+HALF=$(( FRAMES / 2 ))
 
 # GNU time (Debian package `time`).
 if ! /usr/bin/time -f '%e %M' -o /dev/null true >/dev/null 2>&1; then
@@ -98,7 +100,7 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-declare -A WALL RSS FAIL
+declare -A WALL RSS FAIL LINEAR
 
 median() {
     printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END { if (NR == 0) exit 1; if (NR % 2) printf "%.6g\n", a[(NR+1)/2]; else printf "%.6g\n", (a[NR/2]+a[NR/2+1])/2 }'
@@ -169,7 +171,7 @@ elif "$BIN" pack "$BUNDLED" -o "$PACKED" --quiet >"$LOG/prep-pack.out" 2>"$LOG/p
         RUN_MODE=repeat
     else
         # A folder of N copies of the frame vs a folder of one.
-        for n in 1 "$FRAMES"; do
+        for n in 1 "$HALF" "$FRAMES"; do
             d="$OUT/frames-$n"; rm -rf "$d"; mkdir -p "$d"
             for ((j = 0; j < n; j++)); do cp "$FRAME" "$d/$(printf 'frame-%03d.u8' "$j")"; done
         done
@@ -191,11 +193,16 @@ run_n() {   # run_n MODE N → measure key run-MODE-N
         measure "run-$mode-$n" "$BIN" run "$PACKED" --image "$OUT/frames-$n" --mode "$mode" -o "$OUT/run-$mode-$n"
     fi
 }
-per_frame() {   # per_frame MODE → sets WALL[run-MODE] (ms/frame), RSS[run-MODE]
+per_frame() {   # per_frame MODE → sets WALL[run-MODE] (ms/frame), RSS[run-MODE], LINEAR[MODE]
     local mode=$1
-    if [ -n "$RUN_MODE" ] && run_n "$mode" 1 && run_n "$mode" "$FRAMES"; then
-        WALL[run-$mode]=$(awk -v a="${WALL[run-$mode-1]}" -v b="${WALL[run-$mode-$FRAMES]}" -v n="$FRAMES" \
-            'BEGIN { printf "%.3f", (b - a) * 1000 / (n - 1) }')
+    if [ -n "$RUN_MODE" ] && run_n "$mode" 1 && run_n "$mode" "$HALF" && run_n "$mode" "$FRAMES"; then
+        # Steady state: the slope between N/2 and N frames, where every core runs frames throughout (a
+        # 1-frame run keeps one core idle, so a slope from 1 frame would understate the cost).
+        WALL[run-$mode]=$(awk -v a="${WALL[run-$mode-$HALF]}" -v b="${WALL[run-$mode-$FRAMES]}" -v h="$HALF" -v n="$FRAMES" \
+            'BEGIN { printf "%.3f", (b - a) * 1000 / (n - h) }')
+        # Linearity in frames: the per-frame slope over the first and the second half of the range.
+        LINEAR[$mode]=$(awk -v a="${WALL[run-$mode-1]}" -v m="${WALL[run-$mode-$HALF]}" -v b="${WALL[run-$mode-$FRAMES]}" \
+            -v h="$HALF" -v n="$FRAMES" 'BEGIN { printf "1→%d frames %.1f ms/frame, %d→%d frames %.1f ms/frame", h, (m - a) * 1000 / (h - 1), h, n, (b - m) * 1000 / (n - h) }')
         RSS[run-$mode]=${RSS[run-$mode-$FRAMES]}
     else
         FAIL[run-$mode]=1
@@ -312,8 +319,11 @@ size_mb() { [ -f "$1" ] && awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f M
             else echo "pack-$s: ddr.bin differs from the reference's in $(cmp -l "$a" "$b" 2>/dev/null | wc -l) byte(s) ($(stat -c %s "$a") vs $(stat -c %s "$b") bytes)."; fi
         fi
     done
+    for mode in float fixed; do
+        [ -n "${LINEAR[$mode]:-}" ] && echo "Linear in frames, run --mode $mode: ${LINEAR[$mode]}."
+    done
     if [ -n "$RUN_MODE" ]; then
-        echo "moepack per-frame time = (median wall of a $FRAMES-frame run − median wall of a 1-frame run) / $((FRAMES - 1)) (frames via $RUN_MODE); reference = median of bench/reference_forward.py's in-process ms/frame."
+        echo "moepack per-frame time = (median wall of a $FRAMES-frame run − median wall of a $HALF-frame run) / $((FRAMES - HALF)) (frames via $RUN_MODE, both cores busy throughout: steady state); reference = median of bench/reference_forward.py's in-process ms/frame after 3 warm-up frames."
     fi
     if awk -v a="${LOAD_START%% *}" -v b="$(cut -d' ' -f1 /proc/loadavg)" -v n="$(nproc)" 'BEGIN { exit !(a > n || b > n) }'; then
         echo "Warning: the 1-minute load average ($LOAD_START at start, $(cut -d' ' -f1-3 /proc/loadavg) at end) exceeded the $(nproc) cores: other processes competed for the CPU and these figures are unreliable, multi-threaded ones (PyTorch's 2-thread pool) most of all. Re-run on a quiet machine."
