@@ -62,7 +62,7 @@ struct Pack: ParsableCommand {
     @OptionGroup var profileOptions: ProfileOptions
     @OptionGroup var checkpointOptions: CheckpointOptions
 
-    @Option(help: "Task whose gates go into moe_w_gate, or 'all' to pack every task's gates (switch on the board with one register write).")
+    @Option(parsing: .unconditional, help: "Task whose gates go into moe_w_gate, or 'all' to pack every task's gates (switch on the board with one register write).")
     var task: String = "0"
 
     @Option(help: "DDR layout: kernel (what the published bitstream reads) or expert-major (expert records in MoE schedule order, for kernels with one expert base pointer).")

@@ -71,7 +71,7 @@ struct Run: ParsableCommand {
     @Option(help: "Datapath: float or fixed.")
     var mode: InferenceMode = .float
 
-    @Option(help: "Task (its gates must be in the image; default: the image's task).")
+    @Option(parsing: .unconditional, help: "Task (its gates must be in the image; default: the image's task).")
     var task: Int?
 
     func run() throws {
@@ -123,7 +123,7 @@ struct Verify: ParsableCommand {
     @Option(help: "Datapath of the image: float or fixed.")
     var mode: InferenceMode = .float
 
-    @Option(help: "Task (default: the image's task).")
+    @Option(parsing: .unconditional, help: "Task (default: the image's task).")
     var task: Int?
 
     @Option(help: "Minimum cosine similarity (default 0.9999 for float, none for fixed).")
@@ -138,7 +138,7 @@ struct Verify: ParsableCommand {
     @Flag(help: "Fail (exit 1) when the checkpoint is not the one the image was packed from, or cannot be checked. Without it a difference is a warning; either way it is in the report (source_check).")
     var requireSameSource = false
 
-    @Option(help: ArgumentHelp("Count a token routed differently as agreeing when the float model's gate margin there (probability of its k-th expert minus the best one left out) is below this: a near-tie any rounding may flip. Default: every differing token counts.", valueName: "p"))
+    @Option(parsing: .unconditional, help: ArgumentHelp("Count a token routed differently as agreeing when the float model's gate margin there (probability of its k-th expert minus the best one left out) is below this: a near-tie any rounding may flip. Default: every differing token counts.", valueName: "p"))
     var tieMargin: Double?
 
     @Flag(help: "JSON report on stdout.")

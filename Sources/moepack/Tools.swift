@@ -43,7 +43,7 @@ struct Schedule: ParsableCommand {
     @Option(help: "Frame to route (one frame).")
     var image: [String] = []
 
-    @Option(help: "Task (default: the image's task).")
+    @Option(parsing: .unconditional, help: "Task (default: the image's task).")
     var task: Int?
 
     @Option(help: "AXI burst length in bytes used to count bursts (256-bit × 16 beats = 512).")
