@@ -28,12 +28,18 @@ public struct TypeSuggestion: Sendable, Codable, Equatable {
     public var tensors: [String]
     /// Remarks, e.g. that the type also carries activations and so is never narrowed.
     public var notes: [String]
+    /// How far the values are from the edges of the suggested type's range: the smaller of
+    /// maxValue ÷ max x (when some x > 0) and |minValue| ÷ |min x| (when some x < 0); 1.0… means a weight
+    /// sits at the edge (nil when every value is 0).
+    public var headroom: Double?
 
     public init(typeName: String, current: String, suggested: String, maxAbs: Double, currentSQNR: Double?,
-                suggestedSQNR: Double?, overflowCurrent: Int, tensors: [String], notes: [String] = []) {
+                suggestedSQNR: Double?, overflowCurrent: Int, tensors: [String], notes: [String] = [],
+                headroom: Double? = nil) {
         self.typeName = typeName; self.current = current; self.suggested = suggested; self.maxAbs = maxAbs
         self.currentSQNR = currentSQNR; self.suggestedSQNR = suggestedSQNR
         self.overflowCurrent = overflowCurrent; self.tensors = tensors; self.notes = notes
+        self.headroom = headroom
     }
 
     /// Whether the suggestion differs from the current type.
@@ -73,7 +79,13 @@ public func minimumIntegerBits(min lo: Double, max hi: Double, width: Int, signe
 }
 
 /// Proposes, for every weight element type of `profile`, the `ap_fixed` format with the same word
-/// length and the fewest integer bits that holds all the type's values, and compares SQNR.
+/// length and the fewest integer bits that holds all the type's values (plus `headroomBits`), and
+/// compares SQNR.
+///
+/// The fewest bits fit this checkpoint's values only: the largest weight may sit near the edge of the
+/// range (see ``TypeSuggestion/headroom``), and another checkpoint of the same model (fine-tuned, or
+/// trained longer) may exceed it. `headroomBits` adds integer bits (each doubles the range and the
+/// LSB) to every narrowed or widened suggestion.
 ///
 /// For each type named by a buffer of role `weight` (in argument-table order: `wt_patch_embed_t`,
 /// `wt_bias_t`, `fm_t`, `wt_linear_t`, …), every tensor of every weight buffer of that type is read
@@ -86,7 +98,8 @@ public func minimumIntegerBits(min lo: Double, max hi: Double, width: Int, signe
 /// - Returns: one suggestion per weight type, in order of first use in the argument table.
 /// - Throws: ``MoepackError`` for an unparsable type, missing tensors, NaN/Inf weights or a task out
 ///   of range (from ``KernelTensors``).
-public func suggestTypes(kernel: KernelTensors, profile: KernelProfile, task: Int) throws -> [TypeSuggestion] {
+public func suggestTypes(kernel: KernelTensors, profile: KernelProfile, task: Int,
+                         headroomBits: Int = 0) throws -> [TypeSuggestion] {
     var order: [String] = []
     for b in profile.buffers where b.role == "weight" && !order.contains(b.type) { order.append(b.type) }
     var out: [TypeSuggestion] = []
@@ -121,7 +134,7 @@ public func suggestTypes(kernel: KernelTensors, profile: KernelProfile, task: In
             signed = true
             notes.append("holds negative values (min \(fmt(lo))): an unsigned type cannot represent them, suggested signed")
         }
-        var bits = lo.isFinite ? minimumIntegerBits(min: lo, max: hi, width: base.width, signed: signed) : nil
+        var bits = lo.isFinite ? minimumIntegerBits(min: lo, max: hi, width: base.width, signed: signed).map { $0 + headroomBits } : nil
         if bits == nil {
             notes.append(maxAbs == 0 ? "every value is 0: any integer width fits, kept" : "no integer width fits, kept")
             signed = base.signed
@@ -146,9 +159,19 @@ public func suggestTypes(kernel: KernelTensors, profile: KernelProfile, task: In
         out.append(TypeSuggestion(
             typeName: typeName, current: base.baseDescription, suggested: suggestedType.baseDescription,
             maxAbs: maxAbs, currentSQNR: cur.sqnrDB, suggestedSQNR: sug.sqnrDB,
-            overflowCurrent: cur.overflow, tensors: names, notes: notes))
+            overflowCurrent: cur.overflow, tensors: names, notes: notes,
+            headroom: headroom(of: suggestedType, min: lo, max: hi)))
     }
     return out
+}
+
+/// How far [min, max] is from the edges of `t`'s range: the smaller of maxValue ÷ max (when max > 0)
+/// and |minValue| ÷ |min| (when min < 0); nil when every value is 0.
+func headroom(of t: FixedType, min lo: Double, max hi: Double) -> Double? {
+    var h = Double.infinity
+    if hi > 0 { h = min(h, t.maxValue / hi) }
+    if lo < 0 { h = min(h, -t.minValue / -lo) }
+    return h.isFinite ? h : nil
 }
 
 /// Σx², Σ(x − q(x))² and overflow count over several tensors.
@@ -193,11 +216,12 @@ func quantizationStats(_ values: [Float], as type: FixedType, scratch: inout [UI
 /// SQNR "exact" means zero quantization error.
 public func renderSuggestions(_ suggestions: [TypeSuggestion]) -> String {
     func db(_ x: Double?) -> String { x.map { String(format: "%.2f dB", $0) } ?? "exact" }
-    var rows: [[String]] = [["type", "current", "suggested", "max|x|", "overflow", "SQNR now", "SQNR suggested", "gain", "tensors"]]
+    var rows: [[String]] = [["type", "current", "suggested", "max|x|", "headroom", "overflow", "SQNR now", "SQNR suggested", "gain", "tensors"]]
     for s in suggestions {
         var gain = "-"
         if s.changes, let a = s.currentSQNR, let b = s.suggestedSQNR { gain = String(format: "%+.2f dB", b - a) }
-        rows.append([s.typeName, s.current, s.changes ? s.suggested : "(keep)", fmt(s.maxAbs), String(s.overflowCurrent),
+        rows.append([s.typeName, s.current, s.changes ? s.suggested : "(keep)", fmt(s.maxAbs),
+                     s.headroom.map { String(format: "%.2f×", $0) } ?? "-", String(s.overflowCurrent),
                      db(s.currentSQNR), s.changes ? db(s.suggestedSQNR) : "", gain, String(s.tensors.count)])
     }
     var widths = [Int](repeating: 0, count: rows[0].count)
@@ -214,5 +238,6 @@ public func renderSuggestions(_ suggestions: [TypeSuggestion]) -> String {
         for n in s.notes { lines.append("\(s.typeName): \(n)") }
     }
     lines.append("SQNR over every tensor of the type, AP_RND_CONV + AP_SAT. Same word length; the profile is not changed.")
+    lines.append("headroom = the suggested type's largest value ÷ the largest weight (or its most negative ÷ the most negative weight, the smaller). The fewest integer bits fit this checkpoint only: another checkpoint of the model may need more (--headroom-bits 1 doubles every range).")
     return lines.joined(separator: "\n") + "\n"
 }

@@ -116,16 +116,22 @@ struct Suggest: ParsableCommand {
     @Option(help: "Task whose gates are considered.")
     var task: Int = 0
 
+    @Option(help: "Integer bits added to every suggestion beyond the fewest that hold this checkpoint's values (each doubles the range and the LSB), for checkpoints yet to come.")
+    var headroomBits: Int = 0
+
     @Flag(help: "JSON output.")
     var json = false
 
     func run() throws {
         try guarded {
+            guard (0...16).contains(headroomBits) else {
+                throw MoepackError(.usage, item: "--headroom-bits", "must be 0…16, got \(headroomBits)")
+            }
             let profile = try profileOptions.load()
             let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
             let kernel = try KernelTensors(checkpoint: try BackboneCheckpoint(source: source, expected: profile.model),
                                            folds: checkpointOptions.folds)
-            let s = try suggestTypes(kernel: kernel, profile: profile, task: task)
+            let s = try suggestTypes(kernel: kernel, profile: profile, task: task, headroomBits: headroomBits)
             if json {
                 try printJSON(s)
             } else {

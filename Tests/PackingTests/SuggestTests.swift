@@ -50,6 +50,15 @@ final class SuggestTests: XCTestCase {
         XCTAssertEqual(lin.tensors.count, 8 + 1 + 2 + 2)
         // Widening removes the overflow, so SQNR rises although the LSB doubles.
         XCTAssertGreaterThan(try XCTUnwrap(lin.suggestedSQNR), try XCTUnwrap(lin.currentSQNR))
+        // ap_fixed<16,3> holds up to 4 − 2^−13: headroom over 3.1.
+        XCTAssertEqual(try XCTUnwrap(lin.headroom), (4 - 0x1p-13) / Double(Float(3.1)), accuracy: 1e-12)
+        XCTAssertTrue(renderSuggestions([lin]).contains(String(format: "%.2f×", (4 - 0x1p-13) / Double(Float(3.1)))))
+        // One headroom bit: ap_fixed<16,4>, range ±8.
+        let profile = try tinyProfile()
+        let k = try KernelTensors(checkpoint: try BackboneCheckpoint(source: smallTiny(overrides: ["blocks.0.attn.proj.weight": w]), expected: profile.model))
+        let wider = try XCTUnwrap(try suggestTypes(kernel: k, profile: profile, task: 0, headroomBits: 1).first { $0.typeName == "wt_linear_t" })
+        XCTAssertEqual(wider.suggested, "ap_fixed<16,4>")
+        XCTAssertEqual(try XCTUnwrap(wider.headroom), (8 - 0x1p-12) / Double(Float(3.1)), accuracy: 1e-12)
         // Every type is in the list, once, in argument-table order.
         let order = try suggestTypes(kernel: KernelTensors(checkpoint: BackboneCheckpoint(source: smallTiny(), expected: tinyProfile().model)),
                                      profile: tinyProfile(), task: 0).map(\.typeName)
