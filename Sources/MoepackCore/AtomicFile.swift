@@ -18,6 +18,7 @@ public final class AtomicFileWriter {
         let url = URL(fileURLWithPath: path)
         let dir = url.deletingLastPathComponent().path
         let name = url.lastPathComponent
+        removeStaleTemporaries(in: dir, name: name)
         temporaryPath = (dir as NSString).appendingPathComponent(".\(name).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         guard FileManager.default.createFile(atPath: temporaryPath, contents: nil),
               let h = FileHandle(forWritingAtPath: temporaryPath) else {
@@ -66,9 +67,17 @@ public final class AtomicFileWriter {
         try? h.close()
         handle = nil
         defer { InterruptCleanup.unregister(temporaryPath) }
-        if rename(temporaryPath, path) != 0 {
+        // An existing regular file (or symlink) is swapped out rather than renamed over (see
+        // StagedDirectory.commit: no forced ext4 write-back), then removed.
+        var st = stat()
+        if lstat(path, &st) == 0, st.st_mode & S_IFMT != S_IFDIR, exchangePaths(temporaryPath, path) {
             unlink(temporaryPath)
-            throw MoepackError(.io, file: path, "cannot rename the finished file into place")
+            return
+        }
+        if rename(temporaryPath, path) != 0 {
+            let reason = String(cString: strerror(errno))
+            unlink(temporaryPath)
+            throw MoepackError(.io, file: path, "cannot rename the finished file into place: \(reason)")
         }
     }
 
@@ -134,6 +143,7 @@ public final class StagedDirectory {
         if !FileManager.default.fileExists(atPath: parent) {
             throw MoepackError(.io, file: destination, "parent folder \(parent) does not exist")
         }
+        removeStaleTemporaries(in: parent, name: url.lastPathComponent)
         staging = (parent as NSString).appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         guard mkdir(staging, 0o755) == 0 else {
             throw MoepackError(.io, file: destination, "cannot create a folder in \(parent): \(String(cString: strerror(errno)))")
@@ -147,31 +157,42 @@ public final class StagedDirectory {
     public func path(_ name: String) -> String { (staging as NSString).appendingPathComponent(name) }
 
     /// Moves the staged files into the destination.
+    ///
+    /// A new destination: the staging folder is renamed to it. An existing one: each staged file is
+    /// swapped with the file of the same name (`renameat2(RENAME_EXCHANGE)`: atomic, and unlike a
+    /// rename onto an existing file it does not make ext4 write the new file back before returning),
+    /// or renamed into place where there is none; the old files leave with the staging folder. Other
+    /// files in the destination are kept. A folder where a staged file goes is refused before anything
+    /// moves. SIGINT/SIGTERM wait until this is done (``InterruptCleanup/uninterruptible(_:)``).
+    /// - Throws: ``MoepackError`` `.io` naming the path that could not be replaced.
     public func commit() throws {
-        var isDir: ObjCBool = false
-        if !FileManager.default.fileExists(atPath: destination, isDirectory: &isDir) {
-            if rename(staging, destination) != 0 {
-                throw MoepackError(.io, file: destination, "cannot move the finished folder into place")
-            }
-        } else {
-            let names = ((try? FileManager.default.contentsOfDirectory(atPath: staging)) ?? []).sorted()
-            for n in names {
-                let dst = (destination as NSString).appendingPathComponent(n)
-                // The file being replaced is first moved into the staging folder (removed with it
-                // below), so the new one is renamed onto a free name: renaming onto an existing file
-                // makes ext4 (auto_da_alloc) write the new file's data back before returning, a wait
-                // of tens of milliseconds this avoids. (No durability is promised either way: no fsync.)
-                let old = path(".replaced-" + n)
-                let movedAside = rename(dst, old) == 0
-                if rename(path(n), dst) != 0 {
-                    if movedAside { _ = rename(old, dst) }
-                    throw MoepackError(.io, file: dst, "cannot move the finished file into place")
+        try InterruptCleanup.uninterruptible {
+            var isDir: ObjCBool = false
+            if !FileManager.default.fileExists(atPath: destination, isDirectory: &isDir) {
+                if rename(staging, destination) != 0 {
+                    throw MoepackError(.io, file: destination, "cannot move the finished folder into place: \(String(cString: strerror(errno)))")
                 }
+            } else {
+                let names = ((try? FileManager.default.contentsOfDirectory(atPath: staging)) ?? []).sorted()
+                for n in names {
+                    let dst = (destination as NSString).appendingPathComponent(n)
+                    var st = stat()
+                    if lstat(dst, &st) == 0, st.st_mode & S_IFMT == S_IFDIR {
+                        throw MoepackError(.io, file: dst, "is a folder where moepack writes its \(n): move it away or choose another output folder")
+                    }
+                }
+                for n in names {
+                    let dst = (destination as NSString).appendingPathComponent(n)
+                    if exchangePaths(path(n), dst) { continue }
+                    if rename(path(n), dst) != 0 {
+                        throw MoepackError(.io, file: dst, "cannot move the finished file into place: \(String(cString: strerror(errno)))")
+                    }
+                }
+                try? FileManager.default.removeItem(atPath: staging)
             }
-            try? FileManager.default.removeItem(atPath: staging)
+            committed = true
+            InterruptCleanup.unregister(staging)
         }
-        committed = true
-        InterruptCleanup.unregister(staging)
     }
 
     /// Removes the staging folder and everything in it.
@@ -181,6 +202,29 @@ public final class StagedDirectory {
             try? FileManager.default.removeItem(atPath: staging)
         }
         InterruptCleanup.unregister(staging)
+    }
+}
+
+/// Atomically swaps two existing paths (Linux `renameat2` with `RENAME_EXCHANGE`, looked up at run
+/// time); false when either is missing, the file system or C library cannot, or it failed.
+func exchangePaths(_ a: String, _ b: String) -> Bool {
+    typealias Renameat2 = @convention(c) (Int32, UnsafePointer<CChar>, Int32, UnsafePointer<CChar>, UInt32) -> Int32
+    guard let f = renameat2Symbol else { return false }
+    let atFDCWD: Int32 = -100, renameExchange: UInt32 = 2
+    return unsafeBitCast(f, to: Renameat2.self)(atFDCWD, a, atFDCWD, b, renameExchange) == 0
+}
+nonisolated(unsafe) private let renameat2Symbol = dlsym(nil, "renameat2")
+
+/// Removes `.NAME.tmp-PID-…` entries in `parent` left by moepack processes that no longer run (killed
+/// with SIGKILL or by a power cut, so they could not clean up). Entries of running processes stay.
+func removeStaleTemporaries(in parent: String, name: String) {
+    let prefix = ".\(name).tmp-"
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: parent) else { return }
+    for e in entries where e.hasPrefix(prefix) {
+        guard let pid = Int32(e.dropFirst(prefix.count).prefix { $0 != "-" }), pid > 0, pid != getpid() else { continue }
+        if kill(pid, 0) != 0 && errno == ESRCH {
+            try? FileManager.default.removeItem(atPath: (parent as NSString).appendingPathComponent(e))
+        }
     }
 }
 
@@ -203,6 +247,7 @@ public enum InterruptCleanup {
             signal(sig, SIG_IGN)
             let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             s.setEventHandler {
+                critical.lock()   // never released: the process exits below
                 lock.lock()
                 let todo = paths
                 lock.unlock()
@@ -212,6 +257,16 @@ public enum InterruptCleanup {
             s.resume()
             sources.append(s)
         }
+    }
+
+    private static let critical = NSLock()
+
+    /// Runs `body` with interruption deferred: a SIGINT/SIGTERM/SIGHUP arriving meanwhile is handled
+    /// (cleanup, exit) only after `body` returns, so that a multi-step commit is never cut in half.
+    public static func uninterruptible<T>(_ body: () throws -> T) rethrows -> T {
+        critical.lock()
+        defer { critical.unlock() }
+        return try body()
     }
 
     /// Removes `path` (file or folder) if the process is interrupted before ``unregister(_:)``.

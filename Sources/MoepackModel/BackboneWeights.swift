@@ -52,6 +52,53 @@ public struct M3ViTConfig: Sendable, Codable, Equatable {
     /// Dense (non-MoE) block indices, ascending.
     public var denseBlocks: [Int] { (0..<depth).filter { !moeBlocks.contains($0) } }
 
+    /// Checks that the configuration describes a model moepack can lay out and run: every size
+    /// positive and below 2^20 (depth below 1024), D divisible by heads, the image a whole number of
+    /// patches with tokens = patches + 1, MoE block indices distinct and inside the depth, top-k within
+    /// the experts, a finite positive LayerNorm epsilon, and every kernel array below 2^40 elements.
+    /// Profiles and manifests are JSON anyone can edit: this runs before anything is sized from them.
+    /// - Throws: ``MoepackError`` `.badInput` naming `file`, the field and the problem.
+    public func validate(file: String) throws {
+        func bad(_ field: String, _ message: String) -> MoepackError {
+            MoepackError(.badInput, file: file, item: "model.\(field)", message)
+        }
+        let sizes: [(String, Int, Int)] = [
+            ("embedDim", embedDim, 1), ("heads", heads, 1), ("tokens", tokens, 1), ("patchSize", patchSize, 1),
+            ("inChans", inChans, 1), ("imageHeight", imageHeight, 1), ("imageWidth", imageWidth, 1),
+            ("mlpHidden", mlpHidden, 0), ("experts", experts, 0), ("expertHidden", expertHidden, 0),
+            ("tasks", tasks, 0), ("topK", topK, 0),
+        ]
+        for (name, v, least) in sizes where v < least || v >= 1 << 20 {
+            throw bad(name, "\(v) is outside \(least)…\((1 << 20) - 1)")
+        }
+        guard depth >= 1, depth < 1024 else { throw bad("depth", "\(depth) is outside 1…1023") }
+        guard embedDim % heads == 0 else { throw bad("heads", "embedDim \(embedDim) is not divisible by \(heads) heads") }
+        guard imageHeight % patchSize == 0, imageWidth % patchSize == 0 else {
+            throw bad("patchSize", "\(imageHeight)×\(imageWidth) is not a whole number of \(patchSize)-pixel patches")
+        }
+        guard tokens == patches + 1 else { throw bad("tokens", "\(tokens), expected patches + 1 = \(patches + 1)") }
+        guard Set(moeBlocks).count == moeBlocks.count, moeBlocks.allSatisfy({ $0 >= 0 && $0 < depth }) else {
+            throw bad("moeBlocks", "\(moeBlocks) must be distinct block indices in 0…\(depth - 1)")
+        }
+        if !moeBlocks.isEmpty {
+            guard experts >= 1, expertHidden >= 1, tasks >= 1 else { throw bad("experts", "MoE blocks need experts, expertHidden and tasks ≥ 1") }
+            guard topK >= 1, topK <= experts else { throw bad("topK", "\(topK) is outside 1…\(experts) experts") }
+        }
+        if moeBlocks.count < depth, mlpHidden < 1 { throw bad("mlpHidden", "dense blocks need mlpHidden ≥ 1") }
+        guard layerNormEps.isFinite, layerNormEps > 0 else { throw bad("layerNormEps", "\(layerNormEps) must be finite and > 0") }
+        // The largest arrays: expert weights, attention weights, the attention scratch (heads·T·T).
+        for (name, dims) in [("experts", [moeBlocks.count, experts, expertHidden, embedDim]),
+                             ("depth", [depth, 4, embedDim, embedDim]), ("tokens", [heads, tokens, tokens]),
+                             ("mlpHidden", [depth, mlpHidden, embedDim])] {
+            var n = 1
+            for d in dims {
+                let (m, o) = n.multipliedReportingOverflow(by: d)
+                guard !o, m < 1 << 40 else { throw bad(name, "arrays of \(dims.map(String.init).joined(separator: "×")) elements are too large") }
+                n = m
+            }
+        }
+    }
+
     /// The published Edge-MoE ZCU102 build: ViT-Tiny, 12 blocks, odd blocks MoE (16 × 384), 2 tasks, 128×256.
     public static let edgeMoE = M3ViTConfig(
         embedDim: 192, depth: 12, heads: 3, moeBlocks: [1, 3, 5, 7, 9, 11], experts: 16, expertHidden: 384,

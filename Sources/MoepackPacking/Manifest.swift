@@ -141,12 +141,40 @@ public struct Manifest: Sendable, Codable, Equatable {
         guard m.format == "moepack-ddr/1" else {
             throw MoepackError(.badInput, file: path, "format '\(m.format)', expected 'moepack-ddr/1'")
         }
-        var end = 0
+        try m.model.validate(file: path)
+        guard m.image.bytes >= 0 else {
+            throw MoepackError(.badInput, file: path, item: "image.bytes", "negative size \(m.image.bytes)")
+        }
+        /// offset + bytes when both are ≥ 0 and the sum stays within the image, else nil.
+        func end(_ offset: Int, _ bytes: Int) -> Int? {
+            guard offset >= 0, bytes >= 0 else { return nil }
+            let (e, o) = offset.addingReportingOverflow(bytes)
+            return !o && e <= m.image.bytes ? e : nil
+        }
+        var last = 0
         for b in m.buffers.sorted(by: { $0.offset < $1.offset }) {
-            guard b.offset >= end, b.bytes >= 0, b.offset + b.bytes <= m.image.bytes else {
+            guard b.offset >= last, let e = end(b.offset, b.bytes) else {
                 throw MoepackError(.badInput, file: path, item: b.name, "offset \(b.offset) + \(b.bytes) bytes overlaps or exceeds the image (\(m.image.bytes) bytes)")
             }
-            end = b.offset + b.bytes
+            last = e
+            var count = 1
+            for d in b.shape {
+                let (n, o) = count.multipliedReportingOverflow(by: d)
+                guard d >= 0, !o else { count = -1; break }
+                count = n
+            }
+            let (size, o) = count.multipliedReportingOverflow(by: b.element_bytes)
+            guard count >= 0, b.element_bytes > 0, !o, size == b.bytes else {
+                throw MoepackError(.badInput, file: path, item: b.name, "shape \(shapeString(b.shape)) × \(b.element_bytes)-byte elements does not give its \(b.bytes) bytes")
+            }
+        }
+        for g in m.task_gates ?? [] where end(g.offset, g.bytes) == nil {
+            throw MoepackError(.badInput, file: path, item: "task_gates[\(g.task)]", "offset \(g.offset) + \(g.bytes) bytes exceeds the image (\(m.image.bytes) bytes)")
+        }
+        for r in m.expert_records ?? [] {
+            guard end(r.offset, r.bytes) != nil, [r.w1, r.b1, r.w2, r.b2].allSatisfy({ $0 >= r.offset && $0 <= r.offset + r.bytes }) else {
+                throw MoepackError(.badInput, file: path, item: "expert_records[block \(r.block), expert \(r.expert)]", "offset \(r.offset) + \(r.bytes) bytes (parts at \(r.w1), \(r.b1), \(r.w2), \(r.b2)) exceeds the image (\(m.image.bytes) bytes) or its record")
+            }
         }
         return m
     }

@@ -32,10 +32,10 @@ public final class PackedImage: @unchecked Sendable {
         public var badBuffers: [String]
         /// False when `moepack_ddr.h` is missing or differs from the manifest's checksum.
         public var headerOK: Bool = true
-        /// False when `source.tensors_sha256` is not the digest of `source.tensors`, or a tensor is
-        /// listed twice: the manifest's provenance was edited.
-        public var sourceDigestsOK: Bool = true
-        public var ok: Bool { imageOK && badBuffers.isEmpty && headerOK && sourceDigestsOK }
+        /// What is wrong with the manifest's provenance block (nil: consistent): `source.tensors_sha256`
+        /// not the digest of `source.tensors`, one of them without the other, or a tensor listed twice.
+        public var sourceDigestsProblem: String? = nil
+        public var ok: Bool { imageOK && badBuffers.isEmpty && headerOK && sourceDigestsProblem == nil }
 
         /// What is wrong, for a one-line message (empty when ``ok``).
         public var problems: [String] {
@@ -43,7 +43,7 @@ public final class PackedImage: @unchecked Sendable {
             if !imageOK { p.append("ddr.bin (whole image)") }
             if !badBuffers.isEmpty { p.append("buffers " + badBuffers.joined(separator: ", ")) }
             if !headerOK { p.append("moepack_ddr.h") }
-            if !sourceDigestsOK { p.append("manifest source.tensors_sha256 (not the digest of source.tensors)") }
+            if let sp = sourceDigestsProblem { p.append("manifest " + sp) }
             return p
         }
     }
@@ -61,12 +61,21 @@ public final class PackedImage: @unchecked Sendable {
             let path = (directory as NSString).appendingPathComponent(h.file)
             headerOK = FileManager.default.contents(atPath: path).map { hex(SHA256.hash(data: $0)) == h.sha256 } ?? false
         }
-        var sourceOK = true
-        if let tensors = manifest.source.tensors {
-            sourceOK = Set(tensors.map(\.name)).count == tensors.count
-                && manifest.source.tensors_sha256.map { $0 == TensorDigests.combined(tensors) } ?? true
+        return CheckResult(imageOK: whole == manifest.image.sha256, badBuffers: bad, headerOK: headerOK,
+                           sourceDigestsProblem: Self.sourceDigestsProblem(manifest.source))
+    }
+
+    /// See ``CheckResult/sourceDigestsProblem``. `pack` writes `tensors` and `tensors_sha256` together.
+    static func sourceDigestsProblem(_ src: Manifest.Source) -> String? {
+        switch (src.tensors, src.tensors_sha256) {
+        case (nil, nil): return nil
+        case (nil, .some): return "source.tensors_sha256 without source.tensors"
+        case (.some, nil): return "source.tensors without source.tensors_sha256"
+        case let (tensors?, digest?):
+            var seen = Set<String>()
+            for t in tensors where !seen.insert(t.name).inserted { return "source.tensors lists \(t.name) twice" }
+            return digest == TensorDigests.combined(tensors) ? nil : "source.tensors_sha256 (not the digest of source.tensors)"
         }
-        return CheckResult(imageOK: whole == manifest.image.sha256, badBuffers: bad, headerOK: headerOK, sourceDigestsOK: sourceOK)
     }
 
     /// The element type of buffer `name` (base spelling from the manifest, Vitis default modes).
@@ -109,7 +118,7 @@ public final class PackedImage: @unchecked Sendable {
 
     /// Raw bytes at an absolute range of the image (for expert records and task gates).
     public func raw(offset: Int, count: Int) throws -> ArraySlice<UInt8> {
-        guard offset >= 0, count >= 0, offset + count <= bytes.count else {
+        guard offset >= 0, count >= 0, count <= bytes.count, offset <= bytes.count - count else {
             throw MoepackError(.badInput, file: imagePath, "range \(offset)+\(count) outside the image")
         }
         return bytes[offset..<(offset + count)]

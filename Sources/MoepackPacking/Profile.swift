@@ -78,6 +78,7 @@ public struct KernelProfile: Sendable, Codable, Equatable {
         guard format == "moepack-profile/1" else {
             throw MoepackError(.badInput, file: file, "format '\(format)', expected 'moepack-profile/1'")
         }
+        try model.validate(file: file)
         guard alignment > 0, alignment & (alignment - 1) == 0 else {
             throw MoepackError(.badInput, file: file, item: "alignment", "\(alignment) is not a power of two")
         }

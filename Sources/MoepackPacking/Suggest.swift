@@ -134,7 +134,9 @@ public func suggestTypes(kernel: KernelTensors, profile: KernelProfile, task: In
             signed = true
             notes.append("holds negative values (min \(fmt(lo))): an unsigned type cannot represent them, suggested signed")
         }
-        var bits = lo.isFinite ? minimumIntegerBits(min: lo, max: hi, width: base.width, signed: signed).map { $0 + headroomBits } : nil
+        // Headroom is for weights to come; types that also carry activations follow their own rule below.
+        let extra = activationBuffers.isEmpty ? headroomBits : 0
+        var bits = lo.isFinite ? minimumIntegerBits(min: lo, max: hi, width: base.width, signed: signed).map { $0 + extra } : nil
         if bits == nil {
             notes.append(maxAbs == 0 ? "every value is 0: any integer width fits, kept" : "no integer width fits, kept")
             signed = base.signed
@@ -155,6 +157,9 @@ public func suggestTypes(kernel: KernelTensors, profile: KernelProfile, task: In
                     sug.add(try quantizationStats(part.values, as: suggestedType, scratch: &scratch))
                 }
             }
+        }
+        if suggestedType.baseDescription != base.baseDescription, let a = cur.sqnrDB, let b = sug.sqnrDB, b < a {
+            notes.append(String(format: "the suggestion loses %.2f dB against the current type: the headroom asked for costs that much precision", a - b))
         }
         out.append(TypeSuggestion(
             typeName: typeName, current: base.baseDescription, suggested: suggestedType.baseDescription,

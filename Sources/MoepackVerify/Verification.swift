@@ -49,6 +49,9 @@ public struct MoEBlockReport: Sendable, Codable, Equatable {
     public var near_tie_flips: Int = 0
     /// `routing_agreement` with the near-tie flips counted as agreeing: what the threshold checks.
     public var routing_agreement_checked: Double? = nil
+    /// In the report's summary over several frames: the frame these figures come from, the one with
+    /// the lowest checked agreement in this block (nil in a frame's own report).
+    public var frame: String? = nil
 }
 
 /// One token whose top-k expert set differs from the float model's in one MoE block.
@@ -174,17 +177,12 @@ public func verify(image: PackedImage, reference: BackboneWeights, frames: [Name
     var failures: [String] = []
     let worstMSE = reports.max { $0.output.mse < $1.output.mse }!
     let worstCos = reports.min { $0.output.cosine < $1.output.cosine }!
-    var moeWorst: [MoEBlockReport] = []
-    for (j, b) in cfg.moeBlocks.enumerated() {
-        let ra = reports.map { $0.moe_blocks[j].routing_agreement }.min() ?? 1
-        let t1 = reports.map { $0.moe_blocks[j].top1_agreement }.min() ?? 1
-        let checked = reports.map { $0.moe_blocks[j].routing_agreement_checked ?? $0.moe_blocks[j].routing_agreement }.min() ?? 1
-        let ties = reports.map { $0.moe_blocks[j].near_tie_flips }.max() ?? 0
-        moeWorst.append(MoEBlockReport(block: b, routing_agreement: ra, top1_agreement: t1, near_tie_flips: ties,
-                                       routing_agreement_checked: thresholds.tie_margin == nil ? nil : checked))
+    let moeWorst = worstPerMoEBlock(reports)
+    for w in moeWorst {
+        let checked = w.routing_agreement_checked ?? w.routing_agreement
         if checked < thresholds.min_routing_agreement {
             let what = thresholds.tie_margin == nil ? "routing agreement" : "routing agreement outside near-ties"
-            failures.append("MoE block \(b): \(what) \(String(format: "%.4f", checked)) < \(thresholds.min_routing_agreement)")
+            failures.append("MoE block \(w.block): \(what) \(String(format: "%.4f", checked)) < \(thresholds.min_routing_agreement)\(w.frame.map { " (frame \($0))" } ?? "")")
         }
     }
     if let c = thresholds.min_cosine, worstCos.output.cosine < c {
@@ -212,6 +210,20 @@ public func verify(image: PackedImage, reference: BackboneWeights, frames: [Name
                        min_routing_agreement: moeWorst.map(\.routing_agreement).min() ?? 1,
                        total_overflow: totalOverflow),
         moe_blocks: moeWorst, passed: failures.isEmpty, failures: failures, notes: notes)
+}
+
+/// Per MoE block, the report of the frame with the lowest checked agreement (`routing_agreement_checked`
+/// when a tie margin is set, else `routing_agreement`; the first such frame on ties), all its figures
+/// together, with `frame` naming it when there are several frames.
+func worstPerMoEBlock(_ reports: [FrameReport]) -> [MoEBlockReport] {
+    guard let first = reports.first else { return [] }
+    return first.moe_blocks.indices.map { j in
+        func checked(_ r: FrameReport) -> Double { r.moe_blocks[j].routing_agreement_checked ?? r.moe_blocks[j].routing_agreement }
+        let worst = reports.min { checked($0) < checked($1) }!
+        var w = worst.moe_blocks[j]
+        w.frame = reports.count > 1 ? worst.frame : nil
+        return w
+    }
 }
 
 func compareFrame(name: String, note: String?, got: FrameResult, want: ForwardResult, k: Int,
@@ -293,8 +305,12 @@ public func renderVerifyReport(_ r: VerifyReport) -> String {
     } else {
         let sm = r.summary
         s += "  \(sm.frames) frames: mean MSE \(f(sm.mean_mse)), worst \(f(sm.worst_mse)) (\(sm.worst_mse_frame)); mean cosine \(String(format: "%.6f", sm.mean_cosine)), worst \(String(format: "%.6f", sm.worst_cosine)) (\(sm.worst_cosine_frame)); max |err| \(f(sm.max_abs_error))\n"
+        let flipped = r.frames.filter { !$0.tokens_routed_differently.isEmpty }
+        if !flipped.isEmpty {
+            s += "  tokens routed to a different expert set (the JSON lists each with its gate margin): " + flipped.prefix(6).map { "\($0.frame) \($0.tokens_routed_differently.count)" }.joined(separator: ", ") + (flipped.count > 6 ? ", … (\(flipped.count) frames)" : "") + "\n"
+        }
     }
-    s += "  routing agreement (top-k expert set\(r.frames.count > 1 ? ", worst frame" : "")): " + r.moe_blocks.map { "block \($0.block) \(String(format: "%.3f", $0.routing_agreement))" }.joined(separator: ", ") + "\n"
+    s += "  routing agreement (top-k expert set\(r.frames.count > 1 ? ", worst frame" : "")): " + r.moe_blocks.map { "block \($0.block) \(String(format: "%.3f", $0.routing_agreement))\($0.frame.map { " (\($0))" } ?? "")" }.joined(separator: ", ") + "\n"
     if let tm = r.thresholds.tie_margin {
         s += "  outside near-ties (float gate margin < \(tm) counted as agreeing): " + r.moe_blocks.map { "block \($0.block) \(String(format: "%.3f", $0.routing_agreement_checked ?? $0.routing_agreement)) (\($0.near_tie_flips) near-tie)" }.joined(separator: ", ") + "\n"
     }

@@ -18,6 +18,22 @@ struct Moepack: ParsableCommand {
         """,
         version: version,
         subcommands: [Pack.self, Run.self, Verify.self, Inspect.self, Export.self, Quantize.self, Check.self, ImageCommand.self, Schedule.self, Suggest.self, ProbeHDF5.self])
+
+    /// swift-argument-parser's entry point, except that a command-line error is one stderr line
+    /// (`moepack: error: …`, exit 64) like every other moepack error, not a usage block.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            if !(error is ExitCode), exitCode(for: error) == .validationFailure {
+                let first = message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
+                FileHandle.standardError.write(Data("moepack: error: \(first) (see --help)\n".utf8))
+                Foundation.exit(ExitCode.validationFailure.rawValue)
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 /// Runs a subcommand body, turning ``MoepackError`` into one stderr line and its exit code.

@@ -126,13 +126,13 @@ struct Verify: ParsableCommand {
     @Option(parsing: .unconditional, help: "Task (default: the image's task).")
     var task: Int?
 
-    @Option(help: "Minimum cosine similarity (default 0.9999 for float, none for fixed).")
+    @Option(parsing: .unconditional, help: "Minimum cosine similarity, -1…1 (default 0.9999 for float, none for fixed).")
     var minCosine: Double?
 
-    @Option(help: "Maximum output MSE (default none for float, 0.1 for fixed).")
+    @Option(parsing: .unconditional, help: "Maximum output MSE, ≥ 0 (default none for float, 0.1 for fixed).")
     var maxMse: Double?
 
-    @Option(help: "Minimum routing agreement per MoE block (default 0.98 float, 0.97 fixed).")
+    @Option(parsing: .unconditional, help: "Minimum routing agreement per MoE block, 0…1 (default 0.98 float, 0.97 fixed).")
     var minRoutingAgreement: Double?
 
     @Flag(help: "Fail (exit 1) when the checkpoint is not the one the image was packed from, or cannot be checked. Without it a difference is a warning; either way it is in the report (source_check).")
@@ -144,8 +144,27 @@ struct Verify: ParsableCommand {
     @Flag(help: "JSON report on stdout.")
     var json = false
 
+    /// The thresholds, checked before anything is loaded (NaN would disable a check silently).
+    func thresholds() throws -> VerifyThresholds {
+        func check(_ v: Double?, _ flag: String, _ range: ClosedRange<Double>, _ what: String) throws {
+            guard let v else { return }
+            guard v.isFinite, range.contains(v) else { throw MoepackError(.usage, item: flag, "must be \(what), got \(v)") }
+        }
+        try check(minCosine, "--min-cosine", -1...1, "a cosine in -1…1")
+        try check(maxMse, "--max-mse", 0...Double.greatestFiniteMagnitude, "a finite MSE ≥ 0")
+        try check(minRoutingAgreement, "--min-routing-agreement", 0...1, "a fraction in 0…1")
+        try check(tieMargin, "--tie-margin", 0...1, "a probability gap in 0…1")
+        var th = VerifyThresholds.defaults(for: mode)
+        if let minCosine { th.min_cosine = minCosine }
+        if let maxMse { th.max_mse = maxMse }
+        if let minRoutingAgreement { th.min_routing_agreement = minRoutingAgreement }
+        th.tie_margin = tieMargin
+        return th
+    }
+
     func run() throws {
         try guarded {
+            let th = try thresholds()
             let image = try PackedImage(directory: directory)
             let inputs = try frames.load(config: image.manifest.model)
             let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
@@ -163,16 +182,6 @@ struct Verify: ParsableCommand {
             let reference = try kernel.backboneWeights(task: task ?? image.manifest.task)
             backbone.observeReads(nil)
             let sourceCheck = SourceCheck.compare(checkpoint: checkpoint, manifest: image.manifest, readDigests: digests.finish())
-            var th = VerifyThresholds.defaults(for: mode)
-            if let minCosine { th.min_cosine = minCosine }
-            if let maxMse { th.max_mse = maxMse }
-            if let minRoutingAgreement { th.min_routing_agreement = minRoutingAgreement }
-            if let tieMargin {
-                guard tieMargin >= 0, tieMargin.isFinite else {
-                    throw MoepackError(.usage, item: "--tie-margin", "must be a probability gap ≥ 0, got \(tieMargin)")
-                }
-                th.tie_margin = tieMargin
-            }
             var report = try verify(image: image, reference: reference, frames: inputs, mode: mode, task: task,
                                     thresholds: th, checkpointPath: checkpoint, progress: progressReporter("verify"))
             report.apply(sourceCheck, required: requireSameSource)

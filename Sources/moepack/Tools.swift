@@ -116,7 +116,7 @@ struct Suggest: ParsableCommand {
     @Option(help: "Task whose gates are considered.")
     var task: Int = 0
 
-    @Option(help: "Integer bits added to every suggestion beyond the fewest that hold this checkpoint's values (each doubles the range and the LSB), for checkpoints yet to come.")
+    @Option(parsing: .unconditional, help: "Integer bits added to every suggestion beyond the fewest that hold this checkpoint's values (each doubles the range and the LSB), for checkpoints yet to come.")
     var headroomBits: Int = 0
 
     @Flag(help: "JSON output.")
@@ -124,8 +124,8 @@ struct Suggest: ParsableCommand {
 
     func run() throws {
         try guarded {
-            guard (0...16).contains(headroomBits) else {
-                throw MoepackError(.usage, item: "--headroom-bits", "must be 0…16, got \(headroomBits)")
+            guard (0...8).contains(headroomBits) else {
+                throw MoepackError(.usage, item: "--headroom-bits", "must be 0…8, got \(headroomBits)")
             }
             let profile = try profileOptions.load()
             let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)

@@ -5,6 +5,7 @@ import MoepackCheckpoint
 import MoepackModel
 import MoepackFixedPoint
 @testable import MoepackPacking
+import Crypto
 
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 let sharedEdgeMoE = repoRoot.deletingLastPathComponent().appendingPathComponent("shared/edge-moe")
@@ -276,6 +277,75 @@ final class PackTests: XCTestCase {
         let image = try PackedImage(directory: out)
         XCTAssertTrue(image.check().ok)
         XCTAssertEqual(image.manifest, r.manifest)
+    }
+
+    /// A folder where moepack writes a file is refused before anything moves; stale temporaries of
+    /// dead processes are removed, a live process's are kept.
+    func testRepackRefusesAFolderInTheWayAndCleansStaleTemporaries() throws {
+        let parent = tempDir("inway"), out = parent + "/img"
+        try FileManager.default.createDirectory(atPath: out + "/ddr.bin", withIntermediateDirectories: true)
+        try Data("keep".utf8).write(to: URL(fileURLWithPath: out + "/ddr.bin/keep.txt"))
+        let dead = parent + "/.img.tmp-999999999-1", live = parent + "/.img.tmp-1-1"
+        for d in [dead, live] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        XCTAssertThrowsError(try packSmall(smallTiny(), to: out)) { e in
+            XCTAssertEqual((e as? MoepackError)?.description,
+                           "\(out)/ddr.bin: is a folder where moepack writes its ddr.bin: move it away or choose another output folder")
+        }
+        XCTAssertEqual(FileManager.default.contents(atPath: out + "/ddr.bin/keep.txt"), Data("keep".utf8))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out), ["ddr.bin"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: parent).sorted(), [".img.tmp-1-1", "img"])
+    }
+
+    /// Manifests are JSON anyone can edit: sizes that would overflow or mean nothing are refused.
+    func testEditedManifestsAreRefusedInOneLine() throws {
+        let out = tempDir("edited") + "/img"
+        _ = try packSmall(smallTiny(), to: out, options: { $0.allTasks = true })
+        let path = out + "/manifest.json"
+        let original = try Data(contentsOf: URL(fileURLWithPath: path))
+        let imageBytes = try PackedImage(directory: out).manifest.image.bytes
+        func edited(_ change: (inout [String: Any]) -> Void) throws -> String? {
+            var m = try XCTUnwrap(JSONSerialization.jsonObject(with: original) as? [String: Any])
+            change(&m)
+            try JSONSerialization.data(withJSONObject: m).write(to: URL(fileURLWithPath: path))
+            defer { try? original.write(to: URL(fileURLWithPath: path)) }
+            do { _ = try PackedImage(directory: out); return nil } catch let e as MoepackError { return e.description }
+        }
+        func setModel(_ key: String, _ v: Any) -> (inout [String: Any]) -> Void {
+            { m in var model = m["model"] as! [String: Any]; model[key] = v; m["model"] = model }
+        }
+        XCTAssertEqual(try edited(setModel("depth", 1 << 61)), "\(path): 'model.depth': 2305843009213693952 is outside 1…1023")
+        XCTAssertEqual(try edited(setModel("heads", 3)), "\(path): 'model.heads': embedDim 4 is not divisible by 3 heads")
+        XCTAssertEqual(try edited(setModel("tokens", 7)), "\(path): 'model.tokens': 7, expected patches + 1 = 3")
+        XCTAssertEqual(try edited(setModel("topK", 9)), "\(path): 'model.topK': 9 is outside 1…2 experts")
+        XCTAssertEqual(try edited { m in
+            var b = m["buffers"] as! [[String: Any]]; b[b.count - 1]["bytes"] = Int.max; m["buffers"] = b
+        }?.hasSuffix("bytes overlaps or exceeds the image (\(imageBytes) bytes)"), true)
+        XCTAssertEqual(try edited { m in
+            var g = m["task_gates"] as! [[String: Any]]; g[1]["offset"] = Int.max - 10; m["task_gates"] = g
+        }?.contains("'task_gates[1]': offset \(Int.max - 10) + "), true)
+        XCTAssertEqual(try edited { m in
+            var b = m["buffers"] as! [[String: Any]]; b[0]["shape"] = [1 << 40, 1 << 40]; m["buffers"] = b
+        }?.contains("shape [1099511627776,1099511627776] × 1-byte elements does not give its"), true)
+        XCTAssertNil(try edited { _ in })
+    }
+
+    /// check's provenance rule: tensors and tensors_sha256 together, consistent, no name twice.
+    func testSourceDigestsProblem() {
+        let t = [Manifest.SourceTensor(name: "a", source_name: "a", shape: [2], sha256: String(repeating: "1", count: 64)),
+                 Manifest.SourceTensor(name: "b", source_name: "b", shape: [], sha256: String(repeating: "2", count: 64))]
+        let good = TensorDigests.combined(t)
+        func problem(_ tensors: [Manifest.SourceTensor]?, _ digest: String?) -> String? {
+            PackedImage.sourceDigestsProblem(Manifest.Source(path: "p", container: "c", tensors_sha256: digest, tensors: tensors, notes: []))
+        }
+        XCTAssertNil(problem(t, good))
+        XCTAssertNil(problem(t.reversed(), good), "the digest is over name-sorted lines")
+        XCTAssertNil(problem(nil, nil), "manifests from before source.tensors")
+        XCTAssertEqual(problem(nil, good), "source.tensors_sha256 without source.tensors")
+        XCTAssertEqual(problem(t, nil), "source.tensors without source.tensors_sha256")
+        XCTAssertEqual(problem(t + [t[0]], TensorDigests.combined(t + [t[0]])), "source.tensors lists a twice")
+        XCTAssertEqual(problem([], good), "source.tensors_sha256 (not the digest of source.tensors)")
+        // The rule, spelled out: SHA-256 of "a 2 111…\nb  222…\n".
+        XCTAssertEqual(good, hex(SHA256.hash(data: Array(("a 2 " + String(repeating: "1", count: 64) + "\nb  " + String(repeating: "2", count: 64) + "\n").utf8))))
     }
 
     func testCheckDetectsCorruption() throws {

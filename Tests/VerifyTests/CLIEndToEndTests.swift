@@ -74,7 +74,7 @@ final class CLIEndToEndTests: XCTestCase {
         }
 
         // A threshold that cannot be met: exit 1 and a FAIL line.
-        let strictV = try moepack(["verify", dir + "/img", "--checkpoint", ckpt, "--image", frame, "--min-cosine", "1.0000001"])
+        let strictV = try moepack(["verify", dir + "/img", "--checkpoint", ckpt, "--image", frame, "--min-cosine", "1"])
         XCTAssertEqual(strictV.status, 1)
         XCTAssertTrue(strictV.stdout.contains("FAIL: cosine"), strictV.stdout)
     }

@@ -190,4 +190,22 @@ final class CLIHostileTests: XCTestCase {
         XCTAssertEqual(r2.status, 1, r2.stderr)
         XCTAssertEqual(r2.stderrLines.first, "moepack: error: \(dir): checksum mismatch: ddr.bin (whole image); buffers \(name); manifest source.tensors_sha256 (not the digest of source.tensors)", r2.stderr)
     }
+
+    /// Command-line mistakes are one line too, and thresholds that would disable a check are refused
+    /// before anything is loaded.
+    func testCommandLineErrorsAreOneLine() throws {
+        let cases: [([String], String)] = [
+            (["verify", "nowhere", "--checkpoint", "x.pth", "--tie-margin", "abc"], "moepack: error: The value 'abc' is invalid for '--tie-margin <p>' (see --help)"),
+            (["frobnicate"], "moepack: error: Unexpected argument 'frobnicate' (see --help)"),
+            (["verify", "nowhere", "--checkpoint", "x.pth", "--min-cosine", "nan"], "moepack: error: '--min-cosine': must be a cosine in -1…1, got nan"),
+            (["verify", "nowhere", "--checkpoint", "x.pth", "--max-mse", "-1"], "moepack: error: '--max-mse': must be a finite MSE ≥ 0, got -1.0"),
+            (["verify", "nowhere", "--checkpoint", "x.pth", "--min-routing-agreement", "inf"], "moepack: error: '--min-routing-agreement': must be a fraction in 0…1, got inf"),
+            (["suggest", "x.pth", "--headroom-bits", "-1"], "moepack: error: '--headroom-bits': must be 0…8, got -1"),
+        ]
+        for (args, line) in cases {
+            let r = try moepack(args)
+            XCTAssertEqual(r.status, 64, args.joined(separator: " "))
+            XCTAssertEqual(r.stderrLines, [line], args.joined(separator: " "))
+        }
+    }
 }

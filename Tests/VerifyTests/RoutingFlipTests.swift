@@ -46,3 +46,32 @@ final class RoutingFlipTests: XCTestCase {
         XCTAssertEqual(all.moe_blocks.map(\.routing_agreement_checked), [1.0, 1.0])
     }
 }
+
+/// The summary over several frames takes each MoE block's figures from one frame, the worst.
+final class WorstFrameTests: XCTestCase {
+    private func frame(_ name: String, _ blocks: [(Double, Int, Double?)]) -> FrameReport {
+        let metrics = ComparisonMetrics([1, 2], reference: [1, 2])
+        return FrameReport(frame: name, note: nil, output: metrics, blocks: [],
+                           moe_blocks: blocks.enumerated().map { i, b in
+                               MoEBlockReport(block: 2 * i + 1, routing_agreement: b.0, top1_agreement: b.0,
+                                              near_tie_flips: b.1, routing_agreement_checked: b.2) },
+                           tokens_routed_differently: [], max_abs_error_same_routing: 0, routing_flips: [], overflow: nil)
+    }
+
+    func testEachBlockReportsOneFrameWhole() {
+        // Block 1: frame a has the lower raw agreement, but b the lower checked one → b's figures.
+        // Block 3: a is worst (ties with c on checked: the first wins).
+        let a = frame("a", [(0.5, 3, 0.9), (0.7, 0, 0.7)])
+        let b = frame("b", [(0.8, 0, 0.8), (0.9, 1, 1.0)])
+        let c = frame("c", [(1.0, 0, 1.0), (0.7, 0, 0.7)])
+        let w = worstPerMoEBlock([a, b, c])
+        XCTAssertEqual(w, [
+            MoEBlockReport(block: 1, routing_agreement: 0.8, top1_agreement: 0.8, near_tie_flips: 0, routing_agreement_checked: 0.8, frame: "b"),
+            MoEBlockReport(block: 3, routing_agreement: 0.7, top1_agreement: 0.7, near_tie_flips: 0, routing_agreement_checked: 0.7, frame: "a"),
+        ])
+        // Without a tie margin the raw agreement decides; one frame names no frame.
+        let d = frame("d", [(0.5, 0, nil)]), e = frame("e", [(0.4, 0, nil)])
+        XCTAssertEqual(worstPerMoEBlock([d, e]).map(\.frame), ["e"])
+        XCTAssertEqual(worstPerMoEBlock([d]).map(\.frame), [nil])
+    }
+}
