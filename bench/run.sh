@@ -12,7 +12,7 @@
 #
 # Jobs:
 #   pack-tiny    moepack pack on bench/out/train-tiny.pth (float32 weights of the bundled model's shapes
-#                + AdamW state, ~214 MB) vs bench/reference_pack.py on the same file
+#                + AdamW state, ~216 MB) vs bench/reference_pack.py on the same file
 #   inspect      moepack inspect --json on models/m3vit-tiny-edge-moe.pth
 #   export       moepack export on models/m3vit-tiny-edge-moe.pth → safetensors
 #   run-float    moepack run --mode float, per frame = (T(N frames) − T(N/2 frames)) / (N/2), N = $BENCH_FRAMES
@@ -84,8 +84,13 @@ done
 
 $REF_ONLY && [ -z "$PY" ] && die "--write-reference-figures needs a Python with torch and numpy (set PYTHON)"
 
+# The previous run's logs are kept in logs.prev/ (one generation).
+rm -rf "$LOG.prev"
+[ -d "$LOG" ] && mv "$LOG" "$LOG.prev"
 mkdir -p "$LOG"
-rm -f "$LOG"/*
+# Every timed run, not only the medians: job, run, wall seconds, peak RSS KiB.
+RUNS_TSV="$OUT/runs.tsv"
+printf 'job\trun\twall_s\trss_kb\n' > "$RUNS_TSV"
 
 if [ -n "$PY" ]; then
     for size in tiny small; do
@@ -95,6 +100,8 @@ if [ -n "$PY" ]; then
             "$PY" scripts/make_bench_checkpoint.py --size "$size" "$ck" >&2 || die "generating $ck failed"
         fi
     done
+elif [ "${BENCH_REFERENCE:-}" = committed ]; then
+    echo "bench: BENCH_REFERENCE=committed: reference figures come from $FIGURES (the reference scripts do not run); jobs needing generated checkpoints run only if they already exist" >&2
 else
     echo "bench: no Python with torch found: reference figures come from $FIGURES; jobs needing generated checkpoints run only if they already exist" >&2
 fi
@@ -128,6 +135,7 @@ measure() {
         read -r e m < <(tail -n 1 "$LOG/$key.time")
         if [ -n "$t0" ] && [ -n "$t1" ]; then e=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }'); fi
         walls+=("$e"); rsses+=("$m")
+        printf '%s\t%d\t%s\t%s\n' "$key" "$i" "$e" "$m" >> "$RUNS_TSV"
     done
     WALL[$key]=$(median "${walls[@]}")
     RSS[$key]=$(median "${rsses[@]}" | awk '{ printf "%d\n", $1 + 0.5 }')
@@ -314,7 +322,8 @@ size_mb() { [ -f "$1" ] && awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f M
     fi
     for s in tiny small; do
         a="$OUT/pack-moepack-$s/ddr.bin" b="$OUT/pack-ref-$s/ddr.bin"
-        if [ -f "$a" ] && [ -f "$b" ] && [ "$b" -nt "$OUT/train-$s.pth" ]; then
+        # Only when the reference ran in this run (else its output is from an earlier one).
+        if have_ref && [ -f "$a" ] && [ -f "$b" ] && [ "$b" -nt "$OUT/train-$s.pth" ]; then
             if cmp -s "$a" "$b"; then echo "pack-$s: moepack's ddr.bin and the reference's are byte-identical."
             else echo "pack-$s: ddr.bin differs from the reference's in $(cmp -l "$a" "$b" 2>/dev/null | wc -l) byte(s) ($(stat -c %s "$a") vs $(stat -c %s "$b") bytes)."; fi
         fi
