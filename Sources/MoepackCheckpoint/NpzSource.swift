@@ -33,11 +33,8 @@ public final class NpzSource: TensorSource {
             do { h = try NpyHeader.parse(bytes: head) } catch let err as MoepackError {
                 throw MoepackError(err.kind, file: path, item: e.name, err.message)
             }
-            var count = 1
-            for s in h.shape {
-                let (c, o) = count.multipliedReportingOverflow(by: s)
-                guard !o else { throw MoepackError(.badInput, file: path, item: e.name, "element count overflows") }
-                count = c
+            guard let count = checkedElementCount(h.shape) else {
+                throw MoepackError(.badInput, file: path, item: e.name, "element count overflows")
             }
             let (bytes, o1) = count.multipliedReportingOverflow(by: h.dtype.byteSize)
             let (total, o2) = bytes.addingReportingOverflow(h.headerBytes)

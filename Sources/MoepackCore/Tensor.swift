@@ -22,3 +22,16 @@ public struct Tensor: Sendable, Equatable {
 public func shapeString(_ shape: [Int]) -> String {
     "[" + shape.map(String.init).joined(separator: ",") + "]"
 }
+
+/// The product of `shape`'s sizes (multiplied outermost first), then times `elementBytes`, or nil
+/// when a size is negative or a partial product overflows `Int` or exceeds `limit`. Shapes come from
+/// files anyone can edit (npy headers, manifests, profiles): sizes computed from them go through here.
+public func checkedElementCount(_ shape: [Int], elementBytes: Int = 1, limit: Int = .max) -> Int? {
+    var n = 1
+    for d in shape + [elementBytes] {
+        let (p, o) = n.multipliedReportingOverflow(by: d)
+        guard d >= 0, !o, p <= limit else { return nil }
+        n = p
+    }
+    return n
+}

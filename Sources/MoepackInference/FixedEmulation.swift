@@ -182,12 +182,7 @@ public final class FixedBackbone: Sendable {
                 throw MoepackError(.mismatch, item: name,
                     "element type \(a.signed ? "ap_fixed" : "ap_ufixed")<\(a.width),\(a.width - a.fracBits)>, expected ap_fixed<\(width),\(width - frac)>")
             }
-            var count = 1
-            for s in shape {
-                let (m, o) = count.multipliedReportingOverflow(by: s)
-                guard !o, s >= 0 else { throw MoepackError(.mismatch, item: name, "shape too large") }
-                count = m
-            }
+            guard let count = checkedElementCount(shape) else { throw MoepackError(.mismatch, item: name, "shape too large") }
             guard a.raw.count >= count else {
                 throw MoepackError(.mismatch, item: name, "\(a.raw.count) raw values, expected \(count)")
             }

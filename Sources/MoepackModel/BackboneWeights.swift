@@ -89,13 +89,9 @@ public struct M3ViTConfig: Sendable, Codable, Equatable {
         // The largest arrays: expert weights, attention weights, the attention scratch (heads·T·T).
         for (name, dims) in [("experts", [moeBlocks.count, experts, expertHidden, embedDim]),
                              ("depth", [depth, 4, embedDim, embedDim]), ("tokens", [heads, tokens, tokens]),
-                             ("mlpHidden", [depth, mlpHidden, embedDim])] {
-            var n = 1
-            for d in dims {
-                let (m, o) = n.multipliedReportingOverflow(by: d)
-                guard !o, m < 1 << 40 else { throw bad(name, "arrays of \(dims.map(String.init).joined(separator: "×")) elements are too large") }
-                n = m
-            }
+                             ("mlpHidden", [depth, mlpHidden, embedDim])]
+        where checkedElementCount(dims, limit: (1 << 40) - 1) == nil {
+            throw bad(name, "arrays of \(dims.map(String.init).joined(separator: "×")) elements are too large")
         }
     }
 

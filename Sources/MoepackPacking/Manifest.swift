@@ -157,14 +157,7 @@ public struct Manifest: Sendable, Codable, Equatable {
                 throw MoepackError(.badInput, file: path, item: b.name, "offset \(b.offset) + \(b.bytes) bytes overlaps or exceeds the image (\(m.image.bytes) bytes)")
             }
             last = e
-            var count = 1
-            for d in b.shape {
-                let (n, o) = count.multipliedReportingOverflow(by: d)
-                guard d >= 0, !o else { count = -1; break }
-                count = n
-            }
-            let (size, o) = count.multipliedReportingOverflow(by: b.element_bytes)
-            guard count >= 0, b.element_bytes > 0, !o, size == b.bytes else {
+            guard b.element_bytes > 0, checkedElementCount(b.shape, elementBytes: b.element_bytes) == b.bytes else {
                 throw MoepackError(.badInput, file: path, item: b.name, "shape \(shapeString(b.shape)) × \(b.element_bytes)-byte elements does not give its \(b.bytes) bytes")
             }
         }

@@ -123,11 +123,8 @@ public struct DDRPlan: Sendable {
         }
         for b in profile.buffers {
             let t = try profile.fixedType(b.type)
-            var count = 1
-            for s in b.shape {
-                let (m, o) = count.multipliedReportingOverflow(by: s)
-                guard !o else { throw MoepackError(.badInput, file: profile.name, item: b.name, "size overflows") }
-                count = m
+            guard let count = checkedElementCount(b.shape) else {
+                throw MoepackError(.badInput, file: profile.name, item: b.name, "size overflows")
             }
             let bytes = count * t.containerBytes
             switch b.role {
