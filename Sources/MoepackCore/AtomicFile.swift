@@ -67,17 +67,14 @@ public final class AtomicFileWriter {
         try? h.close()
         handle = nil
         defer { InterruptCleanup.unregister(temporaryPath) }
-        // An existing regular file (or symlink) is swapped out rather than renamed over (see
-        // StagedDirectory.commit: no forced ext4 write-back), then removed.
-        var st = stat()
-        if lstat(path, &st) == 0, st.st_mode & S_IFMT != S_IFDIR, exchangePaths(temporaryPath, path) {
+        do {
+            // Swapped: the replaced file now sits at the temporary path.
+            if try placeFile(temporaryPath, at: path, failure: "cannot rename the finished file into place") {
+                unlink(temporaryPath)
+            }
+        } catch {
             unlink(temporaryPath)
-            return
-        }
-        if rename(temporaryPath, path) != 0 {
-            let reason = String(cString: strerror(errno))
-            unlink(temporaryPath)
-            throw MoepackError(.io, file: path, "cannot rename the finished file into place: \(reason)")
+            throw error
         }
     }
 
@@ -174,19 +171,14 @@ public final class StagedDirectory {
                 }
             } else {
                 let names = ((try? FileManager.default.contentsOfDirectory(atPath: staging)) ?? []).sorted()
-                for n in names {
-                    let dst = (destination as NSString).appendingPathComponent(n)
-                    var st = stat()
-                    if lstat(dst, &st) == 0, st.st_mode & S_IFMT == S_IFDIR {
-                        throw MoepackError(.io, file: dst, "is a folder where moepack writes its \(n): move it away or choose another output folder")
-                    }
+                for n in names where isFolder((destination as NSString).appendingPathComponent(n)) {
+                    throw MoepackError(.io, file: (destination as NSString).appendingPathComponent(n),
+                                       "is a folder where moepack writes its \(n): move it away or choose another output folder")
                 }
+                // A swapped-out old file stays in the staging folder, removed with it below.
                 for n in names {
-                    let dst = (destination as NSString).appendingPathComponent(n)
-                    if exchangePaths(path(n), dst) { continue }
-                    if rename(path(n), dst) != 0 {
-                        throw MoepackError(.io, file: dst, "cannot move the finished file into place: \(String(cString: strerror(errno)))")
-                    }
+                    _ = try placeFile(path(n), at: (destination as NSString).appendingPathComponent(n),
+                                      failure: "cannot move the finished file into place")
                 }
                 try? FileManager.default.removeItem(atPath: staging)
             }
@@ -203,6 +195,25 @@ public final class StagedDirectory {
         }
         InterruptCleanup.unregister(staging)
     }
+}
+
+/// Whether `path` is a folder itself (a symbolic link to one is not).
+func isFolder(_ path: String) -> Bool {
+    var st = stat()
+    return lstat(path, &st) == 0 && st.st_mode & S_IFMT == S_IFDIR
+}
+
+/// Puts the finished file `src` at `dst`. A file or symbolic link already at `dst` is swapped with it
+/// (``exchangePaths(_:_:)``: atomic, and unlike a rename onto an existing file it does not make ext4
+/// write the new file back before returning); otherwise `src` is renamed to `dst`.
+/// - Returns: true when swapped: the replaced file now sits at `src`, for the caller to remove.
+/// - Throws: ``MoepackError`` `.io` naming `dst`: `failure` and the system's reason (e.g. `dst` is a folder).
+func placeFile(_ src: String, at dst: String, failure: String) throws -> Bool {
+    if !isFolder(dst), exchangePaths(src, dst) { return true }
+    guard rename(src, dst) == 0 else {
+        throw MoepackError(.io, file: dst, "\(failure): \(String(cString: strerror(errno)))")
+    }
+    return false
 }
 
 /// Atomically swaps two existing paths (Linux `renameat2` with `RENAME_EXCHANGE`, looked up at run
