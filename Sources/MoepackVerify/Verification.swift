@@ -261,12 +261,8 @@ func compareFrame(name: String, note: String?, got: FrameResult, want: ForwardRe
                                   routing_agreement_checked: tieMargin == nil ? nil : agreement + Double(ties) / Double(max(tokens, 1))))
     }
     let overflow = got.overflow.filter { $0.count > 0 }.map { OverflowReport(layer: $0.layer, unit: $0.unit, count: $0.count) }
-    var differing = Set<Int>()
-    for (g, w) in zip(got.routing, want.routing) {
-        for t in 0..<(w.topExperts.count / k) where Set(g.topExperts[(t * k)..<((t + 1) * k)]) != Set(w.topExperts[(t * k)..<((t + 1) * k)]) {
-            differing.insert(t)
-        }
-    }
+    // Tokens routed differently in at least one block: the ones with a first flip.
+    let differing = Set(firstFlipWasTie.keys)
     let d = got.output.count / max(want.routing.first.map { $0.topExperts.count / k } ?? 1, 1)
     var sameMax = 0.0
     for i in 0..<got.output.count where !differing.contains(i / max(d, 1)) {
