@@ -11,23 +11,26 @@ func hex(_ d: some Sequence<UInt8>) -> String {
     return String(decoding: s, as: UTF8.self)
 }
 
+/// The regular files a source path stands for: the file itself, or a folder's regular files (not
+/// recursive) in name order; nil when the path does not exist.
+func sourceFiles(_ path: String) -> (folder: Bool, files: [String])? {
+    let fm = FileManager.default
+    var isDir: ObjCBool = false
+    guard fm.fileExists(atPath: path, isDirectory: &isDir) else { return nil }
+    guard isDir.boolValue else { return (false, [path]) }
+    let files = ((try? fm.contentsOfDirectory(atPath: path)) ?? []).sorted()
+        .map { (path as NSString).appendingPathComponent($0) }
+        .filter { var d: ObjCBool = false; return fm.fileExists(atPath: $0, isDirectory: &d) && !d.boolValue }
+    return (true, files)
+}
+
 /// SHA-256 of a file (streamed), or of a folder: each regular file's name and bytes in name order.
 /// - Throws: ``MoepackError`` `.io` when a file cannot be read.
 public func sha256OfPath(_ path: String) throws -> String {
     var hasher = SHA256()
-    var isDir: ObjCBool = false
-    _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
-    let files: [String]
-    if isDir.boolValue {
-        files = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
-            .map { (path as NSString).appendingPathComponent($0) }
-    } else {
-        files = [path]
-    }
+    let (folder, files) = sourceFiles(path) ?? (false, [])   // a missing path hashes as empty
     for f in files {
-        var d: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: f, isDirectory: &d), !d.boolValue else { continue }
-        if isDir.boolValue { hasher.update(data: Array((f as NSString).lastPathComponent.utf8) + [0]) }
+        if folder { hasher.update(data: Array((f as NSString).lastPathComponent.utf8) + [0]) }
         // Streamed in 4 MiB windows through one reused buffer: bounded memory whatever the file size.
         let fd = open(f, O_RDONLY)
         guard fd >= 0 else { throw MoepackError(.io, file: f, "cannot read") }
@@ -47,19 +50,10 @@ public func sha256OfPath(_ path: String) throws -> String {
 
 /// Size in bytes of a file, or of a folder's regular files together (nil when unreadable).
 func pathBytes(_ path: String) -> Int? {
-    let fm = FileManager.default
-    var isDir: ObjCBool = false
-    guard fm.fileExists(atPath: path, isDirectory: &isDir) else { return nil }
-    func size(_ p: String) -> Int? { (try? fm.attributesOfItem(atPath: p))?[.size] as? Int }
-    guard isDir.boolValue else { return size(path) }
-    guard let names = try? fm.contentsOfDirectory(atPath: path) else { return nil }
-    var total = 0
-    for n in names {
-        let p = (path as NSString).appendingPathComponent(n)
-        var d: ObjCBool = false
-        if fm.fileExists(atPath: p, isDirectory: &d), !d.boolValue { total += size(p) ?? 0 }
-    }
-    return total
+    guard let (folder, files) = sourceFiles(path) else { return nil }
+    func size(_ p: String) -> Int? { (try? FileManager.default.attributesOfItem(atPath: p))?[.size] as? Int }
+    guard folder else { return size(path) }
+    return files.reduce(0) { $0 + (size($1) ?? 0) }
 }
 
 /// A value computed on a background thread; ``value()`` waits for it.
