@@ -41,6 +41,7 @@ def write_expected(tag, sd, raw_names=()):
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_hostile_fixtures import DATE  # noqa: E402  (shared determinism helpers)
 from make_fixtures import save_legacy  # noqa: E402  (legacy format with stable storage keys and order)
+from torch_pickle_scan import load_storage_refs  # noqa: E402  (non-executing data.pkl scan)
 
 
 def writestr(z, name, data, compress_type=None):
@@ -212,31 +213,7 @@ def storage_key(path, name, where=None):
     """Storage key of tensor `name` (inside top-level dict `where` if given), via a non-executing scan."""
     with zipfile.ZipFile(path) as z:
         pkl = [n for n in z.namelist() if n.endswith("/data.pkl")][0]
-        data = z.read(pkl)
-
-    class Ref:
-        def __init__(self, *a):
-            self.a = a
-
-    def rebuild(storage, *rest):
-        return storage
-
-    class U(pickle.Unpickler):
-        def find_class(self, m, n):
-            if (m, n) == ("torch._utils", "_rebuild_tensor_v2"):
-                return rebuild
-            if (m, n) == ("collections", "OrderedDict"):
-                return OrderedDict
-            if (m, n) == ("torch._utils", "_rebuild_parameter"):
-                return lambda d, *r: d
-            if m == "torch":
-                return n
-            raise pickle.UnpicklingError(f"{m}.{n}")
-
-        def persistent_load(self, pid):
-            return pid[2]
-
-    obj = U(io.BytesIO(data)).load()
+        obj = load_storage_refs(z.read(pkl))
     if where:
         obj = obj[where]
     return obj[name]

@@ -19,6 +19,8 @@ import h5py
 import numpy as np
 import torch
 
+from torch_pickle_scan import load_storage_refs  # non-executing data.pkl scan (scripts/)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.join(HERE, "..")
 ROOT = os.path.join(REPO, "Tests", "Fixtures", "hostile")
@@ -93,24 +95,7 @@ def storage_keys(data):
     """Tensor name → storage key of a torch zip, through a non-executing scan of data.pkl."""
     zi = zipfile.ZipFile(io.BytesIO(data))
     pkl = [n for n in zi.namelist() if n.endswith("data.pkl")][0]
-
-    def rebuild(storage, *rest):
-        return storage
-
-    class U(pickle.Unpickler):
-        def find_class(self, m, n):
-            if (m, n) == ("torch._utils", "_rebuild_tensor_v2"):
-                return rebuild
-            if (m, n) == ("collections", "OrderedDict"):
-                return OrderedDict
-            if m == "torch":
-                return n
-            raise pickle.UnpicklingError(f"{m}.{n}")
-
-        def persistent_load(self, pid):
-            return pid[2]
-
-    obj = U(io.BytesIO(zi.read(pkl))).load()
+    obj = load_storage_refs(zi.read(pkl))
     return pkl.rsplit("/", 1)[0], obj.get("state_dict", obj)
 
 
