@@ -50,9 +50,11 @@ let package = Package(
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "CheckpointTests", dependencies: ["MoepackCheckpoint", "MoepackCore", "MoepackModel"]),
-        .testTarget(name: "FixedPointTests", dependencies: ["MoepackFixedPoint"]),
+        // Seeded generator shared by the test targets.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "FixedPointTests", dependencies: ["MoepackFixedPoint", "TestSupport"]),
         .testTarget(name: "ModelTests", dependencies: ["MoepackModel", "MoepackCheckpoint"]),
-        .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint",
+        .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport",
                                                         .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "InferenceTests", dependencies: ["MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint"]),
         .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint"]),

@@ -1,4 +1,5 @@
 import XCTest
+import TestSupport
 @testable import MoepackFixedPoint
 
 /// The SIMD path of `FixedType.encode(_:into:stats:)` against the scalar loop (`encodeScalar`) and

@@ -1,4 +1,5 @@
 import XCTest
+import TestSupport
 import Foundation
 import MoepackCore
 import MoepackFixedPoint
@@ -144,18 +145,5 @@ final class FixedPointBulkTests: XCTestCase {
             let f = Int64((Double(xs[i]) * 16384).rounded(.down))
             if UInt16(truncatingIfNeeded: f) != code(i) { XCTFail("element \(i)"); break }
         }
-    }
-}
-
-/// Small seeded generator for test inputs.
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

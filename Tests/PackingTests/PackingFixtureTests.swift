@@ -1,4 +1,5 @@
 import XCTest
+import TestSupport
 import Foundation
 import MoepackCore
 import MoepackCheckpoint
@@ -135,7 +136,7 @@ final class RealEdgeMoETests: XCTestCase {
         // Copy the folder and add seeded expert matrices (std 0.05, like the dense MLP weights).
         let dir = tempDir("edge") + "/weights"
         try FileManager.default.copyItem(atPath: weights.path, toPath: dir)
-        var rng = SplitMix(seed: 2023)
+        var rng = SplitMix64(seed: 2023)
         for l in stride(from: 1, to: 12, by: 2) {
             for (name, count) in [("htoh4_weight", 16 * 384 * 192), ("h4toh_weight", 16 * 192 * 384)] {
                 var v = [Float](repeating: 0, count: count)

@@ -1,4 +1,5 @@
 import XCTest
+import TestSupport
 import Foundation
 import MoepackCore
 import MoepackCheckpoint
@@ -148,29 +149,12 @@ func smallTiny(overrides: [String: [Float]] = [:]) -> MemorySource {
               ("blocks.1.mlp.gate.0.w_gate", [d, 2]), ("blocks.1.mlp.gate.1.w_gate", [d, 2]),
               ("blocks.1.mlp.experts.htoh4.weight", [2, 3, d]), ("blocks.1.mlp.experts.htoh4.bias", [2, 3]),
               ("blocks.1.mlp.experts.h4toh.weight", [2, d, 3]), ("blocks.1.mlp.experts.h4toh.bias", [2, d])]
-    var rng = SplitMix(seed: 7)
+    var rng = SplitMix64(seed: 7)
     let tensors: [(String, [Int], [Float])] = specs.map { name, shape in
         let n = shape.reduce(1, *)
         return ("module.backbone." + name, shape, overrides[name] ?? (0..<n).map { _ in Float(rng.uniform() * 0.2 - 0.1) })
     }
     return MemorySource(path: "small.pth", container: "pytorch-zip", tensors: tensors)
-}
-
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func uniform() -> Double { Double(next() >> 11) / Double(1 << 53) }
-    mutating func normal() -> Double {
-        let u1 = max(uniform(), 1e-300), u2 = uniform()
-        return (-2 * log(u1)).squareRoot() * cos(2 * .pi * u2)
-    }
 }
 
 final class PackTests: XCTestCase {
