@@ -56,7 +56,7 @@ let package = Package(
         .testTarget(name: "ModelTests", dependencies: ["MoepackModel", "MoepackCheckpoint"]),
         .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport",
                                                         .product(name: "Crypto", package: "swift-crypto")]),
-        .testTarget(name: "InferenceTests", dependencies: ["MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint"]),
+        .testTarget(name: "InferenceTests", dependencies: ["MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport"]),
         .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint"]),
     ]
 )

@@ -1,5 +1,6 @@
 import Foundation
 import MoepackModel
+import TestSupport
 @testable import MoepackInference
 
 /// The synthetic full-size (Edge-MoE ZCU102, D = 192) kernel arrays the timing and golden-hash tests
@@ -8,15 +9,9 @@ import MoepackModel
 /// unit wrap). The same seed and draw order always give the same arrays (the golden hashes rely on it).
 func syntheticFullSizeArrays(weightScale s: Double = 1) throws -> KernelArrays {
     let c = M3ViTConfig.edgeMoE
-    var state: UInt64 = 0x9E37_79B9_7F4A_7C15
-    func normal() -> Double {   // seeded splitmix64 + Box–Muller
-        func next() -> Double {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return (Double((z ^ (z >> 31)) >> 11) + 0.5) / 9_007_199_254_740_992.0
-        }
+    var rng = SplitMix64(seed: 0x9E37_79B9_7F4A_7C15)
+    func normal() -> Double {   // Box–Muller on open-interval uniforms (the golden hashes fix this form)
+        func next() -> Double { (Double(rng.next() >> 11) + 0.5) / 9_007_199_254_740_992.0 }
         return (-2 * log(next())).squareRoot() * cos(2 * Double.pi * next())
     }
     func arr(_ shape: [Int], width: Int, frac: Int, std: Double, mean: Double = 0) -> RawArray {
