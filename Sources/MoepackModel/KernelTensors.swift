@@ -76,6 +76,20 @@ public final class KernelTensors: @unchecked Sendable {
     public func shape(of array: String) -> [Int]? { Self.shape(of: array, config: config) }
 
     /// C shape of kernel array `array` for a model of configuration `c`, or nil for unknown names.
+    /// The M³ViT tensor of block `block` behind kernel MLP array `array` (`moe_weights_l1` →
+    /// `blocks.N.mlp.experts.htoh4.weight`, `vit_bias_l2` → `blocks.N.mlp.fc2.bias`); nil for other arrays.
+    public static func mlpTensor(of array: String, block: Int) -> String? {
+        mlpArrays[array].map { "blocks.\(block).mlp.\($0.suffix)" }
+    }
+
+    /// Kernel MLP arrays → (M³ViT tensor after `blocks.N.mlp.`, whether it lives in the MoE blocks).
+    static let mlpArrays: [String: (suffix: String, moe: Bool)] = [
+        "moe_weights_l1": ("experts.htoh4.weight", true), "moe_bias_l1": ("experts.htoh4.bias", true),
+        "moe_weights_l2": ("experts.h4toh.weight", true), "moe_bias_l2": ("experts.h4toh.bias", true),
+        "vit_weights_l1": ("fc1.weight", false), "vit_bias_l1": ("fc1.bias", false),
+        "vit_weights_l2": ("fc2.weight", false), "vit_bias_l2": ("fc2.bias", false),
+    ]
+
     public static func shape(of array: String, config c: M3ViTConfig) -> [Int]? {
         let d = c.embedDim
         let nMoE = c.moeBlocks.count, nDense = c.denseBlocks.count
@@ -145,22 +159,10 @@ public final class KernelTensors: @unchecked Sendable {
             for i in c.moeBlocks {
                 try body(try gate(block: i, task: task))
             }
-        case "moe_weights_l1", "moe_bias_l1", "moe_weights_l2", "moe_bias_l2":
-            let name = [
-                "moe_weights_l1": "htoh4.weight", "moe_bias_l1": "htoh4.bias",
-                "moe_weights_l2": "h4toh.weight", "moe_bias_l2": "h4toh.bias",
-            ][array]!
-            for i in c.moeBlocks {
-                let canonical = "blocks.\(i).mlp.experts.\(name)"
-                try body(KernelPart(name: canonical, values: try read(canonical)))
-            }
-        case "vit_weights_l1", "vit_bias_l1", "vit_weights_l2", "vit_bias_l2":
-            let name = [
-                "vit_weights_l1": "fc1.weight", "vit_bias_l1": "fc1.bias",
-                "vit_weights_l2": "fc2.weight", "vit_bias_l2": "fc2.bias",
-            ][array]!
-            for i in c.denseBlocks {
-                let canonical = "blocks.\(i).mlp.\(name)"
+        case _ where Self.mlpArrays[array] != nil:
+            // One M³ViT tensor per MoE (expert arrays) or dense (ViT MLP arrays) block, as stored.
+            for i in Self.mlpArrays[array]!.moe ? c.moeBlocks : c.denseBlocks {
+                let canonical = Self.mlpTensor(of: array, block: i)!
                 try body(KernelPart(name: canonical, values: try read(canonical)))
             }
         case "norm_weights", "norm_bias":

@@ -252,11 +252,11 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
                 try account(part.name, p, t, try image.quantized(part.values[...], t))
             }
         case .expertRecords(let el):
-            let tensors = ["htoh4.weight", "htoh4.bias", "h4toh.weight", "h4toh.bias"]
             let counts = [el.w1Count, el.b1Count, el.w2Count, el.b2Count]
             let partOffsets = [el.w1, el.b1, el.w2, el.b2]
             for (mi, block) in el.moeBlocks.enumerated() {
-                let values = try tensors.map { try kernel.checkpoint.read("blocks.\(block).mlp.experts.\($0)") }
+                let tensors = expertArrayNames.map { KernelTensors.mlpTensor(of: $0, block: block)! }
+                let values = try tensors.map { try kernel.checkpoint.read($0) }
                 var stats = [QuantizationStats](repeating: QuantizationStats(), count: 4)
                 for e in 0..<el.experts {
                     let recordStart = p.offset + el.recordOffset(moeIndex: mi, expert: e)
@@ -273,7 +273,7 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
                     var pk = p
                     pk.buffer.type = options.profile.buffer(expertArrayNames[k])?.type ?? p.buffer.type
                     pk.type = el.partTypes[k]
-                    try account("blocks.\(block).mlp.experts.\(tensors[k])", pk, el.partTypes[k].with(quantization: options.quantization, overflow: options.overflow), stats[k])
+                    try account(tensors[k], pk, el.partTypes[k].with(quantization: options.quantization, overflow: options.overflow), stats[k])
                 }
             }
             try image.zeros(p.offset + p.bytes - image.position)
