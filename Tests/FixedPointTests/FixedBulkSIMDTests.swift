@@ -46,6 +46,16 @@ final class FixedBulkSIMDTests: XCTestCase {
         return xs
     }
 
+    /// `xs` through the scalar loop (`encodeScalar`): the reference the SIMD path must match.
+    static func scalarEncode(_ t: FixedType, _ xs: [Float]) -> (bytes: [UInt8], stats: QuantizationStats) {
+        var bytes = [UInt8](repeating: 0, count: xs.count * t.containerBytes)
+        var stats = QuantizationStats()
+        xs.withUnsafeBufferPointer { src in
+            bytes.withUnsafeMutableBytes { t.encodeScalar(src, into: $0, stats: &stats) }
+        }
+        return (bytes, stats)
+    }
+
     static func codes(_ t: FixedType, _ bytes: [UInt8], _ i: Int) -> Int64 {
         var bits: UInt64 = 0
         for j in 0..<t.containerBytes { bits |= UInt64(bytes[i * t.containerBytes + j]) << (8 * j) }
@@ -92,11 +102,7 @@ final class FixedBulkSIMDTests: XCTestCase {
                 for o in Overflow.allCases {
                     let t = base.with(quantization: q, overflow: o)
                     let (bytes, stats) = t.encode(xs)
-                    var refBytes = [UInt8](repeating: 0, count: xs.count * t.containerBytes)
-                    var refStats = QuantizationStats()
-                    xs.withUnsafeBufferPointer { src in
-                        refBytes.withUnsafeMutableBytes { t.encodeScalar(src, into: $0, stats: &refStats) }
-                    }
+                    let (refBytes, refStats) = Self.scalarEncode(t, xs)
                     XCTAssertEqual(bytes, refBytes, "\(t) bytes")
                     assertStats(stats, refStats, "\(t)")
                     // Independent check of the codes and the overflow count.
@@ -129,11 +135,7 @@ final class FixedBulkSIMDTests: XCTestCase {
                     var bad = 0
                     for (i, x) in xs.enumerated() where Self.codes(t, bytes, i) != t.quantize(Double(x)).raw { bad += 1 }
                     XCTAssertEqual(bad, 0, "\(t)")
-                    var refBytes = [UInt8](repeating: 0, count: xs.count * t.containerBytes)
-                    var refStats = QuantizationStats()
-                    xs.withUnsafeBufferPointer { src in
-                        refBytes.withUnsafeMutableBytes { t.encodeScalar(src, into: $0, stats: &refStats) }
-                    }
+                    let (refBytes, refStats) = Self.scalarEncode(t, xs)
                     XCTAssertEqual(bytes, refBytes, "\(t)")
                     assertStats(stats, refStats, "\(t)")
                 }
