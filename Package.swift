@@ -9,7 +9,6 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
     ],
     targets: [
         // System libraries from Debian packages, found through pkg-config.
@@ -19,11 +18,13 @@ let package = Package(
                        providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5",
                        providers: [.apt(["libhdf5-dev"])]),
+        .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "libcrypto",
+                       providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
                        providers: [.apt(["libpng-dev"])]),
 
         // Shared vocabulary: errors, dtypes, float tensors.
-        .target(name: "MoepackCore"),
+        .target(name: "MoepackCore", dependencies: ["CCrypto"]),
         // Stage 1: checkpoint containers -> TensorSource (knows formats, not M3ViT).
         .target(name: "MoepackCheckpoint", dependencies: ["MoepackCore", "CZlib", "CHDF5"]),
         // Stage 2: fixed point (knows numbers and bits only).
@@ -32,8 +33,7 @@ let package = Package(
         .target(name: "MoepackModel", dependencies: ["MoepackCore", "MoepackCheckpoint"]),
         // Stage 4: kernel profile, DDR layout, image + manifest + C header.
         .target(name: "MoepackPacking",
-                dependencies: ["MoepackCore", "MoepackModel", "MoepackFixedPoint",
-                               .product(name: "Crypto", package: "swift-crypto")],
+                dependencies: ["MoepackCore", "MoepackModel", "MoepackFixedPoint"],
                 resources: [.copy("Profiles")]),
         // Stage 5: inference from the packed image (float path, fixed-point emulation), frames.
         .target(name: "MoepackInference",
@@ -54,8 +54,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "FixedPointTests", dependencies: ["MoepackFixedPoint", "TestSupport"]),
         .testTarget(name: "ModelTests", dependencies: ["MoepackModel", "MoepackCheckpoint"]),
-        .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport",
-                                                        .product(name: "Crypto", package: "swift-crypto")]),
+        .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport", "MoepackCore"]),
         .testTarget(name: "InferenceTests", dependencies: ["MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport"]),
         .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint"]),
     ]

@@ -1,5 +1,5 @@
 import Foundation
-import Crypto
+
 import MoepackCore
 import MoepackModel
 import MoepackFixedPoint

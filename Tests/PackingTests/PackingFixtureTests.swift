@@ -6,7 +6,7 @@ import MoepackCheckpoint
 import MoepackModel
 import MoepackFixedPoint
 @testable import MoepackPacking
-import Crypto
+
 
 let tinyFixtures = repoRoot.appendingPathComponent("Tests/Fixtures/tiny")
 

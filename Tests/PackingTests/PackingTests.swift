@@ -6,7 +6,7 @@ import MoepackCheckpoint
 import MoepackModel
 import MoepackFixedPoint
 @testable import MoepackPacking
-import Crypto
+
 
 let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 let sharedEdgeMoE = repoRoot.deletingLastPathComponent().appendingPathComponent("shared/edge-moe")
