@@ -41,6 +41,7 @@ bench: release
 # Regenerates the committed fixtures and the bundled checkpoint (seeded, byte-identical on re-run).
 fixtures:
 	$(PYTHON) scripts/make_fixtures.py
+	$(PYTHON) scripts/make_heads_reference.py
 	$(PYTHON) scripts/make_digest_fixture.py
 	$(PYTHON) scripts/make_checkpoint_fixtures.py
 	$(PYTHON) scripts/make_format_fixtures.py
