@@ -26,8 +26,10 @@ release: deps
 	$(SWIFT) build -c release --product moepack
 
 demo: release
-	$(BIN) pack $(CKPT) -o $(OUT) --image $(FRAME) --report packed/report.html
+	$(BIN) pack $(CKPT) -o $(OUT) --task all --image $(FRAME) --report packed/report.html
 	$(BIN) run $(OUT) --image $(FRAME) -o packed/demo-output.npy
+	$(BIN) run $(OUT) --image $(FRAME) --heads $(CKPT) -o packed/demo-tasks
+	$(BIN) run $(OUT) --image $(FRAME) --heads $(CKPT) --mode fixed -o packed/demo-tasks-fixed
 	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME)
 	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --mode fixed
 
@@ -54,4 +56,4 @@ fuzz:
 	bash fuzz/run.sh
 
 clean:
-	rm -rf .build packed/edge-moe-zcu102 packed/demo-output.npy
+	rm -rf .build packed/edge-moe-zcu102 packed/demo-output.npy packed/demo-tasks packed/demo-tasks-fixed

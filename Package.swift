@@ -41,7 +41,8 @@ let package = Package(
                                "COpenBLAS", "CPNG", "MoepackCheckpoint"]),
         // Task decoders on the backbone output (BatchNorm folded, convolutions on OpenBLAS) and their PNG renderings.
         .target(name: "MoepackHeads",
-                dependencies: ["MoepackCore", "MoepackModel", "MoepackInference", "COpenBLAS", "CPNG"]),
+                dependencies: ["MoepackCore", "MoepackModel", "MoepackCheckpoint", "MoepackPacking", "MoepackInference",
+                               "COpenBLAS", "CPNG"]),
         // Stage 6: comparison metrics and reports.
         .target(name: "MoepackVerify",
                 dependencies: ["MoepackCore", "MoepackInference", "MoepackModel", "MoepackPacking"]),

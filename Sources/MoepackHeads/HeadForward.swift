@@ -205,3 +205,17 @@ public struct TaskHeads: Sendable {
         }
     }
 }
+
+extension TaskHeads {
+    /// Runs every decoder on backbone outputs: `tokens(t)` gives the `[T, D]` output computed with
+    /// backbone task `t`'s gates; `taskMap` says which task feeds which decoder (nil: the same
+    /// features for every decoder, `tokens(0)`).
+    public func run(tokens: (Int) throws -> [Float], taskMap: [String: Int]?, outHeight: Int? = nil, outWidth: Int? = nil) throws -> [TaskOutput] {
+        try heads.map { head in
+            let t = taskMap?[head.task]
+            let v = try head.run(tokens: try tokens(t ?? 0), outHeight: outHeight, outWidth: outWidth)
+            return TaskOutput(task: head.task, channels: head.outChannels, height: outHeight ?? head.imageHeight,
+                              width: outWidth ?? head.imageWidth, values: v, backboneTask: t)
+        }
+    }
+}
