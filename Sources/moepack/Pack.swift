@@ -48,7 +48,7 @@ struct ProfileOptions: ParsableArguments {
 
 struct Pack: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Pack a checkpoint into a DDR image (ddr.bin + manifest.json + moepack_ddr.h).",
+        abstract: "Pack a checkpoint into a DDR image (ddr.bin + manifest.json + moepack_ddr.h + manifest.sha256).",
         discussion: """
         Reads CHECKPOINT lazily (PyTorch .pth zip or legacy, expert-parallel folder of N.pth, safetensors, HDF5, .npz, or an Edge-MoE raw float32 folder), folds input normalisation, the cls token, qkv and the gates into the kernel's form, converts every weight to its ap_fixed type and writes every argument of the kernel at a 4096-byte aligned offset. Values outside a type's range are warned about (one line per tensor); --strict makes them errors. Output files appear only when complete.
         """)
