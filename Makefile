@@ -51,6 +51,7 @@ fixtures:
 	$(PYTHON) scripts/make_fixedpoint_reference.py
 	$(PYTHON) scripts/make_hostile_fixtures.py
 	$(PYTHON) Tests/Fixtures/emulation/make_emulation_ref.py
+	$(PYTHON) scripts/make_precision_fixtures.py
 
 fuzz:
 	bash fuzz/run.sh
