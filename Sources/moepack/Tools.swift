@@ -75,15 +75,14 @@ struct Schedule: ParsableCommand {
             let frame = try FrameLoader.load(path: image, config: c)
             let model = try ImageModel(image: img, mode: .float, task: task)
             let r = try model.run(frame)
-            let eb = try img.type(of: "moe_weights_l1").containerBytes
-            let perExpert = (2 * c.expertHidden * c.embedDim + c.expertHidden + c.embedDim) * eb
+            let parts = try img.expertPartBytes()
+            let perExpert = parts.reduce(0, +)
             var out: [BlockSchedule] = []
             for route in r.routing {
                 let lengths = route.queues.map(\.count)
                 let order = (0..<c.experts).filter { lengths[$0] > 0 }
                 // Bytes of each part rounded up to whole bursts, per visited expert.
                 func bursts(_ bytes: Int) -> Int { (bytes + burstBytes - 1) / burstBytes }
-                let parts = [c.expertHidden * c.embedDim * eb, c.expertHidden * eb, c.embedDim * c.expertHidden * eb, c.embedDim * eb]
                 let b = order.count * parts.map(bursts).reduce(0, +)
                 out.append(BlockSchedule(block: route.block, visit_order: order, queue_lengths: lengths,
                                          bytes_fetched: order.count * perExpert, bursts: b, largest_expert_bytes: perExpert))
@@ -119,8 +118,27 @@ struct Suggest: ParsableCommand {
     @Option(parsing: .unconditional, help: "Integer bits added to every suggestion beyond the fewest that hold this checkpoint's values (each doubles the range and the LSB), for checkpoints yet to come.")
     var headroomBits: Int = 0
 
-    @Flag(help: "JSON output.")
+    @Flag(help: "JSON output: suggestions, the --type assignments and the pack command line that applies them.")
     var json = false
+
+    struct SuggestOutput: Encodable {
+        var suggestions: [TypeSuggestion]
+        /// `NAME=TYPE` for each type that changes (the values of `pack --type`).
+        var types: [String]
+        /// `moepack pack …` applying them, nil when nothing changes.
+        var command: String?
+    }
+
+    /// The options of this run that `pack` needs too, repeated in the suggested command line.
+    var packArguments: [String] {
+        var a: [String] = []
+        if profileOptions.profile != ProfileOptions.defaultProfile { a += ["--profile", profileOptions.profile] }
+        if let hwh = profileOptions.hwh { a += ["--hwh", hwh] }
+        if let key = checkpointOptions.key { a += ["--key", key] }
+        if !checkpointOptions.mean.isEmpty { a += ["--mean"] + checkpointOptions.mean.map { "\($0)" } }
+        if !checkpointOptions.std.isEmpty { a += ["--std"] + checkpointOptions.std.map { "\($0)" } }
+        return a
+    }
 
     func run() throws {
         try guarded {
@@ -132,10 +150,12 @@ struct Suggest: ParsableCommand {
             let kernel = try KernelTensors(checkpoint: try BackboneCheckpoint(source: source, expected: profile.model),
                                            folds: checkpointOptions.folds)
             let s = try suggestTypes(kernel: kernel, profile: profile, task: task, headroomBits: headroomBits)
+            let command = packCommandLine(checkpoint: checkpoint, suggestions: s, arguments: packArguments)
             if json {
-                try printJSON(s)
+                try printJSON(SuggestOutput(suggestions: s, types: typeAssignments(s), command: command))
             } else {
-                print(renderSuggestions(s))
+                print(renderSuggestions(s), terminator: "")
+                print(command.map { "apply (DIR: the output folder): \($0)" } ?? "apply: nothing to change")
             }
         }
     }

@@ -174,7 +174,7 @@ final class PackTests: XCTestCase {
         XCTAssertTrue(image.check().ok)
         XCTAssertEqual(r.manifest.task, 1)
         let k = try KernelTensors(checkpoint: try BackboneCheckpoint(source: src, expected: try tinyProfile().model))
-        for b in r.manifest.buffers where b.role == "weight" {
+        for b in r.manifest.buffers where b.role == .weight {
             let t = try FixedType(parsing: b.ctype)
             let expected = try k.array(b.name, task: 1).map { referenceRaw($0, width: t.width, integerBits: t.integerBits, truncWrap: false) }
             XCTAssertEqual(littleEndianInts(try image.raw(b.name), elementBytes: b.element_bytes), expected, b.name)
