@@ -55,6 +55,31 @@ public struct PackResult: Sendable {
 /// - Throws: ``MoepackError``: missing/mismatched tensors, NaN/Inf, overflow with `strict`, I/O.
 public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: String,
                  warn: (String) -> Void = { _ in }) throws -> PackResult {
+    let staged = try stagePack(kernel: kernel, options: options, outputDirectory: outputDirectory, warn: warn)
+    try staged.commit()
+    return staged.result
+}
+
+/// A packed image complete in its staging folder beside `outputDirectory`, not yet in place: read it
+/// there (``stagingPath``) to derive other outputs, then ``commit(alongside:)`` puts it in place,
+/// with those outputs in the same uninterruptible step. Dropped uncommitted, it is removed.
+public final class StagedPack {
+    public let result: PackResult
+    private let stage: StagedDirectory
+    /// The folder holding the finished files until ``commit(alongside:)``.
+    public var stagingPath: String { stage.staging }
+
+    init(result: PackResult, stage: StagedDirectory) { self.result = result; self.stage = stage }
+
+    /// Moves the image files into place, then `alongside` (e.g. the report), as one step an
+    /// interrupt does not cut (``StagedDirectory/commit(alongside:)``).
+    public func commit(alongside: [AtomicFileWriter] = []) throws { try stage.commit(alongside: alongside) }
+}
+
+/// ``pack(kernel:options:outputDirectory:warn:)`` up to, not including, putting the files in place:
+/// plan → write → manifest → stage.
+public func stagePack(kernel: KernelTensors, options: PackOptions, outputDirectory: String,
+                      warn: (String) -> Void = { _ in }) throws -> StagedPack {
     let plan = try planImage(kernel: kernel, options: options)
     // SHA-256 work (the image, each buffer, the tensors read, and with hashSourceFile the whole
     // source file) runs on the other core while this thread reads, quantizes and writes.
@@ -82,8 +107,8 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
     for i in writer.manifestBuffers.indices { writer.manifestBuffers[i].sha256 = bufferSHAs[i] }
     let (manifest, header) = try describeImage(plan: plan, written: writer, imageSHA: imageSHA, tensorSHAs: digests.finish(),
                                      sourceSHA: try sourceHash?.value(), kernel: kernel, options: options)
-    try commitImage(manifest, header: header, stage: stage)
-    return PackResult(manifest: manifest, warnings: writer.warnings, overflowByType: writer.overflowByType)
+    try stageImageFiles(manifest, header: header, stage: stage)
+    return StagedPack(result: PackResult(manifest: manifest, warnings: writer.warnings, overflowByType: writer.overflowByType), stage: stage)
 }
 
 /// The DDR plan for `options`, checked against the model: the task exists and every kernel array
@@ -262,14 +287,12 @@ func describeImage(plan: DDRPlan, written w: ImageWriter, imageSHA: String, tens
     return (manifest, header)
 }
 
-/// Writes the header, the manifest and its digest into the staging folder, then moves everything
-/// into place.
-func commitImage(_ manifest: Manifest, header: [UInt8], stage: StagedDirectory) throws {
+/// Writes the header, the manifest and its digest into the staging folder beside `ddr.bin`.
+func stageImageFiles(_ manifest: Manifest, header: [UInt8], stage: StagedDirectory) throws {
     try AtomicFileWriter.write(header, to: stage.path("moepack_ddr.h"))
     let manifestBytes = Array(try manifest.encoded())
     try AtomicFileWriter.write(manifestBytes, to: stage.path("manifest.json"))
     try AtomicFileWriter.write(Array(ImageValidation.manifestDigestText(manifestBytes).utf8), to: stage.path(ImageValidation.manifestDigestFile))
-    try stage.commit()
 }
 
 func fmt(_ x: Double) -> String {

@@ -106,7 +106,7 @@ struct Pack: ParsableCommand {
                 reportWriter = try AtomicFileWriter(path: report)
             }
             let profile = try profileOptions.load().overriding(typeAssignments: types)
-            try checkEmulatable(profile)
+            try FixedEmulation.supports(profile: profile)
             let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
             let backbone = try BackboneCheckpoint(source: source, expected: profile.model)
             let kernel = try KernelTensors(checkpoint: backbone, folds: checkpointOptions.folds)
@@ -122,28 +122,22 @@ struct Pack: ParsableCommand {
             if layout == .expertMajor {
                 note("moepack: note: --layout expert-major is for kernels rebuilt with one expert base pointer; the published Edge-MoE bitstream reads --layout kernel")
             }
-            let result = try pack(kernel: kernel, options: options, outputDirectory: output) { note("moepack: warning: \($0)") }
-            if !quiet { print(packSummary(result, output: output)) }
-            if let report, let reportWriter {
+            // The image and its report are put in place together (one uninterruptible step) or not at all.
+            let staged = try stagePack(kernel: kernel, options: options, outputDirectory: output) { note("moepack: warning: \($0)") }
+            if let reportWriter {
                 var heatmap: RoutingHeatmap? = nil
                 if let frame {
-                    heatmap = try routingHeatmap(kernel: kernel, image: try PackedImage(directory: output), frame: frame)
+                    heatmap = try routingHeatmap(kernel: kernel, image: try PackedImage(directory: staged.stagingPath), frame: frame)
                 }
-                try reportWriter.write(Array(QuantReport.html(manifest: result.manifest, routing: heatmap).utf8))
-                try reportWriter.commit()
-                if !quiet { print("  report: \(report)") }
+                try reportWriter.write(Array(QuantReport.html(manifest: staged.result.manifest, routing: heatmap).utf8))
+            }
+            try staged.commit(alongside: reportWriter.map { [$0] } ?? [])
+            if !quiet {
+                print(packSummary(staged.result, output: output))
+                if let report { print("  report: \(report)") }
             }
         }
     }
-}
-
-/// Refuses, before anything is read or written, a profile whose element types the fixed-point
-/// emulation cannot reproduce (`run`/`verify --mode fixed` would otherwise fail on the image later).
-/// - Throws: `MoepackError(.unsupported)` naming the kernel argument (``FixedEmulation/check(_:argument:)``).
-func checkEmulatable(_ profile: KernelProfile) throws {
-    var types: [String: FixedType] = [:]
-    for b in profile.buffers { types[b.name] = try profile.fixedType(b.type) }
-    try FixedEmulation.supports(types: types)
 }
 
 func packSummary(_ r: PackResult, output: String) -> String {
