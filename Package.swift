@@ -45,7 +45,7 @@ let package = Package(
                                "COpenBLAS", "CPNG"]),
         // Stage 6: comparison metrics and reports.
         .target(name: "MoepackVerify",
-                dependencies: ["MoepackCore", "MoepackInference", "MoepackModel", "MoepackPacking"]),
+                dependencies: ["MoepackCore", "MoepackInference", "MoepackModel", "MoepackPacking", "MoepackHeads"]),
         // Thin CLI.
         .executableTarget(name: "moepack",
                           dependencies: ["MoepackCore", "MoepackCheckpoint", "MoepackModel",
@@ -61,6 +61,6 @@ let package = Package(
         .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport", "MoepackCore"]),
         .testTarget(name: "InferenceTests", dependencies: ["MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport"]),
         .testTarget(name: "HeadsTests", dependencies: ["MoepackHeads", "MoepackModel", "MoepackCheckpoint", "MoepackCore"]),
-        .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint"]),
+        .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackHeads"]),
     ]
 )
