@@ -181,8 +181,11 @@ func align(_ x: Int, _ a: Int) -> Int { (x + a - 1) / a * a }
 /// Buffers that are not weights are zero (the `images` slot holds `options.frame` when given).
 /// All files are staged and moved into `outputDirectory` only when complete.
 /// - Throws: ``MoepackError``: missing/mismatched tensors, NaN/Inf, overflow with `strict`, I/O.
+///   - companions: files written into the same staged output beside the image, from the finished
+///     manifest and its exact bytes (e.g. the host programs of `DIR/host/`): relative path → bytes.
 public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: String,
-                 warn: (String) -> Void = { _ in }) throws -> PackResult {
+                 warn: (String) -> Void = { _ in },
+                 companions: ((Manifest, [UInt8]) throws -> [(path: String, bytes: [UInt8])])? = nil) throws -> PackResult {
     let profile = options.profile
     let cfg = kernel.config
     guard options.task >= 0, options.task < max(cfg.tasks, 1) else {
@@ -343,7 +346,13 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
     let header = Array(CHeader.render(manifest).utf8)
     manifest.header = Manifest.Image(file: "moepack_ddr.h", bytes: header.count, sha256: hex(SHA256.hash(data: header)))
     try AtomicFileWriter.write(header, to: stage.path("moepack_ddr.h"))
-    try AtomicFileWriter.write(Array(try manifest.encoded()), to: stage.path("manifest.json"))
+    let manifestBytes = Array(try manifest.encoded())
+    try AtomicFileWriter.write(manifestBytes, to: stage.path("manifest.json"))
+    for file in try companions?(manifest, manifestBytes) ?? [] {
+        let path = stage.path(file.path)
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try AtomicFileWriter.write(file.bytes, to: path)
+    }
     try stage.commit()
     return PackResult(manifest: manifest, warnings: warnings, overflowByType: overflowByType)
 }

@@ -7,6 +7,7 @@ import MoepackFixedPoint
 import MoepackPacking
 import MoepackInference
 import MoepackVerify
+import MoepackBoard
 
 extension Quantization: ExpressibleByArgument {}
 extension Overflow: ExpressibleByArgument {}
@@ -48,7 +49,7 @@ struct ProfileOptions: ParsableArguments {
 
 struct Pack: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Pack a checkpoint into a DDR image (ddr.bin + manifest.json + moepack_ddr.h).",
+        abstract: "Pack a checkpoint into a DDR image (ddr.bin + manifest.json + moepack_ddr.h) with the host programs in host/.",
         discussion: """
         Reads CHECKPOINT lazily (PyTorch .pth zip or legacy, expert-parallel folder of N.pth, safetensors, HDF5, .npz, or an Edge-MoE raw float32 folder), folds input normalisation, the cls token, qkv and the gates into the kernel's form, converts every weight to its ap_fixed type and writes every argument of the kernel at a 4096-byte aligned offset. Values outside a type's range are warned about (one line per tensor); --strict makes them errors. Output files appear only when complete.
         """)
@@ -117,7 +118,11 @@ struct Pack: ParsableCommand {
             if layout == .expertMajor {
                 note("moepack: note: --layout expert-major is for kernels rebuilt with one expert base pointer; the published Edge-MoE bitstream reads --layout kernel")
             }
-            let result = try pack(kernel: kernel, options: options, outputDirectory: output) { note("moepack: warning: \($0)") }
+            let result = try pack(kernel: kernel, options: options, outputDirectory: output,
+                                  warn: { note("moepack: warning: \($0)") },
+                                  companions: { manifest, bytes in
+                                      try HostFolder.render(manifest: manifest, manifestBytes: bytes, control: profile.control, tool: options.tool)
+                                  })
             if !quiet { print(packSummary(result, output: output)) }
             if let report, let reportWriter {
                 var heatmap: RoutingHeatmap? = nil
