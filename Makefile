@@ -26,8 +26,10 @@ release: deps
 	$(SWIFT) build -c release --product moepack
 
 demo: release
-	$(BIN) pack $(CKPT) -o $(OUT) --image $(FRAME) --report packed/report.html
+	$(BIN) pack $(CKPT) -o $(OUT) --task all --image $(FRAME) --report packed/report.html
 	$(BIN) run $(OUT) --image $(FRAME) -o packed/demo-output.npy
+	$(BIN) run $(OUT) --image $(FRAME) --heads $(CKPT) -o packed/demo-tasks
+	$(BIN) run $(OUT) --image $(FRAME) --heads $(CKPT) --mode fixed -o packed/demo-tasks-fixed
 	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME)
 	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --mode fixed
 
@@ -41,6 +43,7 @@ bench: release
 # Regenerates the committed fixtures and the bundled checkpoint (seeded, byte-identical on re-run).
 fixtures:
 	$(PYTHON) scripts/make_fixtures.py
+	$(PYTHON) scripts/make_heads_reference.py
 	$(PYTHON) scripts/make_digest_fixture.py
 	$(PYTHON) scripts/make_checkpoint_fixtures.py
 	$(PYTHON) scripts/make_format_fixtures.py
@@ -48,9 +51,10 @@ fixtures:
 	$(PYTHON) scripts/make_fixedpoint_reference.py
 	$(PYTHON) scripts/make_hostile_fixtures.py
 	$(PYTHON) Tests/Fixtures/emulation/make_emulation_ref.py
+	$(PYTHON) scripts/make_precision_fixtures.py
 
 fuzz:
 	bash fuzz/run.sh
 
 clean:
-	rm -rf .build packed/edge-moe-zcu102 packed/demo-output.npy
+	rm -rf .build packed/edge-moe-zcu102 packed/demo-output.npy packed/demo-tasks packed/demo-tasks-fixed

@@ -39,6 +39,10 @@ let package = Package(
         .target(name: "MoepackInference",
                 dependencies: ["MoepackCore", "MoepackModel", "MoepackFixedPoint", "MoepackPacking",
                                "COpenBLAS", "CPNG", "MoepackCheckpoint"]),
+        // Task decoders on the backbone output (BatchNorm folded, convolutions on OpenBLAS) and their PNG renderings.
+        .target(name: "MoepackHeads",
+                dependencies: ["MoepackCore", "MoepackModel", "MoepackCheckpoint", "MoepackPacking", "MoepackInference",
+                               "COpenBLAS", "CPNG"]),
         // Stage 6: comparison metrics and reports.
         .target(name: "MoepackVerify",
                 dependencies: ["MoepackCore", "MoepackInference", "MoepackModel", "MoepackPacking"]),
@@ -50,7 +54,7 @@ let package = Package(
         .executableTarget(name: "moepack",
                           dependencies: ["MoepackCore", "MoepackCheckpoint", "MoepackModel",
                                          "MoepackFixedPoint", "MoepackPacking", "MoepackInference",
-                                         "MoepackVerify", "MoepackBoard",
+                                         "MoepackVerify", "MoepackBoard", "MoepackHeads",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "CheckpointTests", dependencies: ["MoepackCheckpoint", "MoepackCore", "MoepackModel"]),
@@ -61,6 +65,7 @@ let package = Package(
         .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport", "MoepackCore"]),
         .testTarget(name: "InferenceTests", dependencies: ["MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport"]),
         .testTarget(name: "BoardTests", dependencies: ["MoepackBoard", "MoepackInference", "MoepackPacking", "MoepackCore"]),
+        .testTarget(name: "HeadsTests", dependencies: ["MoepackHeads", "MoepackModel", "MoepackCheckpoint", "MoepackCore"]),
         .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint"]),
     ]
 )

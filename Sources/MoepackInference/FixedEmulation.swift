@@ -1,21 +1,31 @@
 import MoepackCore
 import MoepackModel
+import MoepackFixedPoint
 
 /// One kernel argument array as raw fixed-point integers, exactly as it sits in the packed DDR image.
 ///
-/// `raw` holds the two's-complement values of an `ap_fixed<width, width − fracBits>` (or
-/// `ap_ufixed` when `signed` is false), sign-extended (zero-extended if unsigned) to Int32, in C
-/// order of `shape`. Value = raw · 2^−fracBits.
+/// `raw` holds the two's-complement codes of `type` (sign-extended for `ap_fixed`, zero-extended for
+/// `ap_ufixed`) as Int32, in C order of `shape`. Value = raw · 2^−F with F = `type.fractionBits`.
+/// Types wider than 32 bits do not fit and are refused by ``FixedBackbone/init(arrays:)``.
 public struct RawArray: Sendable, Equatable {
     public var raw: [Int32]
     public var shape: [Int]
-    public var fracBits: Int
-    public var width: Int
-    public var signed: Bool
+    /// The element type as the image's manifest declares it, quantization and overflow modes included.
+    public var type: FixedType
 
-    public init(raw: [Int32], shape: [Int], fracBits: Int, width: Int, signed: Bool = true) {
-        self.raw = raw; self.shape = shape; self.fracBits = fracBits; self.width = width; self.signed = signed
+    public init(raw: [Int32], shape: [Int], type: FixedType) {
+        self.raw = raw; self.shape = shape; self.type = type
     }
+
+    /// An `ap_fixed<width, width − fracBits>` (`ap_ufixed` when `signed` is false) with Vitis's
+    /// default modes (AP_TRN, AP_WRAP).
+    public init(raw: [Int32], shape: [Int], fracBits: Int, width: Int, signed: Bool = true) {
+        self.init(raw: raw, shape: shape, type: FixedType(width: width, integerBits: width - fracBits, signed: signed))
+    }
+
+    public var fracBits: Int { type.fractionBits }
+    public var width: Int { type.width }
+    public var signed: Bool { type.signed }
 }
 
 /// The `ViT_compute` weight arguments of one task, keyed by the kernel argument names
@@ -123,8 +133,11 @@ public final class FixedBackbone: Sendable {
         case moe(gate: FixedLinear, fc1: [FixedLinear], fc2: [FixedLinear])
     }
 
-    let patchWeights: [Int32]       // [D][C][p][p], ap_fixed<16,0> raw
+    let patchWeights: [Int32]       // [D][C][p][p], wt_patch_embed_t raw
+    let patchFrac: Int              // its fraction bits
+    let patchFast: Bool             // FixedEmulation.patchFast: the unchecked 16-term sums apply
     let patchBias: [Int32]          // [D], fm_t raw
+    let normFrac: Int               // fraction bits of wt_norm_t
     let posEmbed: [Int32]           // [T][D], fm_t raw
     let layers: [Layer]
     let invDimRaw: Int32            // fm_t(1.0 / D)
@@ -137,7 +150,13 @@ public final class FixedBackbone: Sendable {
     ///   or element type, or a raw value outside its type's range; `.unsupported` for a configuration
     ///   the kernel's blocking cannot run (D, hidden widths not multiples of 16, head width not a
     ///   multiple of 8, tokens ≠ patches + 1, tokens ≤ 4, image not a whole number of patches).
-    public init(arrays: KernelArrays) throws {
+    public convenience init(arrays: KernelArrays) throws {
+        try self.init(arrays: arrays, forceGeneral: false)
+    }
+
+    /// As ``init(arrays:)``; `forceGeneral` runs every unit on the general (any-type) path even where
+    /// a fast path applies, so tests can check that both give the same bits.
+    init(arrays: KernelArrays, forceGeneral: Bool) throws {
         let c = arrays.config
         config = c
         let D = c.embedDim, T = c.tokens, p = c.patchSize, C = c.inChans, E = c.experts
@@ -166,7 +185,7 @@ public final class FixedBackbone: Sendable {
         }
         let nMoE = c.moeBlocks.count, nDense = c.denseBlocks.count
 
-        func get(_ name: String, _ shape: [Int], width: Int, frac: Int, minFirst: Bool = false) throws -> [Int32] {
+        func get(_ name: String, _ shape: [Int], minFirst: Bool = false) throws -> (raw: [Int32], type: FixedType) {
             guard let a = arrays.arrays[name] else { throw MoepackError(.mismatch, item: name, "kernel array missing") }
             let shapeOK: Bool
             if minFirst {
@@ -178,43 +197,52 @@ public final class FixedBackbone: Sendable {
             guard shapeOK else {
                 throw MoepackError(.mismatch, item: name, "shape \(shapeString(a.shape)), expected \(shapeString(shape))")
             }
-            guard a.width == width, a.fracBits == frac, a.signed else {
-                throw MoepackError(.mismatch, item: name,
-                    "element type \(a.signed ? "ap_fixed" : "ap_ufixed")<\(a.width),\(a.width - a.fracBits)>, expected ap_fixed<\(width),\(width - frac)>")
-            }
+            try FixedEmulation.check(a.type, argument: name)
             guard let count = checkedElementCount(shape) else { throw MoepackError(.mismatch, item: name, "shape too large") }
             guard a.raw.count >= count else {
                 throw MoepackError(.mismatch, item: name, "\(a.raw.count) raw values, expected \(count)")
             }
-            let lo = -(Int64(1) << (width - 1)), hi = (Int64(1) << (width - 1)) - 1
+            let lo = a.type.minRaw, hi = a.type.maxRaw
             if let bad = a.raw.firstIndex(where: { Int64($0) < lo || Int64($0) > hi }) {
-                throw MoepackError(.mismatch, item: name, "raw value \(a.raw[bad]) at \(bad) outside \(width)-bit range")
+                throw MoepackError(.mismatch, item: name, "raw value \(a.raw[bad]) at \(bad) outside \(a.type)")
             }
-            return Array(a.raw[0..<count])
+            return (Array(a.raw[0..<count]), a.type)
         }
-        func i16(_ a: ArraySlice<Int32>) -> [Int16] { a.map { Int16(truncatingIfNeeded: $0) } }
+        func toFm(_ a: ArraySlice<Int32>, _ t: FixedType) -> [Int32] {
+            a.map { FixedEmulation.biasToFm($0, frac: t.fractionBits) }
+        }
+        func linear(_ w: ArraySlice<Int32>, _ wt: FixedType, out: Int, in n: Int, bias: [Int32]) -> FixedLinear {
+            FixedLinear(outDim: out, inDim: n, raw: w, type: wt, bias: bias, general: forceGeneral)
+        }
 
-        patchWeights = try get("patch_embed_weights", [D, C, p, p], width: 16, frac: 16)
-        patchBias = try get("patch_embed_bias", [D], width: 16, frac: 11).map { $0 << 11 }
-        posEmbed = try get("pos_embed", [T, D], width: 32, frac: 22)
-        let attnW = try get("attn_weights", [L, 4, D, D], width: 16, frac: 14)
-        let attnB = try get("attn_bias", [L, 4, D], width: 16, frac: 9)
-        let normW = try get("norm_weights", [L, 2, D], width: 16, frac: 11)
-        let normB = try get("norm_bias", [L, 2, D], width: 16, frac: 11)
-        var gate: [Int32] = [], m1: [Int32] = [], mb1: [Int32] = [], m2: [Int32] = [], mb2: [Int32] = []
+        let pw = try get("patch_embed_weights", [D, C, p, p])
+        patchWeights = pw.raw
+        patchFrac = pw.type.fractionBits
+        patchFast = !forceGeneral && FixedEmulation.patchFast(pw.type)
+        let pb = try get("patch_embed_bias", [D])
+        patchBias = toFm(pb.raw[...], pb.type)
+        let pe = try get("pos_embed", [T, D])
+        posEmbed = pe.raw
+        let (attnW, attnWT) = try get("attn_weights", [L, 4, D, D])
+        let (attnB, attnBT) = try get("attn_bias", [L, 4, D])
+        let (normW, normWT) = try get("norm_weights", [L, 2, D])
+        let (normB, normBT) = try get("norm_bias", [L, 2, D])
+        normFrac = normWT.fractionBits
+        let none = (raw: [Int32](), type: FixedEmulation.fastLinearWeight)
+        var gate = none, m1 = none, mb1 = none, m2 = none, mb2 = none
         if nMoE > 0 {
-            gate = try get("moe_w_gate", [nMoE, E, D], width: 16, frac: 14, minFirst: true)
-            m1 = try get("moe_weights_l1", [nMoE, E, He, D], width: 16, frac: 14, minFirst: true)
-            mb1 = try get("moe_bias_l1", [nMoE, E, He], width: 16, frac: 11, minFirst: true)
-            m2 = try get("moe_weights_l2", [nMoE, E, D, He], width: 16, frac: 14, minFirst: true)
-            mb2 = try get("moe_bias_l2", [nMoE, E, D], width: 16, frac: 11, minFirst: true)
+            gate = try get("moe_w_gate", [nMoE, E, D], minFirst: true)
+            m1 = try get("moe_weights_l1", [nMoE, E, He, D], minFirst: true)
+            mb1 = try get("moe_bias_l1", [nMoE, E, He], minFirst: true)
+            m2 = try get("moe_weights_l2", [nMoE, E, D, He], minFirst: true)
+            mb2 = try get("moe_bias_l2", [nMoE, E, D], minFirst: true)
         }
-        var v1: [Int32] = [], vb1: [Int32] = [], v2: [Int32] = [], vb2: [Int32] = []
+        var v1 = none, vb1 = none, v2 = none, vb2 = none
         if nDense > 0 {
-            v1 = try get("vit_weights_l1", [nDense, Hm, D], width: 16, frac: 14, minFirst: true)
-            vb1 = try get("vit_bias_l1", [nDense, Hm], width: 16, frac: 11, minFirst: true)
-            v2 = try get("vit_weights_l2", [nDense, D, Hm], width: 16, frac: 14, minFirst: true)
-            vb2 = try get("vit_bias_l2", [nDense, D], width: 16, frac: 11, minFirst: true)
+            v1 = try get("vit_weights_l1", [nDense, Hm, D], minFirst: true)
+            vb1 = try get("vit_bias_l1", [nDense, Hm], minFirst: true)
+            v2 = try get("vit_weights_l2", [nDense, D, Hm], minFirst: true)
+            vb2 = try get("vit_bias_l2", [nDense, D], minFirst: true)
         }
 
         var built: [Layer] = []
@@ -222,43 +250,42 @@ public final class FixedBackbone: Sendable {
         for l in 0..<L {
             func attnLinear(_ j: Int) -> FixedLinear {
                 let wo = (l * 4 + j) * D * D, bo = (l * 4 + j) * D
-                return FixedLinear(outDim: D, inDim: D, w: i16(attnW[wo..<wo + D * D]),
-                                   bias: attnB[bo..<bo + D].map { $0 << 13 })
+                return linear(attnW[wo..<wo + D * D], attnWT, out: D, in: D, bias: toFm(attnB[bo..<bo + D], attnBT))
             }
             let n1 = (l * 2) * D, n2 = (l * 2 + 1) * D
             let mlp: MLP
             if let mi = c.moeBlocks.firstIndex(of: l) {
                 let go = mi * E * D
-                let g = FixedLinear(outDim: E, inDim: D, w: i16(gate[go..<go + E * D]),
-                                    bias: [Int32](repeating: 0, count: E))
+                let g = linear(gate.raw[go..<go + E * D], gate.type, out: E, in: D,
+                               bias: [Int32](repeating: 0, count: E))
                 var f1: [FixedLinear] = [], f2: [FixedLinear] = []
                 for e in 0..<E {
                     let w1o = (mi * E + e) * He * D, b1o = (mi * E + e) * He
                     let w2o = (mi * E + e) * D * He, b2o = (mi * E + e) * D
-                    f1.append(FixedLinear(outDim: He, inDim: D, w: i16(m1[w1o..<w1o + He * D]),
-                                          bias: mb1[b1o..<b1o + He].map { $0 << 11 }))
-                    f2.append(FixedLinear(outDim: D, inDim: He, w: i16(m2[w2o..<w2o + D * He]),
-                                          bias: mb2[b2o..<b2o + D].map { $0 << 11 }))
+                    f1.append(linear(m1.raw[w1o..<w1o + He * D], m1.type, out: He, in: D,
+                                     bias: toFm(mb1.raw[b1o..<b1o + He], mb1.type)))
+                    f2.append(linear(m2.raw[w2o..<w2o + D * He], m2.type, out: D, in: He,
+                                     bias: toFm(mb2.raw[b2o..<b2o + D], mb2.type)))
                 }
                 mlp = .moe(gate: g, fc1: f1, fc2: f2)
             } else {
                 let di = dense.firstIndex(of: l)!   // every layer not in moeBlocks is in denseBlocks
                 let w1o = di * Hm * D, w2o = di * D * Hm
                 mlp = .dense(
-                    fc1: FixedLinear(outDim: Hm, inDim: D, w: i16(v1[w1o..<w1o + Hm * D]),
-                                     bias: vb1[di * Hm..<(di + 1) * Hm].map { $0 << 11 }),
-                    fc2: FixedLinear(outDim: D, inDim: Hm, w: i16(v2[w2o..<w2o + D * Hm]),
-                                     bias: vb2[di * D..<(di + 1) * D].map { $0 << 11 }))
+                    fc1: linear(v1.raw[w1o..<w1o + Hm * D], v1.type, out: Hm, in: D,
+                                bias: toFm(vb1.raw[di * Hm..<(di + 1) * Hm], vb1.type)),
+                    fc2: linear(v2.raw[w2o..<w2o + D * Hm], v2.type, out: D, in: Hm,
+                                bias: toFm(vb2.raw[di * D..<(di + 1) * D], vb2.type)))
             }
             built.append(Layer(
-                norm1Weight: Array(normW[n1..<n1 + D]), norm1Bias: normB[n1..<n1 + D].map { $0 << 11 },
-                norm2Weight: Array(normW[n2..<n2 + D]), norm2Bias: normB[n2..<n2 + D].map { $0 << 11 },
+                norm1Weight: Array(normW[n1..<n1 + D]), norm1Bias: toFm(normB[n1..<n1 + D], normBT),
+                norm2Weight: Array(normW[n2..<n2 + D]), norm2Bias: toFm(normB[n2..<n2 + D], normBT),
                 q: attnLinear(0), k: attnLinear(1), v: attnLinear(2), proj: attnLinear(3), mlp: mlp))
         }
         layers = built
-        invDimRaw = Int32((4_194_304.0 / Double(D)).rounded(.down))
-        epsRaw = Int64((Double(c.layerNormEps) * 4_194_304.0).rounded(.down))
-        scaleRaw = Int32((Double(c.attentionScale) * 4_194_304.0).rounded(.down))
+        invDimRaw = Int32((fmScale / Double(D)).rounded(.down))
+        epsRaw = Int64((Double(c.layerNormEps) * fmScale).rounded(.down))
+        scaleRaw = Int32((Double(c.attentionScale) * fmScale).rounded(.down))
     }
 
     /// Runs the emulated kernel on one image.
@@ -387,7 +414,7 @@ extension FixedBackbone {
 
     func dequantize(_ p: UnsafePointer<Int32>, _ n: Int) -> [Float] {
         [Float](unsafeUninitializedCapacity: n) { buf, count in
-            for i in 0..<n { buf[i] = Float(Double(p[i]) / 4_194_304.0) }
+            for i in 0..<n { buf[i] = Float(Double(p[i]) / fmScale) }
             count = n
         }
     }
@@ -417,10 +444,15 @@ extension FixedBackbone {
                                 var acc = patchBias[d]
                                 var r = 0
                                 while r < patchLen {
-                                    // addend_dim += pixel * weight: 8 + 16 fraction bits floored to 22.
-                                    // |each| < 2^21, so a 16-term row sum cannot leave fm_t.
                                     var addend: Int32 = 0
-                                    for j in r..<(r + p) { addend &+= (pb[j] &* wRow[j]) &>> 2 }
+                                    if patchFast {
+                                        // addend_dim += pixel * weight: 8 + 16 fraction bits floored to 22.
+                                        // |each| < 2^21, so a 16-term row sum cannot leave fm_t.
+                                        for j in r..<(r + p) { addend &+= (pb[j] &* wRow[j]) &>> 2 }
+                                    } else {
+                                        addend = patchRowSumGeneral(pixels: pb.baseAddress! + r, weights: wRow + r,
+                                                                    count: p, frac: patchFrac, wraps: &wPatch)
+                                    }
                                     acc = addFm(Int64(acc), Int64(addend), &wPatch)
                                     r += p
                                 }
@@ -442,7 +474,7 @@ extension FixedBackbone {
         let D = config.embedDim, T = config.tokens
         for t in 0..<T {
             layerNormRow(x + t * D, out: out + t * D, n: D, invDim: invDimRaw, eps: epsRaw,
-                         weight: weight, bias: bias, wraps: &wraps)
+                         weight: weight, weightFrac: normFrac, bias: bias, wraps: &wraps)
         }
     }
 
@@ -497,9 +529,9 @@ extension FixedBackbone {
                 let qRow = q + qi * D + off
                 var maxAbsQ: Int64 = 0
                 for d in 0..<hd { maxAbsQ = max(maxAbsQ, abs(Int64(qRow[d]))) }
-                // Every floored product has |t| ≤ (max|q|·max|k| >> 22) + 1, so when 8 of them stay
+                // Every floored product has |t| ≤ (max|q|·max|k| >> fmFrac) + 1, so when 8 of them stay
                 // within fm_t no partial block sum can wrap (the replay below would count none).
-                let blockSafe = 8 * (((maxAbsQ * maxAbsK) >> 22) + 1) <= fmMax
+                let blockSafe = 8 * (((maxAbsQ * maxAbsK) >> fmFrac) + 1) <= fmMax
                 if blockSafe {
                     for blk in 0..<blocks {
                         var bs: UInt32 = 0
@@ -540,7 +572,7 @@ extension FixedBackbone {
                     while b < hd {
                         var sum: Int64 = 0, absSum: Int64 = 0
                         for j in b..<(b + 8) {
-                            let t = (Int64(qRow[j]) * Int64(kRow[j])) >> 22
+                            let t = (Int64(qRow[j]) * Int64(kRow[j])) >> fmFrac
                             sum &+= t
                             absSum &+= abs(t)
                         }
@@ -550,7 +582,7 @@ extension FixedBackbone {
                         } else {
                             addend = 0
                             for j in b..<(b + 8) {
-                                addend = addFm(Int64(addend), (Int64(qRow[j]) * Int64(kRow[j])) >> 22, &wQK)
+                                addend = addFm(Int64(addend), (Int64(qRow[j]) * Int64(kRow[j])) >> fmFrac, &wQK)
                             }
                         }
                         addend = mulFm(addend, scale, &wQK)
@@ -578,7 +610,7 @@ extension FixedBackbone {
                 }
                 // attn × V: acc = v*a (floored), acc += previous, keys in the same order.
                 let outRow = out + qi * D + off
-                let bound = Double(maxAbsV) * Double(weightSum) / 4_194_304.0 + Double(T) + 1
+                let bound = Double(maxAbsV) * Double(weightSum) / fmScale + Double(T) + 1
                 if bound < 2_147_483_647.0 && allWeightsNonNegative {
                     // No partial sum can wrap, so only the sum mod 2^32 matters. With
                     // v + 2^31 = u ∈ [0, 2^32) and 0 ≤ a < 2^32: floor(v·a / 2^22) =
@@ -628,7 +660,7 @@ extension FixedBackbone {
                         var r: Int32 = 0
                         for step in 0..<T {
                             let ki = (o + step) % T
-                            let prod = (Int64(v[ki * D + off + d]) * weights[ki]) >> 22
+                            let prod = (Int64(v[ki * D + off + d]) * weights[ki]) >> fmFrac
                             if outsideFm(prod) { wAV += 1 }
                             r = step == 0 ? wrapFm(prod) : addFm(Int64(wrapFm(prod)), Int64(r), &wAV)
                         }
@@ -673,7 +705,7 @@ extension FixedBackbone {
                     let e = expFm(wrapFm(dExact), &wSoft)
                     let wgt = divFm(e, rs.sum, &wSoft)
                     topExperts[t * K + j] = Int32(idx[j])
-                    topWeights[t * K + j] = Float(Double(wgt) / 4_194_304.0)
+                    topWeights[t * K + j] = Float(Double(wgt) / fmScale)
                     queues[idx[j]].append(Int32(t))
                     queueScores[idx[j]].append(wgt)
                 }
@@ -707,9 +739,9 @@ extension FixedBackbone {
 }
 
 /// layernorm.cpp for one token row of n fm_t values: see ``FixedBackbone``. `weight` is wt_norm_t raw
-/// (11 fraction bits), `bias` already in fm_t raw units.
+/// with `weightFrac` fraction bits, `bias` already in fm_t raw units.
 func layerNormRow(_ x: UnsafePointer<Int32>, out: UnsafeMutablePointer<Int32>, n: Int, invDim: Int32, eps: Int64,
-                  weight: [Int32], bias: [Int32], wraps: inout Int) {
+                  weight: [Int32], weightFrac: Int, bias: [Int32], wraps: inout Int) {
     var mean: Int32 = 0, meanSq: Int32 = 0
     var b = 0
     while b < n {
@@ -718,7 +750,7 @@ func layerNormRow(_ x: UnsafePointer<Int32>, out: UnsafeMutablePointer<Int32>, n
             let xi = x[i]
             let term = mulFm(xi, invDim, &wraps)                               // x_dim_mean_term
             pm = addFm(Int64(pm), Int64(term), &wraps)                          // partial_mean += term
-            pms = addFm(Int64(pms), (Int64(xi) * Int64(term)) >> 22, &wraps)    // partial_mean_sq += x*term
+            pms = addFm(Int64(pms), (Int64(xi) * Int64(term)) >> fmFrac, &wraps)    // partial_mean_sq += x*term
         }
         mean = addFm(Int64(mean), Int64(pm), &wraps)
         meanSq = addFm(Int64(meanSq), Int64(pms), &wraps)
@@ -730,7 +762,7 @@ func layerNormRow(_ x: UnsafePointer<Int32>, out: UnsafeMutablePointer<Int32>, n
     for i in 0..<n {
         var t = addFm(Int64(x[i]), -Int64(mean), &wraps)                       // x_dim -= mean
         t = mulFm(t, rstd, &wraps)                                              // x_dim *= rstddev
-        let pw = (Int64(t) * Int64(weight[i])) >> 11                            // x_dim *= weights[dim]
+        let pw = (Int64(t) * Int64(weight[i])) >> Int64(weightFrac)             // x_dim *= weights[dim]
         if outsideFm(pw) { wraps += 1 }
         out[i] = addFm(Int64(wrapFm(pw)), Int64(bias[i]), &wraps)               // x_dim += bias[dim]
     }

@@ -1,3 +1,4 @@
+import MoepackFixedPoint
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -9,13 +10,10 @@ import Darwin
 // (sharc-lab/Edge-MoE, src/*.cpp); the doc comment of each names it.
 //
 // Number formats (Vitis HLS ap_fixed, UG1399; default modes AP_TRN = floor, AP_WRAP = modulo 2^W):
-//   fm_t              ap_fixed<32,10>  raw Int32, 22 fraction bits (activations, accumulators)
-//   wt_linear_t       ap_fixed<16,2>   raw Int16, 14 fraction bits
-//   wt_attn_bias_t    ap_fixed<16,7>   9 fraction bits
-//   wt_bias_t         ap_fixed<16,5>   11 fraction bits
-//   wt_norm_t         ap_fixed<16,5>   11 fraction bits
-//   wt_patch_embed_t  ap_fixed<16,0>   16 fraction bits
-//   pixel_t           ap_ufixed<8,0>   8 fraction bits (raw byte)
+// fm_t = ap_fixed<32,10> (raw Int32, 22 fraction bits) for activations and accumulators; the weight
+// types come from the image (see FixedEmulation for where each enters the arithmetic). The fast
+// paths below are written for the published weight types (16-bit linear weights with 14 fraction
+// bits, patch weights with 16) and are chosen only for types that embed in them exactly.
 //
 // Two ap_fixed rules carry all the arithmetic:
 //  * `a * b` is formed at full width (fraction bits add up); assigning it to fm_t floors to 22
@@ -26,10 +24,12 @@ import Darwin
 // accumulate without per-step wrapping and only fall back to a step-by-step replay (to count wraps)
 // when a bound says a partial sum could have left fm_t's range.
 
-/// Fraction bits of fm_t.
+/// Width and fraction bits of fm_t (the one place they are written; ``FixedEmulation/featureMap``).
+let fmWidth = 32
 let fmFrac = 22
-/// 1.0 in fm_t raw units.
-let fmOne: Int64 = 1 << 22
+/// 1.0 in fm_t raw units, and as a Double (raw / fmScale = value).
+let fmOne: Int64 = 1 << fmFrac
+let fmScale = Double(fmOne)
 let fmMin = Int64(Int32.min)
 let fmMax = Int64(Int32.max)
 
@@ -41,7 +41,7 @@ let fmMax = Int64(Int32.max)
 
 /// `fm_t c = a * b` for two fm_t values: full product (44 fraction bits), floored to 22, wrapped.
 @inline(__always) func mulFm(_ a: Int32, _ b: Int32, _ wraps: inout Int) -> Int32 {
-    let p = (Int64(a) * Int64(b)) >> 22
+    let p = (Int64(a) * Int64(b)) >> fmFrac
     if outsideFm(p) { wraps += 1 }
     return wrapFm(p)
 }
@@ -58,7 +58,7 @@ let fmMax = Int64(Int32.max)
 /// Vitis `hls::exp` on overflow is not documented; it never occurs for the non-positive arguments
 /// the kernel normally passes).
 @inline(__always) func doubleToFm(_ v: Double, _ wraps: inout Int) -> Int32 {
-    let s = (v * 4_194_304.0).rounded(.down)
+    let s = (v * fmScale).rounded(.down)
     if !(s < 2_147_483_648.0) { wraps += 1; return Int32.max }
     if s < -2_147_483_648.0 { wraps += 1; return Int32.min }
     return Int32(s)
@@ -67,7 +67,7 @@ let fmMax = Int64(Int32.max)
 /// `hls::exp(fm_t x)` → fm_t, emulated as floor(e^x · 2^22) using the C library's double exp
 /// (correctly rounded in practice). Vitis' fixed-point `hls::exp` may differ in the last bit.
 @inline(__always) func expFm(_ x: Int32, _ wraps: inout Int) -> Int32 {
-    doubleToFm(exp(Double(x) / 4_194_304.0), &wraps)
+    doubleToFm(exp(Double(x) / fmScale), &wraps)
 }
 
 /// `fm_t(1) / fm_t(d)` and `hls::recip(fm_t d)` for d > 0: the ap_fixed quotient keeps the
@@ -76,7 +76,7 @@ let fmMax = Int64(Int32.max)
 /// variance underflows) saturates to fm_t's maximum and counts as a wrap.
 @inline(__always) func recipFm(_ d: Int32, _ wraps: inout Int) -> Int32 {
     if d <= 0 { wraps += 1; return Int32.max }
-    let q = (Int64(1) << 44) / Int64(d)
+    let q = (Int64(1) << (2 * fmFrac)) / Int64(d)
     if outsideFm(q) { wraps += 1 }
     return wrapFm(q)
 }
@@ -85,7 +85,7 @@ let fmMax = Int64(Int32.max)
 /// bits, truncation toward zero), wrapped to fm_t.
 @inline(__always) func divFm(_ n: Int32, _ d: Int32, _ wraps: inout Int) -> Int32 {
     if d <= 0 { wraps += 1; return Int32.max }
-    let q = (Int64(n) << 22) / Int64(d)
+    let q = (Int64(n) << fmFrac) / Int64(d)
     if outsideFm(q) { wraps += 1 }
     return wrapFm(q)
 }
@@ -95,7 +95,7 @@ let fmMax = Int64(Int32.max)
 /// differ in the last bit.
 @inline(__always) func sqrtFm(_ v: Int32, _ wraps: inout Int) -> Int32 {
     if v < 0 { wraps += 1; return 0 }
-    let n = UInt64(v) << 22
+    let n = UInt64(v) << fmFrac
     var r = UInt64(Double(n).squareRoot())
     while r * r > n { r -= 1 }
     while (r + 1) * (r + 1) <= n { r += 1 }
@@ -111,7 +111,7 @@ let fmMax = Int64(Int32.max)
 let geluDeltaTable: [Int32] = (0..<177).map { i in
     let x = Double(i) / 32
     let delta = x - x * 0.5 * (1 + erf(x / 2.0.squareRoot()))
-    return Int32((delta * 4_194_304.0).rounded(.toNearestOrEven))
+    return Int32((delta * fmScale).rounded(.toNearestOrEven))
 }
 /// GELU_DELTA_TABLE_MAX = 0.03125 · 176 = 5.5 in fm_t raw units.
 let geluTableMaxRaw: Int32 = 176 << 17
@@ -128,7 +128,7 @@ let geluTableMaxRaw: Int32 = 176 << 17
     let index = Int(ax >> 17)
     let t = Int64(ax & 0x1FFFF) << 5                     // fraction of 32|x| with 22 bits
     let a = Int64(geluDeltaTable[index]), b = Int64(geluDeltaTable[index + 1])
-    let delta = a + ((t * (b - a)) >> 22)
+    let delta = a + ((t * (b - a)) >> fmFrac)
     return Int32(Int64(relu) - delta)                    // |relu − delta| < 2^31: no wrap possible
 }
 
@@ -185,13 +185,28 @@ func topKFixed(_ scores: UnsafeBufferPointer<Int32>, k: Int, indices: inout [Int
 
 // MARK: - Linear layer (linear.cpp compute_linear_on_stream)
 
-/// One linear layer's weights: `w` [out][in] wt_linear_t raw, bias already in fm_t raw units
-/// (wt_attn_bias_t / wt_bias_t → wt_wbias_t → fm_t are exact widenings), and the L2 norm of each
-/// weight row (raw units) for the wrap bound.
+/// Fraction bits of the fast linear kernels' Int16 weights (those of
+/// ``FixedEmulation/fastLinearWeight``), and 2^that as a Double for their wrap bounds.
+let fastWeightFrac = 14
+let fastWeightScale = Double(1 << fastWeightFrac)
+
+/// One linear layer's weights, bias already in fm_t raw units (wt_attn_bias_t / wt_bias_t →
+/// wt_wbias_t → fm_t, see ``FixedEmulation/biasToFm(_:frac:)``), and the L2 norm of each weight row
+/// (raw units) for the wrap bound.
+///
+/// Two forms: the fast form holds `w` as Int16 with ``fastWeightFrac`` fraction bits (the 16-bit
+/// SIMD kernels); the general form holds `wideW`, the raw codes of any type
+/// ``FixedEmulation/check(_:argument:)`` accepts, with `weightFrac` fraction bits.
 struct FixedLinear: Sendable {
     let outDim: Int
     let inDim: Int
+    /// Fast form: [out][in] Int16 with ``fastWeightFrac`` fraction bits (empty in the general form).
     let w: [Int16]
+    /// General form: [out][in] raw weight codes (empty in the fast form).
+    let wideW: [Int32]
+    /// Fraction bits of the weights in the form held (``fastWeightFrac`` in the fast form).
+    let weightFrac: Int
+    let isFast: Bool
     let bias: [Int32]
     let rowNorm: [Double]
     /// Eight lanes of 1 for ``dotRows4`` (kept in memory on purpose, see there).
@@ -202,19 +217,40 @@ struct FixedLinear: Sendable {
     /// True when four `pmulhw` results of this weight matrix can be summed in Int16 lanes exactly.
     let highSum4: Bool
 
+    /// The fast form from weights already in Int16 with ``fastWeightFrac`` fraction bits.
     init(outDim: Int, inDim: Int, w: [Int16], bias: [Int32]) {
-        self.outDim = outDim; self.inDim = inDim; self.w = w; self.bias = bias
+        self.init(outDim: outDim, inDim: inDim, w: w, wideW: [], weightFrac: fastWeightFrac, fast: true, bias: bias)
+    }
+
+    /// The layer for raw weight codes of `type`: the fast form when the type embeds in
+    /// ``FixedEmulation/fastLinearWeight`` (codes scaled by 2^(14 − F), exact) and `general` is
+    /// false, else the general form.
+    init(outDim: Int, inDim: Int, raw: ArraySlice<Int32>, type: FixedType, bias: [Int32], general: Bool = false) {
+        if !general && FixedEmulation.linearFast(type) {
+            let up = fastWeightFrac - type.fractionBits
+            self.init(outDim: outDim, inDim: inDim, w: raw.map { Int16(truncatingIfNeeded: $0 << up) }, bias: bias)
+        } else {
+            self.init(outDim: outDim, inDim: inDim, w: [], wideW: Array(raw), weightFrac: type.fractionBits,
+                      fast: false, bias: bias)
+        }
+    }
+
+    private init(outDim: Int, inDim: Int, w: [Int16], wideW: [Int32], weightFrac: Int, fast: Bool, bias: [Int32]) {
+        self.outDim = outDim; self.inDim = inDim; self.w = w; self.wideW = wideW
+        self.weightFrac = weightFrac; self.bias = bias
+        isFast = fast
         onesLanes = SIMD8<Int16>(repeating: 1)
+        func value(_ i: Int) -> Int64 { wideW.isEmpty ? Int64(w[i]) : Int64(wideW[i]) }
         var norms = [Double](repeating: 0, count: outDim)
         for o in 0..<outDim {
             var s = 0.0
-            for i in 0..<inDim { let v = Double(w[o * inDim + i]); s += v * v }
+            for i in 0..<inDim { let v = Double(value(o * inDim + i)); s += v * v }
             norms[o] = s.squareRoot()
         }
         rowNorm = norms
         maxRowNorm = norms.max() ?? 0
         maxAbsBias = bias.reduce(Int64(0)) { max($0, abs(Int64($1))) }
-        let maxAbsW = w.reduce(Int64(0)) { max($0, abs(Int64($1))) }
+        let maxAbsW = (0..<(outDim * inDim)).reduce(Int64(0)) { max($0, abs(value($1))) }
         // |floor(b4·w / 2^16)| ≤ |w|/2 + 1 for b4 ∈ [−2^15, 2^15): four of them fit Int16 when
         // 4·(max|w|/2 + 1) ≤ 32767.
         highSum4 = 4 * (maxAbsW / 2 + 1) <= 32_767
@@ -231,9 +267,10 @@ enum DotForm {
     case blockSum8
 }
 
-/// Exact step-by-step replay of one dot product with wrap counting (slow path).
-func dotReplay(x: UnsafePointer<Int32>, w: UnsafePointer<Int16>, n: Int, start: Int32, shift: Int64,
-               form: DotForm, wraps: inout Int) -> Int32 {
+/// Exact step-by-step replay of one dot product with wrap counting (slow path): weights with `shift`
+/// fraction bits, products floored by `shift` bits.
+func dotReplay<Weight: FixedWidthInteger>(x: UnsafePointer<Int32>, w: UnsafePointer<Weight>, n: Int, start: Int32,
+                                          shift: Int64, form: DotForm, wraps: inout Int) -> Int32 {
     var acc = start
     switch form {
     case .perProduct:
@@ -490,6 +527,11 @@ func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                    wraps: inout Int, geluWraps: inout Int, form: DotForm = .perProduct) {
     let n = layer.inDim, m = layer.outDim
     guard rows > 0, m > 0 else { return }
+    guard layer.isFast else {
+        linearForwardGeneral(layer, input: input, rows: rows, output: output, gelu: gelu,
+                             wraps: &wraps, geluWraps: &geluWraps, form: form)
+        return
+    }
     let ones = layer.onesLanes
     withUnsafeTemporaryAllocation(of: Int16.self, capacity: 8 * max(n, 1)) { pairBuf in
     layer.w.withUnsafeBufferPointer { wb in
@@ -513,7 +555,7 @@ func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                         // when it is below 2^31 every per-output bound is too.
                         var rowSafe = SIMD4<Int32>(repeating: 0) .== SIMD4<Int32>(repeating: 1)
                         for j in 0..<count {
-                            rowSafe[j] = Double(layer.maxAbsBias) + norms[j] * layer.maxRowNorm / 16384.0
+                            rowSafe[j] = Double(layer.maxAbsBias) + norms[j] * layer.maxRowNorm / fastWeightScale
                                 + Double(n) + 1 < 2_147_483_647.0
                         }
                         for j in 0..<count {
@@ -527,11 +569,11 @@ func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                             for j in 0..<count {
                                 // |every partial sum| ≤ |b| + Σ|x_i w_i|/2^14 + n ≤ |b| + ‖x‖‖w_o‖/2^14 + n.
                                 var v: Int32
-                                if rowSafe[j] || Double(abs(Int64(b))) + norms[j] * nb[o] / 16384.0 + Double(n) + 1
+                                if rowSafe[j] || Double(abs(Int64(b))) + norms[j] * nb[o] / fastWeightScale + Double(n) + 1
                                     < 2_147_483_647.0 {
                                     v = b &+ dots[j]
                                 } else {
-                                    v = dotReplay(x: input + (r0 + j) * n, w: wRow, n: n, start: b, shift: 14,
+                                    v = dotReplay(x: input + (r0 + j) * n, w: wRow, n: n, start: b, shift: Int64(fastWeightFrac),
                                                   form: form, wraps: &wraps)
                                 }
                                 if gelu { v = geluFm(v, &geluWraps) }
@@ -547,13 +589,13 @@ func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                             for o in 0..<m {
                                 let wRow = wp + o * n
                                 let b = bb[o]
-                                let bound = Double(abs(Int64(b))) + xNorm * nb[o] / 16384.0 + Double(n) + 1
+                                let bound = Double(abs(Int64(b))) + xNorm * nb[o] / fastWeightScale + Double(n) + 1
                                 var v: Int32
                                 if bound < 2_147_483_647.0 {
                                     v = b &+ (small ? dotWrapped14Small(xa: xd, xb: xb, w: wRow, n: n)
                                                    : dotWrapped14(xc: xc, xd: xd, xb: xb, w: wRow, n: n))
                                 } else {
-                                    v = dotReplay(x: x, w: wRow, n: n, start: b, shift: 14, form: form, wraps: &wraps)
+                                    v = dotReplay(x: x, w: wRow, n: n, start: b, shift: Int64(fastWeightFrac), form: form, wraps: &wraps)
                                 }
                                 if gelu { v = geluFm(v, &geluWraps) }
                                 out[o] = v

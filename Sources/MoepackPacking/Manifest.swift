@@ -101,6 +101,9 @@ public struct Manifest: Sendable, Codable, Equatable {
     public var format: String
     public var tool: String
     public var profile: String
+    /// The profile itself when it is not the built-in one of that name (a profile file, or `--hwh`
+    /// register offsets): what ``ImageValidation`` checks the image against.
+    public var profile_definition: KernelProfile? = nil
     public var kernel: String
     /// Task whose gates sit in `moe_w_gate`.
     public var task: Int
@@ -127,49 +130,27 @@ public struct Manifest: Sendable, Codable, Equatable {
 
     public func buffer(_ name: String) -> Buffer? { buffers.first { $0.name == name } }
 
-    /// Reads and validates `DIR/manifest.json`.
-    /// - Throws: ``MoepackError`` naming the file when it is missing, not JSON, or of another format.
+    /// Reads `DIR/manifest.json` and validates it (``ImageValidation``; built-in profiles by name).
+    /// - Throws: ``MoepackError`` naming the file (and field) when it is missing, too large, not JSON,
+    ///   of another format, or inconsistent with itself or its profile.
     public static func load(directory: String) throws -> Manifest {
+        try load(directory: directory).manifest
+    }
+
+    /// ``load(directory:)`` also returning the bytes read (for the digest in `manifest.sha256`).
+    static func load(directory: String) throws -> (manifest: Manifest, bytes: Data) {
         let path = (directory as NSString).appendingPathComponent("manifest.json")
-        guard let data = FileManager.default.contents(atPath: path) else {
+        guard let size = regularFileSize(path) else {
             throw MoepackError(.io, file: path, "no manifest (is \(directory) a moepack pack output?)")
         }
-        let m: Manifest
-        do { m = try JSONDecoder().decode(Manifest.self, from: data) } catch let e as DecodingError {
-            throw MoepackError(.badInput, file: path, "not a moepack manifest: \(describe(e))")
+        guard size <= ImageValidation.maximumManifestBytes else {
+            throw MoepackError(.badInput, file: path, "\(size) bytes, more than any manifest (\(ImageValidation.maximumManifestBytes) bytes)")
         }
-        guard m.format == "moepack-ddr/1" else {
-            throw MoepackError(.badInput, file: path, "format '\(m.format)', expected 'moepack-ddr/1'")
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw MoepackError(.io, file: path, "cannot read the manifest")
         }
-        try m.model.validate(file: path)
-        guard m.image.bytes >= 0 else {
-            throw MoepackError(.badInput, file: path, item: "image.bytes", "negative size \(m.image.bytes)")
-        }
-        /// offset + bytes when both are ≥ 0 and the sum stays within the image, else nil.
-        func end(_ offset: Int, _ bytes: Int) -> Int? {
-            guard offset >= 0, bytes >= 0 else { return nil }
-            let (e, o) = offset.addingReportingOverflow(bytes)
-            return !o && e <= m.image.bytes ? e : nil
-        }
-        var last = 0
-        for b in m.buffers.sorted(by: { $0.offset < $1.offset }) {
-            guard b.offset >= last, let e = end(b.offset, b.bytes) else {
-                throw MoepackError(.badInput, file: path, item: b.name, "offset \(b.offset) + \(b.bytes) bytes overlaps or exceeds the image (\(m.image.bytes) bytes)")
-            }
-            last = e
-            guard b.element_bytes > 0, checkedElementCount(b.shape, elementBytes: b.element_bytes) == b.bytes else {
-                throw MoepackError(.badInput, file: path, item: b.name, "shape \(shapeString(b.shape)) × \(b.element_bytes)-byte elements does not give its \(b.bytes) bytes")
-            }
-        }
-        for g in m.task_gates ?? [] where end(g.offset, g.bytes) == nil {
-            throw MoepackError(.badInput, file: path, item: "task_gates[\(g.task)]", "offset \(g.offset) + \(g.bytes) bytes exceeds the image (\(m.image.bytes) bytes)")
-        }
-        for r in m.expert_records ?? [] {
-            guard end(r.offset, r.bytes) != nil, [r.w1, r.b1, r.w2, r.b2].allSatisfy({ $0 >= r.offset && $0 <= r.offset + r.bytes }) else {
-                throw MoepackError(.badInput, file: path, item: "expert_records[block \(r.block), expert \(r.expert)]", "offset \(r.offset) + \(r.bytes) bytes (parts at \(r.w1), \(r.b1), \(r.w2), \(r.b2)) exceeds the image (\(m.image.bytes) bytes) or its record")
-            }
-        }
-        return m
+        let m = try ImageValidation.decodeAndValidate(data, file: path, profile: KernelProfile.builtin)
+        return (m, data)
     }
 
     /// Deterministic JSON (sorted keys, pretty printed, trailing newline).

@@ -11,19 +11,40 @@ public final class PackedImage: @unchecked Sendable {
     public let imagePath: String
     private let bytes: [UInt8]
 
-    /// Opens `DIR/manifest.json` and `DIR/ddr.bin`, checking the image size against the manifest.
-    /// - Throws: ``MoepackError`` naming the file when missing, the wrong size, or inconsistent.
-    public init(directory: String) throws {
+    /// Opens an image folder and proves it before anything reads it: the manifest is validated
+    /// (``ImageValidation``: fields against each other, the profile and the buffer layout), its
+    /// SHA-256 is checked against `manifest.sha256`, and `ddr.bin` is read (its size first) and, with
+    /// `verifyingDigests`, checked against `image.sha256` and the header against `header.sha256`.
+    /// - Parameter verifyingDigests: false only for ``check()``, which lists every mismatch itself.
+    /// - Throws: ``MoepackError`` `.badInput` naming the file and field (invalid, edited or corrupted
+    ///   image), `.io` when a file is missing or unreadable.
+    public init(directory: String, verifyingDigests: Bool = true) throws {
         self.directory = directory
-        manifest = try Manifest.load(directory: directory)
-        imagePath = (directory as NSString).appendingPathComponent(manifest.image.file)
-        guard let data = FileManager.default.contents(atPath: imagePath) else {
+        let (m, manifestBytes) = try Manifest.load(directory: directory)
+        manifest = m
+        let digestPath = (directory as NSString).appendingPathComponent(ImageValidation.manifestDigestFile)
+        let digestText = regularFileSize(digestPath).flatMap { $0 <= 4096 ? FileManager.default.contents(atPath: digestPath) : Data(count: 4097) }
+        try ImageValidation.checkManifestDigest(manifestBytes, digestText: digestText, digestFile: digestPath)
+        imagePath = (directory as NSString).appendingPathComponent(m.image.file)
+        guard let size = regularFileSize(imagePath) else {
+            throw MoepackError(.io, file: imagePath, "no image file (a regular file named by image.file)")
+        }
+        guard size == m.image.bytes else {
+            throw MoepackError(.badInput, file: imagePath, "\(size) bytes, the manifest says \(m.image.bytes) (truncated or wrong copy?)")
+        }
+        guard let data = FileManager.default.contents(atPath: imagePath), data.count == m.image.bytes else {
             throw MoepackError(.io, file: imagePath, "cannot read the image")
         }
-        guard data.count == manifest.image.bytes else {
-            throw MoepackError(.badInput, file: imagePath, "\(data.count) bytes, the manifest says \(manifest.image.bytes) (truncated or wrong copy?)")
-        }
         bytes = [UInt8](data)
+        if verifyingDigests {
+            let r = checkDigests(buffers: false)
+            guard r.imageOK else {
+                throw MoepackError(.badInput, file: imagePath, item: "image.sha256", "the image's SHA-256 differs from the manifest's (corrupted or modified; `moepack check` names the buffers)")
+            }
+            guard r.headerOK else {
+                throw MoepackError(.badInput, file: (directory as NSString).appendingPathComponent(m.header?.file ?? ""), item: "header.sha256", "missing, or its SHA-256 differs from the manifest's (edited?)")
+            }
+        }
     }
 
     /// Result of ``check()``: buffers whose SHA-256 differs from the manifest.
@@ -49,10 +70,12 @@ public final class PackedImage: @unchecked Sendable {
     }
 
     /// Re-hashes the image and every buffer and compares with the manifest.
-    public func check() -> CheckResult {
+    public func check() -> CheckResult { checkDigests(buffers: true) }
+
+    func checkDigests(buffers: Bool) -> CheckResult {
         let whole = hex(SHA256.hash(data: bytes))
         var bad: [String] = []
-        for b in manifest.buffers {
+        for b in manifest.buffers where buffers {
             let h = bytes.withUnsafeBytes { hex(SHA256.hash(data: UnsafeRawBufferPointer(rebasing: $0[b.offset..<(b.offset + b.bytes)]))) }
             if h != b.sha256 { bad.append(b.name) }
         }

@@ -108,6 +108,8 @@ public struct DDRPlan: Sendable {
     public var buffers: [PlannedBuffer]
     public var totalBytes: Int
     public var expertLayout: ExpertRecordLayout?
+    /// Every task's gates are packed (`--task all`).
+    public var allTasks: Bool
 
     /// Lays out the profile's buffers for `options` (kernel layout, one task, by default).
     /// - Parameter tasks: number of task gates the model has (for `allTasks`).
@@ -169,12 +171,36 @@ public struct DDRPlan: Sendable {
         buffers = out
         totalBytes = align(offset, profile.alignment)
         self.expertLayout = expertLayout
+        self.allTasks = allTasks
+    }
+
+    /// The manifest's expert records (expert-major layout; empty otherwise): block by block, experts
+    /// ascending, with the absolute offsets of each record and of its four parts.
+    public func expertRecords() -> [Manifest.ExpertRecord] {
+        guard let el = expertLayout, let region = buffers.first(where: { $0.buffer.name == "moe_experts" }) else { return [] }
+        return el.moeBlocks.enumerated().flatMap { mi, block in
+            (0..<el.experts).map { e in
+                let start = region.offset + el.recordOffset(moeIndex: mi, expert: e)
+                return Manifest.ExpertRecord(block: block, expert: e, offset: start, bytes: el.recordBytes,
+                                             w1: start + el.w1, b1: start + el.b1, w2: start + el.w2, b2: start + el.b2)
+            }
+        }
+    }
+
+    /// The manifest's task gates (`--task all`; empty otherwise): each task's copy of `moe_w_gate`.
+    public func taskGates() -> [Manifest.TaskGate] {
+        guard allTasks else { return [] }
+        return buffers.compactMap { p in
+            guard case .kernelArray("moe_w_gate", let task) = p.content else { return nil }
+            return Manifest.TaskGate(task: task, offset: p.offset, bytes: p.bytes)
+        }
     }
 }
 
 func align(_ x: Int, _ a: Int) -> Int { (x + a - 1) / a * a }
 
-/// Streams a checkpoint into `DIR/ddr.bin`, `DIR/manifest.json` and `DIR/moepack_ddr.h`.
+/// Streams a checkpoint into `DIR/ddr.bin`, `DIR/manifest.json`, `DIR/moepack_ddr.h` and
+/// `DIR/manifest.sha256` (see ``ImageValidation``).
 ///
 /// Weights are read tensor by tensor, folded, quantized to each buffer's `ap_fixed` type with the
 /// chosen modes and written at once; nothing but the tensor being converted is held in memory.
@@ -224,7 +250,6 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
     var reports: [Manifest.TensorReport] = []
     var warnings: [String] = []
     var overflowByType: [String: Int] = [:]
-    var records: [Manifest.ExpertRecord] = []
 
     func account(_ name: String, _ p: PlannedBuffer, _ t: FixedType, _ stats: QuantizationStats) throws {
         if stats.overflowCount > 0 {
@@ -268,9 +293,6 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
                         let pt = el.partTypes[k].with(quantization: options.quantization, overflow: options.overflow)
                         stats[k].merge(try image.quantized(values[k][(e * counts[k])..<((e + 1) * counts[k])], pt))
                     }
-                    records.append(Manifest.ExpertRecord(block: block, expert: e, offset: recordStart, bytes: el.recordBytes,
-                                                         w1: recordStart + el.w1, b1: recordStart + el.b1,
-                                                         w2: recordStart + el.w2, b2: recordStart + el.b2))
                 }
                 for k in 0..<4 {
                     var pk = p
@@ -315,10 +337,7 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
     ]
     var taskGates: [Manifest.TaskGate]?
     if options.allTasks {
-        taskGates = plan.buffers.compactMap { p in
-            guard case .kernelArray("moe_w_gate", let task) = p.content else { return nil }
-            return Manifest.TaskGate(task: task, offset: p.offset, bytes: p.bytes)
-        }
+        taskGates = plan.taskGates()
         let reg = profile.buffer("moe_w_gate")?.register.map { String($0) } ?? "moe_w_gate's register"
         notes.append("All task gates are packed (task_gates); moe_w_gate points at task 0's copy. To switch task on the board, write base + task_gates[t].offset to register \(reg) (one register write) before starting the kernel.")
     } else {
@@ -329,7 +348,8 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
     }
     if kernel.checkpoint.naming == .edgeMoE { notes.append("Source is an Edge-MoE folder: already folded, folds not applied.") }
     let manifest0 = Manifest(
-        format: "moepack-ddr/1", tool: options.tool, profile: profile.name, kernel: profile.kernel,
+        format: "moepack-ddr/1", tool: options.tool, profile: profile.name,
+        profile_definition: (try? KernelProfile.builtin(profile.name)) == profile ? nil : profile, kernel: profile.kernel,
         task: options.allTasks ? 0 : options.task, layout: options.layout.rawValue, model: cfg,
         folds: kernel.checkpoint.naming == .m3vit ? kernel.folds : nil,
         quantization: Manifest.Quantization(mode: options.quantization.rawValue, overflow: options.overflow.rawValue, tensors: reports),
@@ -339,7 +359,7 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
         image: Manifest.Image(file: "ddr.bin", bytes: plan.totalBytes, sha256: imageSHA),
         header: nil,
         alignment: profile.alignment, types: profile.types, registers: profile.registers, buffers: manifestBuffers,
-        expert_records: records.isEmpty ? nil : records,
+        expert_records: plan.expertLayout == nil ? nil : plan.expertRecords(),
         expert_types: plan.expertLayout.map { el in Dictionary(uniqueKeysWithValues: zip(expertArrayNames, el.partTypes.map(\.baseDescription))) },
         task_gates: taskGates, notes: notes)
     var manifest = manifest0
@@ -348,6 +368,7 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
     try AtomicFileWriter.write(header, to: stage.path("moepack_ddr.h"))
     let manifestBytes = Array(try manifest.encoded())
     try AtomicFileWriter.write(manifestBytes, to: stage.path("manifest.json"))
+    try AtomicFileWriter.write(Array(ImageValidation.manifestDigestText(manifestBytes).utf8), to: stage.path(ImageValidation.manifestDigestFile))
     for file in try companions?(manifest, manifestBytes) ?? [] {
         let path = stage.path(file.path)
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)

@@ -59,6 +59,18 @@ public struct KernelProfile: Sendable, Codable, Equatable {
     /// Names of the built-in profiles.
     public static let builtinNames = ["edge-moe-zcu102", "tiny-test"]
 
+    /// The built-in profile named `name`, or nil when there is none (read once per process).
+    /// - Throws: ``MoepackError`` when the bundled profile cannot be read.
+    public static func builtin(_ name: String) throws -> KernelProfile? {
+        guard builtinNames.contains(name) else { return nil }
+        if let p = builtinLock.withLock({ builtinCache[name] }) { return p }
+        let p = try load(name)
+        builtinLock.withLock { builtinCache[name] = p }
+        return p
+    }
+    private static let builtinLock = NSLock()
+    nonisolated(unsafe) private static var builtinCache: [String: KernelProfile] = [:]
+
     /// Loads a built-in profile by name, or a JSON file by path.
     /// - Throws: ``MoepackError`` `.badInput` naming the file and the problem.
     public static func load(_ nameOrPath: String) throws -> KernelProfile {

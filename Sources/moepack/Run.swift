@@ -7,6 +7,7 @@ import MoepackPacking
 import MoepackInference
 import MoepackVerify
 import MoepackBoard
+import MoepackHeads
 
 extension InferenceMode: ExpressibleByArgument {}
 
@@ -75,9 +76,21 @@ struct Run: ParsableCommand {
     @Option(parsing: .unconditional, help: "Task (its gates must be in the image; default: the image's task).")
     var task: Int?
 
+    @Option(help: "Also run this checkpoint's task decoders: -o is then a folder with <task>.npy [C,H,W] float32 and <task>.png per task (several frames: one subfolder each).")
+    var heads: String?
+
+    @Option(help: ArgumentHelp("Which backbone task feeds which decoder, e.g. semseg=0,depth=1 (default: decoder i gets task i's gates; an image of one task feeds every decoder).", valueName: "map"))
+    var taskMap: String?
+
+    @OptionGroup var headOptions: HeadOptions
+    @OptionGroup var checkpointOptions: CheckpointOptions
+
     func run() throws {
         try guarded {
             let image = try PackedImage(directory: directory)
+            if let heads {
+                return try runWithHeads(image: image, checkpoint: heads)
+            }
             let inputs = try frames.load(config: image.manifest.model)
             let model = try ImageModel(image: image, mode: mode, task: task)
             let c = image.manifest.model
@@ -216,6 +229,30 @@ struct Verify: ParsableCommand {
             }
             if !report.passed { throw ExitCode(1) }
         }
+    }
+}
+
+extension Run {
+    /// `run --heads`: the backbone with each decoder's task gates, then the decoders, per frame.
+    func runWithHeads(image: PackedImage, checkpoint: String) throws {
+        if task != nil { throw MoepackError(.usage, item: "--task", "with --heads, tasks are chosen per decoder: use --task-map") }
+        let config = image.manifest.model
+        let inputs = try frames.load(config: config)
+        let (ck, decoders) = try headOptions.load(checkpoint, open: checkpointOptions.open, config: config)
+        let imageTasks = ImageWithHeads.tasks(of: image)
+        let overrides = try taskMap.map { try TaskMap.parse($0, heads: ck.heads, imageTasks: imageTasks) } ?? [:]
+        let map = try TaskMap.resolve(heads: ck.heads, imageTasks: imageTasks, overrides: overrides)
+        let model = try ImageWithHeads(image: image, mode: mode, heads: decoders, taskMap: map)
+        let progress = progressReporter("run")
+        var perFrame: [(name: String, frame: [UInt8]?, outputs: [TaskOutput])] = []
+        for (i, f) in inputs.enumerated() {
+            perFrame.append((f.name, f.frame.bytes, try model.run(f.frame).outputs))
+            if let n = f.frame.note { note("moepack: \(f.name): \(n)") }
+            progress?(i + 1, inputs.count)
+        }
+        let summaries = try writeTaskOutputs(perFrame, to: output)
+        print("wrote \(output)/: \(summaries.count) task outputs (.npy + .png), \(mode.rawValue) datapath")
+        for s in summaries { print("  " + (inputs.count > 1 ? "\((s.frame.map { ($0 as NSString).lastPathComponent }) ?? "") " : "") + s.line) }
     }
 }
 

@@ -218,14 +218,14 @@ final class FixedEmulationTests: XCTestCase {
         var out = [Int32](repeating: 0, count: D)
         var w = 0
         layerNormRow(x, out: &out, n: D, invDim: 21845, eps: 4,
-                     weight: [Int32](repeating: 2048, count: D), bias: [Int32](repeating: 0, count: D), wraps: &w)
+                     weight: [Int32](repeating: 2048, count: D), weightFrac: 11, bias: [Int32](repeating: 0, count: D), wraps: &w)
         XCTAssertEqual(out[0], 4_182_868)
         XCTAssertEqual(out[1], -4_180_316)
         XCTAssertEqual(out[190], 4_182_868)
         XCTAssertEqual(w, 0)
         // With β = 0.5 (1024 at 11 bits → 2097152) and γ = −1.0 (−2048): −4182868 + 2097152 = −2085716.
         layerNormRow(x, out: &out, n: D, invDim: 21845, eps: 4,
-                     weight: [Int32](repeating: -2048, count: D), bias: [Int32](repeating: 2_097_152, count: D), wraps: &w)
+                     weight: [Int32](repeating: -2048, count: D), weightFrac: 11, bias: [Int32](repeating: 2_097_152, count: D), wraps: &w)
         XCTAssertEqual(out[0], -2_085_716)
     }
 

@@ -254,7 +254,7 @@ final class PackTests: XCTestCase {
         w[3] = -0.5
         let r = try packSmall(smallTiny(overrides: ["blocks.0.mlp.fc2.weight": w]), to: out)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: out).sorted(),
-                       ["ddr.bin", "manifest.json", "moepack_ddr.h", "notes.txt"])
+                       ["ddr.bin", "manifest.json", "manifest.sha256", "moepack_ddr.h", "notes.txt"])
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: parent), ["img"])
         XCTAssertEqual(FileManager.default.contents(atPath: out + "/notes.txt"), Data("mine".utf8))
         XCTAssertNotEqual(FileManager.default.contents(atPath: out + "/ddr.bin"), first)
@@ -286,12 +286,17 @@ final class PackTests: XCTestCase {
         _ = try packSmall(smallTiny(), to: out, options: { $0.allTasks = true })
         let path = out + "/manifest.json"
         let original = try Data(contentsOf: URL(fileURLWithPath: path))
-        let imageBytes = try PackedImage(directory: out).manifest.image.bytes
         func edited(_ change: (inout [String: Any]) -> Void) throws -> String? {
             var m = try XCTUnwrap(JSONSerialization.jsonObject(with: original) as? [String: Any])
             change(&m)
-            try JSONSerialization.data(withJSONObject: m).write(to: URL(fileURLWithPath: path))
-            defer { try? original.write(to: URL(fileURLWithPath: path)) }
+            let data = try JSONSerialization.data(withJSONObject: m)
+            try data.write(to: URL(fileURLWithPath: path))
+            // The edit's own digest, so the field checks (not the digest check) refuse it.
+            try Data(ImageValidation.manifestDigestText(data).utf8).write(to: URL(fileURLWithPath: out + "/manifest.sha256"))
+            defer {
+                try? original.write(to: URL(fileURLWithPath: path))
+                try? Data(ImageValidation.manifestDigestText(original).utf8).write(to: URL(fileURLWithPath: out + "/manifest.sha256"))
+            }
             do { _ = try PackedImage(directory: out); return nil } catch let e as MoepackError { return e.description }
         }
         func setModel(_ key: String, _ v: Any) -> (inout [String: Any]) -> Void {
@@ -301,15 +306,17 @@ final class PackTests: XCTestCase {
         XCTAssertEqual(try edited(setModel("heads", 3)), "\(path): 'model.heads': embedDim 4 is not divisible by 3 heads")
         XCTAssertEqual(try edited(setModel("tokens", 7)), "\(path): 'model.tokens': 7, expected patches + 1 = 3")
         XCTAssertEqual(try edited(setModel("topK", 9)), "\(path): 'model.topK': 9 is outside 1…2 experts")
+        let last = try XCTUnwrap(PackedImage(directory: out).manifest.buffers.last)
         XCTAssertEqual(try edited { m in
             var b = m["buffers"] as! [[String: Any]]; b[b.count - 1]["bytes"] = Int.max; m["buffers"] = b
-        }?.hasSuffix("bytes overlaps or exceeds the image (\(imageBytes) bytes)"), true)
+        }, "\(path): 'buffers.\(last.name).bytes': \(Int.max), the profile gives \(last.bytes)")
+        let gates = try XCTUnwrap(PackedImage(directory: out).manifest.task_gates)
         XCTAssertEqual(try edited { m in
             var g = m["task_gates"] as! [[String: Any]]; g[1]["offset"] = Int.max - 10; m["task_gates"] = g
-        }?.contains("'task_gates[1]': offset \(Int.max - 10) + "), true)
+        }, "\(path): 'task_gates[1]': task 1 at offset \(Int.max - 10), \(gates[1].bytes) bytes; the layout gives task 1 at offset \(gates[1].offset), \(gates[1].bytes) bytes")
         XCTAssertEqual(try edited { m in
             var b = m["buffers"] as! [[String: Any]]; b[0]["shape"] = [1 << 40, 1 << 40]; m["buffers"] = b
-        }?.contains("shape [1099511627776,1099511627776] × 1-byte elements does not give its"), true)
+        }, "\(path): 'buffers.images.shape': [1099511627776,1099511627776], the profile gives [1,3,2,4]")
         XCTAssertNil(try edited { _ in })
     }
 
@@ -342,7 +349,10 @@ final class PackTests: XCTestCase {
         try h.seek(toOffset: UInt64(off))
         try h.write(contentsOf: [old ^ 0x40])
         try h.close()
-        let c = try PackedImage(directory: out).check()
+        XCTAssertThrowsError(try PackedImage(directory: out)) { e in
+            XCTAssertEqual((e as? MoepackError)?.description, "\(out)/ddr.bin: 'image.sha256': the image's SHA-256 differs from the manifest's (corrupted or modified; `moepack check` names the buffers)")
+        }
+        let c = try PackedImage(directory: out, verifyingDigests: false).check()
         XCTAssertFalse(c.imageOK)
         XCTAssertEqual(c.badBuffers, ["moe_bias_l2"])
     }

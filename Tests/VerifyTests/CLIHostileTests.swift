@@ -51,6 +51,22 @@ final class CLIHostileTests: XCTestCase {
                        stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
     }
 
+    /// Rewrites `DIR/manifest.sha256` for the edited manifest with coreutils' `sha256sum` (the format
+    /// moepack writes), so the field checks behind the digest check are reached.
+    func resumManifest(_ dir: String) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/sha256sum")
+        p.arguments = ["manifest.json"]
+        p.currentDirectoryURL = URL(fileURLWithPath: dir)
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        try p.run()
+        let line = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        try line.write(to: URL(fileURLWithPath: dir + "/manifest.sha256"))
+    }
+
     func tempDir() throws -> String {
         let d = NSTemporaryDirectory() + "moepack-cli-hostile-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
@@ -141,7 +157,7 @@ final class CLIHostileTests: XCTestCase {
             "moepack: warning: blocks.2.mlp.fc1.weight: 2 value(s) outside wt_linear_t = ap_fixed<16,2> range [-2, 1.99994], largest |value| 7.5 (AP_SAT)",
         ])
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp + "/out").sorted(),
-                       ["ddr.bin", "manifest.json", "moepack_ddr.h"])
+                       ["ddr.bin", "manifest.json", "manifest.sha256", "moepack_ddr.h"])
     }
 
     func testPackIsDeterministic() throws {
@@ -180,15 +196,21 @@ final class CLIHostileTests: XCTestCase {
         XCTAssertEqual(r.stderrLines.count, 1, r.stderr)
         XCTAssertEqual(r.stderrLines.first, "moepack: error: \(dir): checksum mismatch: ddr.bin (whole image); buffers \(name)", r.stderr)
 
-        // An edited provenance digest in the manifest is caught too.
+        // An edited provenance digest in the manifest is caught by the manifest's own SHA-256 ...
         var text = try String(contentsOfFile: dir + "/manifest.json", encoding: .utf8)
         try h.close()
         let digest = try XCTUnwrap((manifest?["source"] as? [String: Any])?["tensors_sha256"] as? String)
         text = text.replacingOccurrences(of: digest, with: String(repeating: "0", count: 64))
         try text.write(toFile: dir + "/manifest.json", atomically: true, encoding: .utf8)
         let r2 = try moepack(["check", dir])
-        XCTAssertEqual(r2.status, 1, r2.stderr)
-        XCTAssertEqual(r2.stderrLines.first, "moepack: error: \(dir): checksum mismatch: ddr.bin (whole image); buffers \(name); manifest source.tensors_sha256 (not the digest of source.tensors)", r2.stderr)
+        XCTAssertEqual(r2.status, 2, r2.stderr)
+        XCTAssertEqual(r2.stderrLines.count, 1, r2.stderr)
+        XCTAssertTrue(r2.stderrLines.first?.hasPrefix("moepack: error: \(dir)/manifest.sha256: manifest.json has SHA-256 ") == true, r2.stderr)
+        // ... and, with that digest recomputed (sha256sum's format), by the provenance rule.
+        try resumManifest(dir)
+        let r3 = try moepack(["check", dir])
+        XCTAssertEqual(r3.status, 1, r3.stderr)
+        XCTAssertEqual(r3.stderrLines.first, "moepack: error: \(dir): checksum mismatch: ddr.bin (whole image); buffers \(name); manifest source.tensors_sha256 (not the digest of source.tensors)", r3.stderr)
     }
 
     /// Command-line mistakes are one line too, and thresholds that would disable a check are refused

@@ -1,0 +1,182 @@
+import ArgumentParser
+import Foundation
+import MoepackCore
+import MoepackCheckpoint
+import MoepackModel
+import MoepackFixedPoint
+import MoepackPacking
+import MoepackInference
+import MoepackHeads
+
+extension TwoConvUpsampling: ExpressibleByArgument {
+    public init?(argument: String) { self.init(rawValue: Int(argument) ?? 0) }
+}
+
+/// Decoder options shared by heads, run and verify.
+struct HeadOptions: ParsableArguments {
+    @Option(help: "num_upsampe_layer of two-convolution decoders (1 or 2; the weights do not show it). Four-convolution decoders always upsample ×2 four times.")
+    var twoConvUpsampling: TwoConvUpsampling = .one
+
+    /// Opens the checkpoint's decoders and reads them (only now are their tensors read).
+    func load(_ path: String, open: OpenOptions, config: M3ViTConfig, tasks: [String]? = nil) throws -> (TaskHeadsCheckpoint, TaskHeads) {
+        let ck = try TaskHeadsCheckpoint(source: try openCheckpointIsolated(path, options: open))
+        for h in ck.heads where h.embedDim != config.embedDim {
+            throw MoepackError(.mismatch, file: path, item: "decoders.\(h.task).norm.weight",
+                               "decoder takes D = \(h.embedDim), the backbone gives D = \(config.embedDim)")
+        }
+        let heads = try TaskHeads(checkpoint: ck, imageHeight: config.imageHeight, imageWidth: config.imageWidth,
+                                  patch: config.patchSize, tasks: tasks, twoConvUpsampling: twoConvUpsampling)
+        return (ck, heads)
+    }
+}
+
+/// What `heads` and `run --heads` report per task and frame.
+struct TaskOutputSummary: Codable {
+    var frame: String?
+    var task: String
+    var shape: [Int]
+    var backbone_task: Int?
+    var files: [String]
+    var min: Float
+    var max: Float
+    /// Segmentation: fraction of pixels per class (argmax).
+    var class_fractions: [Double]?
+
+    init(_ o: TaskOutput, frame: String?, folder: String) {
+        self.frame = frame
+        task = o.task
+        shape = [o.channels, o.height, o.width]
+        backbone_task = o.backboneTask
+        files = ["\(o.task).npy", "\(o.task).png"].map { (folder as NSString).appendingPathComponent($0) }
+        min = o.values.min() ?? 0
+        max = o.values.max() ?? 0
+        if case .segmentation = TaskKind.of(task: o.task, channels: o.channels) {
+            let n = o.height * o.width
+            var counts = [Int](repeating: 0, count: o.channels)
+            for c in TaskRenderer.argmax(o.values, channels: o.channels, pixels: n) { counts[c] += 1 }
+            class_fractions = counts.map { Double($0) / Double(n) }
+        }
+    }
+
+    var line: String {
+        var s = "\(task): [\(shape.map(String.init).joined(separator: ","))] float32"
+        if let backbone_task { s += " from task \(backbone_task)'s backbone output" }
+        s += String(format: ", range %.4g…%.4g", Double(min), Double(max))
+        if let f = class_fractions, let top = f.indices.max(by: { f[$0] < f[$1] }) {
+            s += String(format: ", %d classes present, largest class %d (%.1f%% of pixels)", f.filter { $0 > 0 }.count, top, 100 * f[top])
+        }
+        return s
+    }
+}
+
+/// Writes each frame's task outputs: one frame into `output` itself, several into one subfolder per
+/// frame; every folder staged and renamed into place.
+func writeTaskOutputs(_ perFrame: [(name: String, frame: [UInt8]?, outputs: [TaskOutput])], to output: String) throws -> [TaskOutputSummary] {
+    var summaries: [TaskOutputSummary] = []
+    if perFrame.count == 1 {
+        let stage = try StagedDirectory(destination: output)
+        for o in perFrame[0].outputs {
+            try o.write(path: stage.path, frame: perFrame[0].frame)
+            summaries.append(TaskOutputSummary(o, frame: perFrame[0].name, folder: output))
+        }
+        try stage.commit()
+        return summaries
+    }
+    try makeDirectory(output)
+    let folders = outputNames(perFrame.map(\.name)).map { ($0 as NSString).deletingPathExtension }
+    for (f, folder) in zip(perFrame, folders) {
+        let dest = (output as NSString).appendingPathComponent(folder)
+        let stage = try StagedDirectory(destination: dest)
+        for o in f.outputs {
+            try o.write(path: stage.path, frame: f.frame)
+            summaries.append(TaskOutputSummary(o, frame: f.name, folder: dest))
+        }
+        try stage.commit()
+    }
+    return summaries
+}
+
+struct HeadsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "heads",
+        abstract: "Run a checkpoint's task decoders on backbone features and write each task's output (.npy) and rendering (.png).",
+        discussion: """
+        The decoders are M³ViT's VisionTransformerUpHead (decoders.<task>.*, num_conv 4 or 2) in eval mode: cls token dropped, LayerNorm (eps 1e-6), 3×3 convolutions with BatchNorm folded in (running statistics, eps 1e-5) and ReLU, bilinear ×2 upsampling (align_corners=False), then a resize to the image size. Output per task: OUT/<task>.npy float32 [C, H, W] and OUT/<task>.png (segmentation: class colours blended over --image with a legend; depth: colour map with its scale; normals: RGB; saliency and edges: grey).
+        Features: .npy float32 [tokens, D] or [n, tokens, D], or a board's raw x buffer (.bin: ap_fixed<32,10> in 4-byte little-endian containers, [n][tokens][D], the profile's type of x). Every decoder gets the same features; use `moepack run --heads` to feed each decoder its own task's backbone output.
+        """)
+
+    @Argument(help: "Checkpoint holding the decoders (decoders.<task>.*, training prefixes stripped).")
+    var checkpoint: String
+
+    @Option(help: "Backbone features: .npy float32 [tokens, D] (or [n, tokens, D]) or a board's raw x (.bin).")
+    var features: String
+
+    @Option(name: .shortAndLong, help: "Output folder (several frames of features: one subfolder each).")
+    var output: String
+
+    @Option(help: "Frame to draw segmentations over (resized to the model's input size like `run`'s frames).")
+    var image: String?
+
+    @Option(help: "Hardware profile giving the image size, patch size and x's type (built-in name or JSON file).")
+    var profile: String = "edge-moe-zcu102"
+
+    @Option(parsing: .upToNextOption, help: "Decoders to run (default: all, in the checkpoint's order).")
+    var task: [String] = []
+
+    @OptionGroup var headOptions: HeadOptions
+    @OptionGroup var checkpointOptions: CheckpointOptions
+
+    @Flag(help: "JSON summary on stdout.")
+    var json = false
+
+    func run() throws {
+        try guarded {
+            let prof = try KernelProfile.load(profile)
+            let config = prof.model
+            let frames = try readFeatures(features, profile: prof)
+            let frameBytes = try image.map { try FrameLoader.load(path: $0, config: config).bytes }
+            let (_, heads) = try headOptions.load(checkpoint, open: checkpointOptions.open, config: config, tasks: task.isEmpty ? nil : task)
+            let progress = progressReporter("heads")
+            var perFrame: [(name: String, frame: [UInt8]?, outputs: [TaskOutput])] = []
+            for (i, tokens) in frames.enumerated() {
+                perFrame.append((frames.count == 1 ? features : "frame\(i)", frameBytes, try heads.run(tokens: { _ in tokens }, taskMap: nil)))
+                progress?(i + 1, frames.count)
+            }
+            let summaries = try writeTaskOutputs(perFrame, to: output)
+            if json { try printJSON(summaries) } else {
+                print("wrote \(output)/: \(summaries.count) task outputs (.npy + .png)")
+                for s in summaries { print("  " + (frames.count > 1 ? "\(s.frame ?? "") " : "") + s.line) }
+            }
+        }
+    }
+
+    /// Frames of features `[tokens·D]` each.
+    func readFeatures(_ path: String, profile prof: KernelProfile) throws -> [[Float]] {
+        let c = prof.model
+        let per = c.tokens * c.embedDim
+        let values: [Float]
+        if path.lowercased().hasSuffix(".npy") {
+            let src = try openCheckpoint(path)
+            guard let e = src.entries.first, [[c.tokens, c.embedDim], [1, c.tokens, c.embedDim]].contains(e.shape) || (e.shape.count == 3 && e.shape.suffix(2) == [c.tokens, c.embedDim]) else {
+                throw MoepackError(.mismatch, file: path, item: "features", "shape \(shapeString(src.entries.first?.shape ?? [])), expected [\(c.tokens), \(c.embedDim)] or [n, \(c.tokens), \(c.embedDim)]")
+            }
+            values = try src.readFloat32(e.name)
+        } else {
+            guard let xb = prof.buffer("x") else { throw MoepackError(.badInput, file: profile, item: "x", "profile has no x buffer") }
+            let t = try prof.fixedType(xb.type)
+            let bytes: [UInt8]
+            do { bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path))) } catch {
+                throw MoepackError(.io, file: path, "cannot read: \(error.localizedDescription)")
+            }
+            let eb = t.containerBytes
+            guard bytes.count > 0, bytes.count % (per * eb) == 0 else {
+                throw MoepackError(.mismatch, file: path, item: "x", "\(bytes.count) bytes is not a whole number of [\(c.tokens)][\(c.embedDim)] \(t) frames (\(per * eb) bytes each)")
+            }
+            values = t.decode(bytes, count: bytes.count / eb)
+        }
+        if let bad = values.withUnsafeBufferPointer(firstNonFiniteIndex) {
+            throw MoepackError(.numeric, file: path, item: "features", "\(values[bad]) at flat index \(bad)")
+        }
+        return stride(from: 0, to: values.count, by: per).map { Array(values[$0..<min($0 + per, values.count)]) }
+    }
+}
