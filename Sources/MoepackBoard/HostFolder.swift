@@ -34,6 +34,20 @@ public enum HostFolder {
         }
     }
 
+    /// Writes the files of ``render(manifest:manifestBytes:control:tool:)`` into the pack output
+    /// `directory` (a staging folder before it is put in place), from its `manifest.json` bytes.
+    /// - Throws: ``MoepackError`` `.io` when the manifest cannot be read or a file written.
+    public static func write(into directory: String, manifest: Manifest, control: KernelProfile.ControlBlock?, tool: String) throws {
+        let manifestPath = (directory as NSString).appendingPathComponent("manifest.json")
+        guard let bytes = FileManager.default.contents(atPath: manifestPath) else {
+            throw MoepackError(.io, file: manifestPath, "cannot read the manifest just written")
+        }
+        try FileManager.default.createDirectory(atPath: (directory as NSString).appendingPathComponent(folder), withIntermediateDirectories: true)
+        for file in try render(manifest: manifest, manifestBytes: [UInt8](bytes), control: control, tool: tool) {
+            try AtomicFileWriter.write(file.bytes, to: (directory as NSString).appendingPathComponent(file.path))
+        }
+    }
+
     /// Default control block when neither the profile nor a `.hwh` gives one (the published design).
     static let publishedControl = KernelProfile.ControlBlock(instance: "ViT_compute_0", baseAddress: 0xA000_0000, range: 0x1_0000)
 

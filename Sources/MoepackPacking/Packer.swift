@@ -207,11 +207,32 @@ func align(_ x: Int, _ a: Int) -> Int { (x + a - 1) / a * a }
 /// Buffers that are not weights are zero (the `images` slot holds `options.frame` when given).
 /// All files are staged and moved into `outputDirectory` only when complete.
 /// - Throws: ``MoepackError``: missing/mismatched tensors, NaN/Inf, overflow with `strict`, I/O.
-///   - companions: files written into the same staged output beside the image, from the finished
-///     manifest and its exact bytes (e.g. the host programs of `DIR/host/`): relative path → bytes.
 public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: String,
-                 warn: (String) -> Void = { _ in },
-                 companions: ((Manifest, [UInt8]) throws -> [(path: String, bytes: [UInt8])])? = nil) throws -> PackResult {
+                 warn: (String) -> Void = { _ in }) throws -> PackResult {
+    let staged = try stagePack(kernel: kernel, options: options, outputDirectory: outputDirectory, warn: warn)
+    try staged.commit()
+    return staged.result
+}
+
+/// A packed image complete in its staging folder beside `outputDirectory`, not yet in place: read it
+/// there (``stagingPath``) to derive other outputs, then ``commit(alongside:)`` puts it in place,
+/// with those outputs in the same uninterruptible step. Dropped uncommitted, it is removed.
+public final class StagedPack {
+    public let result: PackResult
+    private let stage: StagedDirectory
+    /// The folder holding the finished files until ``commit(alongside:)``.
+    public var stagingPath: String { stage.staging }
+
+    init(result: PackResult, stage: StagedDirectory) { self.result = result; self.stage = stage }
+
+    /// Moves the image files into place, then `alongside` (e.g. the report), as one step an
+    /// interrupt does not cut (``StagedDirectory/commit(alongside:)``).
+    public func commit(alongside: [AtomicFileWriter] = []) throws { try stage.commit(alongside: alongside) }
+}
+
+/// ``pack(kernel:options:outputDirectory:warn:)`` up to, not including, putting the files in place.
+public func stagePack(kernel: KernelTensors, options: PackOptions, outputDirectory: String,
+                      warn: (String) -> Void = { _ in }) throws -> StagedPack {
     let profile = options.profile
     let cfg = kernel.config
     guard options.task >= 0, options.task < max(cfg.tasks, 1) else {
@@ -369,13 +390,7 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
     let manifestBytes = Array(try manifest.encoded())
     try AtomicFileWriter.write(manifestBytes, to: stage.path("manifest.json"))
     try AtomicFileWriter.write(Array(ImageValidation.manifestDigestText(manifestBytes).utf8), to: stage.path(ImageValidation.manifestDigestFile))
-    for file in try companions?(manifest, manifestBytes) ?? [] {
-        let path = stage.path(file.path)
-        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try AtomicFileWriter.write(file.bytes, to: path)
-    }
-    try stage.commit()
-    return PackResult(manifest: manifest, warnings: warnings, overflowByType: overflowByType)
+    return StagedPack(result: PackResult(manifest: manifest, warnings: warnings, overflowByType: overflowByType), stage: stage)
 }
 
 func fmt(_ x: Double) -> String {

@@ -22,6 +22,9 @@ struct Moepack: ParsableCommand {
     /// swift-argument-parser's entry point, except that a command-line error is one stderr line
     /// (`moepack: error: …`, exit 64) like every other moepack error, not a usage block.
     static func main() {
+        // Before anything else, so an interrupt is handled (alike for SIGINT, SIGTERM, SIGHUP) from
+        // the start of every subcommand.
+        InterruptCleanup.install()
         do {
             var command = try parseAsRoot()
             try command.run()

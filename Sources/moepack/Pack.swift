@@ -119,20 +119,20 @@ struct Pack: ParsableCommand {
             if layout == .expertMajor {
                 note("moepack: note: --layout expert-major is for kernels rebuilt with one expert base pointer; the published Edge-MoE bitstream reads --layout kernel")
             }
-            let result = try pack(kernel: kernel, options: options, outputDirectory: output,
-                                  warn: { note("moepack: warning: \($0)") },
-                                  companions: { manifest, bytes in
-                                      try HostFolder.render(manifest: manifest, manifestBytes: bytes, control: profile.control, tool: options.tool)
-                                  })
-            if !quiet { print(packSummary(result, output: output)) }
-            if let report, let reportWriter {
+            // The image and its report are put in place together (one uninterruptible step) or not at all.
+            let staged = try stagePack(kernel: kernel, options: options, outputDirectory: output) { note("moepack: warning: \($0)") }
+            try HostFolder.write(into: staged.stagingPath, manifest: staged.result.manifest, control: profile.control, tool: options.tool)
+            if let reportWriter {
                 var heatmap: RoutingHeatmap? = nil
                 if let frame {
-                    heatmap = try routingHeatmap(kernel: kernel, image: try PackedImage(directory: output), frame: frame)
+                    heatmap = try routingHeatmap(kernel: kernel, image: try PackedImage(directory: staged.stagingPath), frame: frame)
                 }
-                try reportWriter.write(Array(QuantReport.html(manifest: result.manifest, routing: heatmap).utf8))
-                try reportWriter.commit()
-                if !quiet { print("  report: \(report)") }
+                try reportWriter.write(Array(QuantReport.html(manifest: staged.result.manifest, routing: heatmap).utf8))
+            }
+            try staged.commit(alongside: reportWriter.map { [$0] } ?? [])
+            if !quiet {
+                print(packSummary(staged.result, output: output))
+                if let report { print("  report: \(report)") }
             }
         }
     }

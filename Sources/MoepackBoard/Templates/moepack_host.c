@@ -292,6 +292,20 @@ static void check_digest(const char *path, const uint8_t *data, size_t n, const 
         die(EXIT_REFUSED, "%s: SHA-256 %.16s… differs from the %.16s… recorded by moepack pack (%s)", path, hex, recorded, what);
 }
 
+/* manifest.sha256 (sha256sum format, written by moepack pack beside the manifest) must record the
+ * manifest this program was generated from. */
+static void check_recorded_manifest_digest(const char *dir)
+{
+    char path[4200], line[256];
+    snprintf(path, sizeof path, "%s/manifest.sha256", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) die(EXIT_REFUSED, "%s: missing: the manifest's SHA-256 is not recorded (pack the image again)", path);
+    int ok = fgets(line, sizeof line, f) != NULL;
+    fclose(f);
+    if (!ok || strncmp(line, MOEPACK_MANIFEST_SHA256, 64) != 0)
+        die(EXIT_REFUSED, "%s: does not record the SHA-256 of the manifest this host program was generated from (%.16s…)", path, MOEPACK_MANIFEST_SHA256);
+}
+
 /* ---- device access ---- */
 
 typedef struct { int fd; uint8_t *map; size_t size; uint64_t phys; } dma_t;
@@ -452,6 +466,7 @@ int main(int argc, char **argv)
     snprintf(path, sizeof path, "%s/manifest.json", dir);
     uint8_t *manifest = read_file(path, &n);
     check_digest(path, manifest, n, MOEPACK_MANIFEST_SHA256, "edited register, offset, type or task? re-run moepack pack");
+    check_recorded_manifest_digest(dir);
     free(manifest);
     snprintf(path, sizeof path, "%s/" MOEPACK_IMAGE_FILE, dir);
     uint8_t *image = read_file(path, &n);
