@@ -103,7 +103,7 @@ struct Pack: ParsableCommand {
                 reportWriter = try AtomicFileWriter(path: report)
             }
             let profile = try profileOptions.load()
-            try checkEmulatable(profile)
+            try FixedEmulation.supports(profile: profile)
             let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
             let backbone = try BackboneCheckpoint(source: source, expected: profile.model)
             let kernel = try KernelTensors(checkpoint: backbone, folds: checkpointOptions.folds)
@@ -136,15 +136,6 @@ struct Pack: ParsableCommand {
             }
         }
     }
-}
-
-/// Refuses, before anything is read or written, a profile whose element types the fixed-point
-/// emulation cannot reproduce (`run`/`verify --mode fixed` would otherwise fail on the image later).
-/// - Throws: `MoepackError(.unsupported)` naming the kernel argument (``FixedEmulation/check(_:argument:)``).
-func checkEmulatable(_ profile: KernelProfile) throws {
-    var types: [String: FixedType] = [:]
-    for b in profile.buffers { types[b.name] = try profile.fixedType(b.type) }
-    try FixedEmulation.supports(types: types)
 }
 
 func packSummary(_ r: PackResult, output: String) -> String {
