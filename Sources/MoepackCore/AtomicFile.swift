@@ -177,21 +177,44 @@ public final class StagedDirectory {
                     throw MoepackError(.io, file: destination, "cannot move the finished folder into place: \(String(cString: strerror(errno)))")
                 }
             } else {
-                let names = ((try? FileManager.default.contentsOfDirectory(atPath: staging)) ?? []).sorted()
-                for n in names where isFolder((destination as NSString).appendingPathComponent(n)) {
-                    throw MoepackError(.io, file: (destination as NSString).appendingPathComponent(n),
-                                       "is a folder where moepack writes its \(n): move it away or choose another output folder")
-                }
-                // A swapped-out old file stays in the staging folder, removed with it below.
-                for n in names {
-                    _ = try placeFile(path(n), at: (destination as NSString).appendingPathComponent(n),
-                                      failure: "cannot move the finished file into place")
-                }
+                try Self.checkPlaceable(staging, into: destination)
+                try Self.place(staging, into: destination)
                 try? FileManager.default.removeItem(atPath: staging)
             }
             committed = true
             InterruptCleanup.unregister(staging)
             for w in alongside { try w.commit() }
+        }
+    }
+
+    /// Refuses, before anything moves, a folder in `dst` where a staged file goes, or a file where a
+    /// staged subfolder (e.g. `host/`) goes.
+    static func checkPlaceable(_ src: String, into dst: String) throws {
+        for n in ((try? FileManager.default.contentsOfDirectory(atPath: src)) ?? []).sorted() {
+            let s = (src as NSString).appendingPathComponent(n), d = (dst as NSString).appendingPathComponent(n)
+            if isFolder(s) {
+                var st = stat()
+                if lstat(d, &st) == 0 && !isFolder(d) {
+                    throw MoepackError(.io, file: d, "is a file where moepack writes its folder \(n): move it away or choose another output folder")
+                }
+                if isFolder(d) { try checkPlaceable(s, into: d) }
+            } else if isFolder(d) {
+                throw MoepackError(.io, file: d, "is a folder where moepack writes its \(n): move it away or choose another output folder")
+            }
+        }
+    }
+
+    /// Places each staged file of `src` at the same name in `dst` (``placeFile``); a staged subfolder
+    /// is renamed into place when `dst` has none, else its files are placed one by one. A swapped-out
+    /// old file stays in the staging folder, removed with it.
+    static func place(_ src: String, into dst: String) throws {
+        for n in ((try? FileManager.default.contentsOfDirectory(atPath: src)) ?? []).sorted() {
+            let s = (src as NSString).appendingPathComponent(n), d = (dst as NSString).appendingPathComponent(n)
+            if isFolder(s) && isFolder(d) {
+                try place(s, into: d)
+            } else {
+                _ = try placeFile(s, at: d, failure: "cannot move the finished file into place")
+            }
         }
     }
 

@@ -7,6 +7,7 @@ import MoepackFixedPoint
 import MoepackPacking
 import MoepackInference
 import MoepackVerify
+import MoepackBoard
 
 extension Quantization: ExpressibleByArgument {}
 extension Overflow: ExpressibleByArgument {}
@@ -48,7 +49,7 @@ struct ProfileOptions: ParsableArguments {
 
 struct Pack: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Pack a checkpoint into a DDR image (ddr.bin + manifest.json + moepack_ddr.h + manifest.sha256).",
+        abstract: "Pack a checkpoint into a DDR image (ddr.bin + manifest.json + moepack_ddr.h + manifest.sha256) with the host programs in host/.",
         discussion: """
         Reads CHECKPOINT lazily (PyTorch .pth zip or legacy, expert-parallel folder of N.pth, safetensors, HDF5, .npz, or an Edge-MoE raw float32 folder), folds input normalisation, the cls token, qkv and the gates into the kernel's form, converts every weight to its ap_fixed type and writes every argument of the kernel at a 4096-byte aligned offset. Values outside a type's range are warned about (one line per tensor); --strict makes them errors. Output files appear only when complete.
         """)
@@ -102,7 +103,7 @@ struct Pack: ParsableCommand {
                 reportWriter = try AtomicFileWriter(path: report)
             }
             let profile = try profileOptions.load()
-            try checkEmulatable(profile)
+            try FixedEmulation.supports(profile: profile)
             let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
             let backbone = try BackboneCheckpoint(source: source, expected: profile.model)
             let kernel = try KernelTensors(checkpoint: backbone, folds: checkpointOptions.folds)
@@ -120,6 +121,7 @@ struct Pack: ParsableCommand {
             }
             // The image and its report are put in place together (one uninterruptible step) or not at all.
             let staged = try stagePack(kernel: kernel, options: options, outputDirectory: output) { note("moepack: warning: \($0)") }
+            try HostFolder.write(into: staged.stagingPath, manifest: staged.result.manifest, control: profile.control, tool: options.tool)
             if let reportWriter {
                 var heatmap: RoutingHeatmap? = nil
                 if let frame {
@@ -134,15 +136,6 @@ struct Pack: ParsableCommand {
             }
         }
     }
-}
-
-/// Refuses, before anything is read or written, a profile whose element types the fixed-point
-/// emulation cannot reproduce (`run`/`verify --mode fixed` would otherwise fail on the image later).
-/// - Throws: `MoepackError(.unsupported)` naming the kernel argument (``FixedEmulation/check(_:argument:)``).
-func checkEmulatable(_ profile: KernelProfile) throws {
-    var types: [String: FixedType] = [:]
-    for b in profile.buffers { types[b.name] = try profile.fixedType(b.type) }
-    try FixedEmulation.supports(types: types)
 }
 
 func packSummary(_ r: PackResult, output: String) -> String {

@@ -38,7 +38,7 @@ extension CLIHostileTests {
             XCTAssertTrue(left == [] || left == ["img", "report.html"], "\(what): left \(left)")
             if left == ["img", "report.html"] {
                 XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: parent + "/img").sorted(),
-                               ["ddr.bin", "manifest.json", "manifest.sha256", "moepack_ddr.h"], what)
+                               ["ddr.bin", "host", "manifest.json", "manifest.sha256", "moepack_ddr.h"], what)
             }
         }
         XCTAssertGreaterThan(outcomes[128 + SIGINT, default: 0] + outcomes[128 + SIGTERM, default: 0], 0, "no run was interrupted by moepack's handler: \(outcomes)")
