@@ -45,7 +45,7 @@ let package = Package(
                                "COpenBLAS", "CPNG"]),
         // Stage 6: comparison metrics and reports.
         .target(name: "MoepackVerify",
-                dependencies: ["MoepackCore", "MoepackInference", "MoepackModel", "MoepackPacking"]),
+                dependencies: ["MoepackCore", "MoepackInference", "MoepackModel", "MoepackPacking", "MoepackHeads"]),
         // Stage 7: the board: host programs generated beside the image, and a simulated board.
         .target(name: "MoepackBoard",
                 dependencies: ["MoepackCore", "MoepackFixedPoint", "MoepackModel", "MoepackPacking", "MoepackInference"],
@@ -67,6 +67,6 @@ let package = Package(
         .testTarget(name: "BoardTests", dependencies: ["MoepackBoard", "MoepackInference", "MoepackPacking", "MoepackCore"],
                     exclude: ["FakePYNQ"]),
         .testTarget(name: "HeadsTests", dependencies: ["MoepackHeads", "MoepackModel", "MoepackCheckpoint", "MoepackCore"]),
-        .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint"]),
+        .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackHeads"]),
     ]
 )

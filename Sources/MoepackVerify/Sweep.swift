@@ -4,6 +4,7 @@ import MoepackModel
 import MoepackFixedPoint
 import MoepackPacking
 import MoepackInference
+import MoepackHeads
 
 /// One `--vary` axis of a precision sweep: a kernel element type name (a key of the profile's
 /// `types`, e.g. `wt_linear_t`) and the `ap_fixed` types to try for it.
@@ -49,6 +50,19 @@ public struct SweepRouting: Sendable, Codable, Equatable {
     public var agreement: Double
 }
 
+/// Agreement of one task decoder's output on the candidate's backbone with its output on the float
+/// model's backbone, averaged over the frames.
+public struct SweepTaskAgreement: Sendable, Codable, Equatable {
+    public var task: String
+    /// Backbone task (gate set) feeding the decoder.
+    public var backbone_task: Int
+    /// Segmentation tasks: fraction of pixels with the same argmax class; nil for other tasks.
+    public var pixel_agreement: Double?
+    /// Decoder output [C, H, W] against the float model's: mean squared error and cosine.
+    public var mse: Double
+    public var cosine: Double
+}
+
 /// One candidate's figures.
 public struct SweepCandidate: Sendable, Codable, Equatable {
     /// The swept element types (type name → Vitis spelling); the others are the profile's.
@@ -67,6 +81,8 @@ public struct SweepCandidate: Sendable, Codable, Equatable {
     public var routing: [SweepRouting]
     /// Fixed-point wrap-arounds over every frame and task.
     public var overflow: Int
+    /// Per task decoder, when the sweep was given decoders (`--heads`); empty otherwise.
+    public var task_agreement: [SweepTaskAgreement] = []
     /// On the Pareto front of (moe_bytes_per_frame, mse): no other candidate is at least as good in
     /// both and better in one.
     public var pareto: Bool
@@ -96,6 +112,10 @@ public struct SweepOptions: Sendable {
     public var parallel: Int = ProcessInfo.processInfo.activeProcessorCount
     public var checkpointPath: String = ""
     public var burstBytes: Int = 512
+    /// Task decoders run on every candidate's backbone output and on the float model's, with the
+    /// backbone task feeding each decoder (``TaskMap``).
+    public var heads: TaskHeads?
+    public var taskMap: [String: Int] = [:]
     public init() {}
 }
 
@@ -152,6 +172,10 @@ public func sweep(kernel: KernelTensors, profile: KernelProfile, axes: [SweepAxi
         let float = FloatBackbone(weights: try kernel.backboneWeights(task: t))
         return try frames.map { try float.forward(pixels: $0.frame.pixels) }
     }
+    // Decoder outputs on the float backbone, per frame.
+    let referenceHeads: [[TaskOutput]] = try options.heads.map { heads in
+        try frames.indices.map { f in try heads.run(tokens: { reference[$0][f].output }, taskMap: options.taskMap) }
+    } ?? []
     let work = (options.workDirectory as NSString).appendingPathComponent("moepack-sweep-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
     try makeDirectory(work)
     InterruptCleanup.register(work)
@@ -165,7 +189,8 @@ public func sweep(kernel: KernelTensors, profile: KernelProfile, axes: [SweepAxi
             let dir = (work as NSString).appendingPathComponent("candidate-\(i)")
             let r = Result {
                 try measureCandidate(kernel: kernel, profile: profiles[i], types: combos[i], frames: frames,
-                                     tasks: tasks, reference: reference, directory: dir, options: options)
+                                     tasks: tasks, reference: reference, referenceHeads: referenceHeads,
+                                     directory: dir, options: options)
             }
             try? FileManager.default.removeItem(atPath: dir)
             let done = results.set(i, r)
@@ -180,39 +205,75 @@ public func sweep(kernel: KernelTensors, profile: KernelProfile, axes: [SweepAxi
 }
 
 func measureCandidate(kernel: KernelTensors, profile: KernelProfile, types: [String: FixedType], frames: [NamedFrame],
-                      tasks: [Int], reference: [[ForwardResult]], directory: String,
+                      tasks: [Int], reference: [[ForwardResult]], referenceHeads: [[TaskOutput]], directory: String,
                       options: SweepOptions) throws -> SweepCandidate {
     let packOptions = PackOptions(profile: profile, allTasks: tasks.count > 1,
                                   quantization: options.quantization, overflow: options.overflow)
     let packed = try pack(kernel: kernel, options: packOptions, outputDirectory: directory)
     let image = try PackedImage(directory: directory)
+    let models = try tasks.map { try ImageModel(image: image, mode: .fixed, task: $0) }
     var mse = 0.0, cosine = 0.0, worstCosine = 1.0, moeBytes = 0.0, overflow = 0
-    var routing: [SweepRouting] = []
     let k = kernel.config.topK
-    for (ti, t) in tasks.enumerated() {
-        let model = try ImageModel(image: image, mode: .fixed, task: t)
-        var agreement: [Double] = []
-        for (fi, nf) in frames.enumerated() {
-            let got = try model.run(nf.frame)
+    let nBlocks = kernel.config.moeBlocks.count
+    var agreement = [[Double]](repeating: [Double](repeating: 0, count: nBlocks), count: tasks.count)
+    var taskAgreement: [SweepTaskAgreement] = []
+    for (fi, nf) in frames.enumerated() {
+        var outputs: [Int: [Float]] = [:]
+        for (ti, t) in tasks.enumerated() {
+            let got = try models[ti].run(nf.frame)
             let want = reference[ti][fi]
+            outputs[t] = got.output
             let m = ComparisonMetrics(got.output, reference: want.output)
             mse += m.mse; cosine += m.cosine; worstCosine = min(worstCosine, m.cosine)
             moeBytes += Double(try moeScheduleFetch(routing: got.routing, image: image, burstBytes: options.burstBytes)
                 .reduce(0) { $0 + $1.bytes_fetched })
             overflow += got.overflow.reduce(0) { $0 + $1.count }
-            if agreement.isEmpty { agreement = [Double](repeating: 0, count: got.routing.count) }
-            for (j, (g, r)) in zip(got.routing, want.routing).enumerated() {
-                agreement[j] += routingAgreement(g.topExperts, r.topExperts, k: k) / Double(frames.count)
+            for (j, (g, r)) in zip(got.routing, want.routing).enumerated() where j < nBlocks {
+                agreement[ti][j] += routingAgreement(g.topExperts, r.topExperts, k: k) / Double(frames.count)
             }
         }
-        for (j, block) in kernel.config.moeBlocks.sorted().enumerated() where j < agreement.count {
-            routing.append(SweepRouting(task: t, block: block, agreement: agreement[j]))
+        if let heads = options.heads {
+            let got = try heads.run(tokens: { outputs[$0]! }, taskMap: options.taskMap)
+            let frameAgreement = zip(got, referenceHeads[fi]).map { compareTaskOutputs($0, $1) }
+            if taskAgreement.isEmpty {
+                taskAgreement = frameAgreement.map {
+                    SweepTaskAgreement(task: $0.task, backbone_task: $0.backbone_task,
+                                       pixel_agreement: $0.pixel_agreement.map { _ in 0 }, mse: 0, cosine: 0)
+                }
+            }
+            let w = 1 / Double(frames.count)   // mean over frames
+            for (j, a) in frameAgreement.enumerated() {
+                taskAgreement[j].mse += a.mse * w
+                taskAgreement[j].cosine += a.cosine * w
+                if let p = a.pixel_agreement { taskAgreement[j].pixel_agreement? += p * w }
+            }
+        }
+    }
+    var routing: [SweepRouting] = []
+    for (ti, t) in tasks.enumerated() {
+        for (j, block) in kernel.config.moeBlocks.sorted().enumerated() {
+            routing.append(SweepRouting(task: t, block: block, agreement: agreement[ti][j]))
         }
     }
     let n = Double(frames.count * tasks.count)
     return SweepCandidate(types: types.mapValues(spelling), image_bytes: packed.manifest.image.bytes,
                           moe_bytes_per_frame: moeBytes / n, mse: mse / n, cosine: cosine / n,
-                          worst_cosine: worstCosine, routing: routing, overflow: overflow, pareto: false)
+                          worst_cosine: worstCosine, routing: routing, overflow: overflow,
+                          task_agreement: taskAgreement, pareto: false)
+}
+
+/// One decoder's output on a candidate's backbone against its output on the float backbone.
+func compareTaskOutputs(_ got: TaskOutput, _ want: TaskOutput) -> SweepTaskAgreement {
+    let m = ComparisonMetrics(got.values, reference: want.values)
+    var pixel: Double? = nil
+    if case .segmentation = TaskKind.of(task: got.task, channels: got.channels) {
+        let n = got.height * got.width
+        let a = TaskRenderer.argmax(got.values, channels: got.channels, pixels: n)
+        let b = TaskRenderer.argmax(want.values, channels: want.channels, pixels: n)
+        pixel = n == 0 ? 1 : Double(zip(a, b).filter { $0 == $1 }.count) / Double(n)
+    }
+    return SweepTaskAgreement(task: got.task, backbone_task: got.backboneTask ?? 0, pixel_agreement: pixel,
+                              mse: m.mse, cosine: m.cosine)
 }
 
 /// Marks the candidates no other candidate dominates in (moe_bytes_per_frame, mse).

@@ -31,6 +31,14 @@ public func renderSweepTable(_ r: SweepReport) -> String {
             s += "  \(String(repeating: " ", count: 41))\(typeCells(c))  " + cells.map { $0.leftPadded(6) }.joined(separator: " ") + "\n"
         }
     }
+    let decoders = r.candidates.first?.task_agreement.map(\.task) ?? []
+    if !decoders.isEmpty {
+        s += "  task decoders on the candidate vs the float backbone (pixel agreement, else cosine): \(header)  " + decoders.map { $0.leftPadded(10) }.joined(separator: " ") + "\n"
+        for c in r.candidates {
+            let cells = c.task_agreement.map { a in a.pixel_agreement.map { String(format: "%.4f px", $0) } ?? String(format: "%.5f", a.cosine) }
+            s += "  \(String(repeating: " ", count: 82))\(typeCells(c))  " + cells.map { $0.leftPadded(10) }.joined(separator: " ") + "\n"
+        }
+    }
     return s.hasSuffix("\n") ? String(s.dropLast()) : s
 }
 
@@ -84,9 +92,14 @@ public func sweepHTML(_ r: SweepReport) -> String {
         rows += "<tr\(c.pareto ? " class=\"pareto\"" : "")>" + r.varied.map { "<td>\(escapeHTML(c.types[$0] ?? ""))</td>" }.joined()
         rows += "<td>\(String(format: "%.2f", Double(c.image_bytes) / 1_048_576))</td><td>\(String(format: "%.3f", c.moe_bytes_per_frame / 1_048_576))</td>"
         rows += "<td>\(String(format: "%.4g", c.mse))</td><td>\(String(format: "%.6f", c.cosine))</td>"
-        rows += "<td>\(String(format: "%.4f", c.routing.map(\.agreement).min() ?? 1))</td><td>\(c.overflow)</td><td>\(c.pareto ? "★" : "")</td></tr>\n"
+        rows += "<td>\(String(format: "%.4f", c.routing.map(\.agreement).min() ?? 1))</td>"
+        rows += c.task_agreement.map { a in "<td>\(a.pixel_agreement.map { String(format: "%.4f", $0) } ?? String(format: "%.5f", a.cosine))</td>" }.joined()
+        rows += "<td>\(c.overflow)</td><td>\(c.pareto ? "★" : "")</td></tr>\n"
     }
     let heads = r.varied.map { "<th>\(escapeHTML($0))</th>" }.joined()
+    let decoderHeads = (r.candidates.first?.task_agreement ?? []).map { a in
+        "<th>\(escapeHTML(a.task)) \(a.pixel_agreement == nil ? "cosine" : "pixel agreement")</th>"
+    }.joined()
     return """
     <!DOCTYPE html>
     <html lang="en"><head><meta charset="utf-8"><title>moepack sweep: \(escapeHTML(r.checkpoint))</title>
@@ -99,7 +112,7 @@ public func sweepHTML(_ r: SweepReport) -> String {
     of the checkpoint (mean over frames and tasks). Filled points and shaded rows: the Pareto front (no other candidate
     fetches fewer MoE bytes with a lower MSE).</p>
     \(svg)
-    <table><tr>\(heads)<th>image MiB</th><th>MoE MiB/frame</th><th>MSE</th><th>cosine</th><th>min routing agreement</th><th>wraps</th><th>Pareto</th></tr>
+    <table><tr>\(heads)<th>image MiB</th><th>MoE MiB/frame</th><th>MSE</th><th>cosine</th><th>min routing agreement</th>\(decoderHeads)<th>wraps</th><th>Pareto</th></tr>
     \(rows)</table>
     </body></html>
 

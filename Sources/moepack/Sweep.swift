@@ -7,6 +7,7 @@ import MoepackCheckpoint
 import MoepackPacking
 import MoepackInference
 import MoepackVerify
+import MoepackHeads
 
 struct Sweep: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -32,6 +33,14 @@ struct Sweep: ParsableCommand {
     @Option(help: "ap_fixed overflow mode: \(Overflow.allCases.map(\.rawValue).joined(separator: ", ")).")
     var overflow: Overflow = .AP_SAT
 
+    @Option(help: "Checkpoint with M³ViT task decoders: also compare each decoder's output on every candidate with its output on the float model (pixel agreement for segmentations, MSE and cosine).")
+    var heads: String?
+
+    @Option(help: ArgumentHelp("With --heads: which backbone task feeds which decoder, e.g. semseg=0,depth=1 (default: decoder i gets task i's gates).", valueName: "map"))
+    var taskMap: String?
+
+    @OptionGroup var headOptions: HeadOptions
+
     @Option(name: .shortAndLong, help: "Output folder for sweep.html and sweep.json (created; those files replaced).")
     var output: String?
 
@@ -56,6 +65,13 @@ struct Sweep: ParsableCommand {
             options.quantization = quantization
             options.overflow = overflow
             options.checkpointPath = checkpoint
+            if let heads {
+                let (ck, decoders) = try headOptions.load(heads, open: checkpointOptions.open, config: profile.model)
+                options.heads = decoders
+                let tasks = Array(0..<max(profile.model.tasks, 1))
+                let overrides = try taskMap.map { try TaskMap.parse($0, heads: ck.heads, imageTasks: tasks) } ?? [:]
+                options.taskMap = try TaskMap.resolve(heads: ck.heads, imageTasks: tasks, overrides: overrides)
+            }
             let report = try sweep(kernel: kernel, profile: profile, axes: axes, frames: inputs, options: options,
                                    progress: progressReporter("sweep: candidates"))
             if let staged {

@@ -9,6 +9,7 @@ import MoepackModel
 import MoepackFixedPoint
 import MoepackPacking
 import MoepackInference
+import MoepackHeads
 @testable import MoepackVerify
 
 /// `moepack sweep`: axis parsing, the candidate product, the figures on the tiny model (against the
@@ -156,5 +157,44 @@ final class SweepTests: XCTestCase {
         let (s4, _, e4) = try run(base + ["--vary", "wt_nope_t=ap_fixed<8,1>"])
         XCTAssertEqual(s4, 64, e4)
         XCTAssertTrue(e4.contains("wt_nope_t"), e4)
+    }
+}
+
+/// `sweep` with task decoders: per decoder, the candidate's output against the float backbone's,
+/// checked against the heads module's own image runner (``ImageWithHeads``) on the packed image.
+final class SweepHeadsTests: XCTestCase {
+    func testTaskAgreementMatchesImageWithHeads() throws {
+        let tiny = SweepTests.tiny
+        let profile = try KernelProfile.load("tiny-test")
+        let kernel = try KernelTensors(checkpoint: try BackboneCheckpoint(
+            source: try openCheckpoint(tiny.appendingPathComponent("model.pth").path), expected: profile.model))
+        let frame = NamedFrame(name: "frame.u8", frame: try FrameLoader.load(path: tiny.appendingPathComponent("frame.u8").path, config: profile.model))
+        let ck = try TaskHeadsCheckpoint(source: try openCheckpoint(SweepTests.repo.appendingPathComponent("Tests/Fixtures/heads/tiny_heads.pth").path))
+        let heads = try TaskHeads(checkpoint: ck, imageHeight: profile.model.imageHeight, imageWidth: profile.model.imageWidth)
+        var options = SweepOptions()
+        options.heads = heads
+        options.taskMap = try TaskMap.resolve(heads: ck.heads, imageTasks: [0, 1], overrides: ["normals": 0, "edge": 1])
+        let report = try sweep(kernel: kernel, profile: profile,
+                               axes: [try SweepAxis(parsing: "wt_linear_t=ap_fixed<8,1>,ap_fixed<16,2>")],
+                               frames: [frame], options: options)
+        let published = try XCTUnwrap(report.candidates.last)
+        XCTAssertEqual(published.task_agreement.map(\.task), ["semseg", "depth", "normals", "edge"])
+        XCTAssertNotNil(published.task_agreement[0].pixel_agreement)
+        XCTAssertNil(published.task_agreement[1].pixel_agreement)
+
+        let dir = NSTemporaryDirectory() + "moepack-sweep-heads-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try pack(kernel: kernel, options: PackOptions(profile: profile, allTasks: true), outputDirectory: dir)
+        let fixed = try ImageWithHeads(image: try PackedImage(directory: dir), mode: .fixed, heads: heads, taskMap: options.taskMap)
+        let got = try fixed.run(frame.frame).outputs
+        let floats = try (0..<2).map { t in try FloatBackbone(weights: try kernel.backboneWeights(task: t)).forward(pixels: frame.frame.pixels).output }
+        let want = try heads.run(tokens: { floats[$0] }, taskMap: options.taskMap)
+        for (a, (g, w)) in zip(published.task_agreement, zip(got, want)) {
+            let m = ComparisonMetrics(g.values, reference: w.values)
+            XCTAssertEqual(a.mse, m.mse, accuracy: m.mse * 1e-12, a.task)
+            XCTAssertEqual(a.cosine, m.cosine, accuracy: 1e-12, a.task)
+            XCTAssertEqual(a.backbone_task, options.taskMap[a.task], a.task)
+        }
+        XCTAssertGreaterThan(published.task_agreement[0].pixel_agreement!, report.candidates[0].task_agreement[0].pixel_agreement! - 1e-9)
     }
 }
