@@ -45,7 +45,7 @@ let package = Package(
                                "COpenBLAS", "CPNG"]),
         // Stage 6: comparison metrics and reports.
         .target(name: "MoepackVerify",
-                dependencies: ["MoepackCore", "MoepackInference", "MoepackModel", "MoepackPacking"]),
+                dependencies: ["MoepackCore", "MoepackInference", "MoepackModel", "MoepackPacking", "MoepackHeads"]),
         // Thin CLI.
         .executableTarget(name: "moepack",
                           dependencies: ["MoepackCore", "MoepackCheckpoint", "MoepackModel",

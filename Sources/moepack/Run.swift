@@ -157,6 +157,8 @@ struct Verify: ParsableCommand {
     @Flag(help: "JSON report on stdout.")
     var json = false
 
+    @OptionGroup var headVerify: HeadVerifyOptions
+
     /// The thresholds, checked before anything is loaded (NaN would disable a check silently).
     func thresholds() throws -> VerifyThresholds {
         func check(_ v: Double?, _ flag: String, _ range: ClosedRange<Double>, _ what: String) throws {
@@ -178,6 +180,7 @@ struct Verify: ParsableCommand {
     func run() throws {
         try guarded {
             let th = try thresholds()
+            _ = try headVerify.thresholds(mode: mode)
             let image = try PackedImage(directory: directory)
             let inputs = try frames.load(config: image.manifest.model)
             let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
@@ -198,6 +201,10 @@ struct Verify: ParsableCommand {
             var report = try verify(image: image, reference: reference, frames: inputs, mode: mode, task: task,
                                     thresholds: th, checkpointPath: checkpoint, progress: progressReporter("verify"))
             report.apply(sourceCheck, required: requireSameSource)
+            if let heads = headVerify.heads {
+                report.apply(try headVerify.verify(image: image, kernel: kernel, checkpoint: heads, frames: inputs, mode: mode,
+                                                   open: checkpointOptions.open).report)
+            }
             if json {
                 if !sourceCheck.same && sourceCheck.method != .none { note("moepack: warning: \(sourceCheck.summary)") }
                 try printJSON(report)
