@@ -44,6 +44,7 @@ bench: release
 fixtures:
 	$(PYTHON) scripts/make_fixtures.py
 	$(PYTHON) scripts/make_heads_reference.py
+	$(PYTHON) scripts/make_numpy_value_fixtures.py
 	$(PYTHON) scripts/make_digest_fixture.py
 	$(PYTHON) scripts/make_checkpoint_fixtures.py
 	$(PYTHON) scripts/make_format_fixtures.py

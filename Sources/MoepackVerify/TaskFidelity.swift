@@ -78,39 +78,52 @@ public func compareTask(_ got: TaskOutput, _ want: TaskOutput, frame: String?) -
         r.rmse = (sq / Double(n)).squareRoot()
         r.abs_rel = valid > 0 ? rel / Double(valid) : 0
         r.valid_pixels = valid
-        r.differing_pixels = differing(got.values, want.values, count: n)
+        r.differing_pixels = differingPixels(got, want).filter { $0 }.count
     case .normals:
         r.kind = "normals"
-        var total = 0.0, diff = 0
-        for p in 0..<n {
-            let u = (0..<3).map { Double(got.values[$0 * n + p]) }, v = (0..<3).map { Double(want.values[$0 * n + p]) }
-            let nu = (u[0] * u[0] + u[1] * u[1] + u[2] * u[2]).squareRoot(), nv = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).squareRoot()
-            let cos = nu > 0 && nv > 0 ? (u[0] * v[0] + u[1] * v[1] + u[2] * v[2]) / (nu * nv) : 1
-            let deg = acos(min(max(cos, -1), 1)) * 180 / .pi
-            total += deg
-            if deg > 1 { diff += 1 }
-        }
-        r.mean_angular_error_deg = total / Double(n)
-        r.differing_pixels = diff
+        let deg = angles(got.values, want.values, pixels: n)
+        r.mean_angular_error_deg = deg.reduce(0, +) / Double(n)
+        r.differing_pixels = differingPixels(got, want).filter { $0 }.count
     case .grey:
         r.kind = "grey"
-        var total = 0.0, diff = 0
-        for p in 0..<n {
-            let d = abs(1 / (1 + exp(-Double(got.values[p]))) - 1 / (1 + exp(-Double(want.values[p]))))
-            total += d
-            if d > 0.01 { diff += 1 }
-        }
-        r.mean_probability_error = total / Double(n)
-        r.differing_pixels = diff
+        r.mean_probability_error = probabilityErrors(got.values, want.values, pixels: n).reduce(0, +) / Double(n)
+        r.differing_pixels = differingPixels(got, want).filter { $0 }.count
     }
     return r
 }
 
-/// Pixels where |a − b| exceeds 1% of b's range.
-func differing(_ a: [Float], _ b: [Float], count n: Int) -> Int {
-    let lo = b.prefix(n).min() ?? 0, hi = b.prefix(n).max() ?? 0
-    let tol = max(Double(hi - lo), 1e-12) * 0.01
-    return (0..<n).filter { abs(Double(a[$0]) - Double(b[$0])) > tol }.count
+/// Per pixel, whether the rendering differs: another class (segmentation), |Δ| above 1% of the float
+/// model's range (depth), more than 1° (normals), |Δ probability| above 0.01 (saliency, edges).
+public func differingPixels(_ got: TaskOutput, _ want: TaskOutput) -> [Bool] {
+    let n = got.height * got.width, c = got.channels
+    switch TaskKind.of(task: got.task, channels: c) {
+    case .segmentation:
+        return zip(TaskRenderer.argmax(got.values, channels: c, pixels: n), TaskRenderer.argmax(want.values, channels: c, pixels: n)).map { $0 != $1 }
+    case .depth:
+        let lo = want.values.prefix(n).min() ?? 0, hi = want.values.prefix(n).max() ?? 0
+        let tol = max(Double(hi - lo), 1e-12) * 0.01
+        return (0..<n).map { abs(Double(got.values[$0]) - Double(want.values[$0])) > tol }
+    case .normals:
+        return angles(got.values, want.values, pixels: n).map { $0 > 1 }
+    case .grey:
+        return probabilityErrors(got.values, want.values, pixels: n).map { $0 > 0.01 }
+    }
+}
+
+/// Angle in degrees between two `[3, n]` normal maps, per pixel.
+func angles(_ a: [Float], _ b: [Float], pixels n: Int) -> [Double] {
+    (0..<n).map { p in
+        let u = (0..<3).map { Double(a[$0 * n + p]) }, v = (0..<3).map { Double(b[$0 * n + p]) }
+        let nu = (u[0] * u[0] + u[1] * u[1] + u[2] * u[2]).squareRoot(), nv = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).squareRoot()
+        let cos = nu > 0 && nv > 0 ? (u[0] * v[0] + u[1] * v[1] + u[2] * v[2]) / (nu * nv) : 1
+        return acos(min(max(cos, -1), 1)) * 180 / .pi
+    }
+}
+
+/// |sigmoid(a) − sigmoid(b)| per pixel.
+func probabilityErrors(_ a: [Float], _ b: [Float], pixels n: Int) -> [Double] {
+    func sigmoid(_ x: Float) -> Double { 1 / (1 + exp(-Double(x))) }
+    return (0..<n).map { abs(sigmoid(a[$0]) - sigmoid(b[$0])) }
 }
 
 /// `verify --heads`: every decoder on the packed image's backbone output and on the float model's,

@@ -221,17 +221,41 @@ struct HeadVerifyOptions: ParsableArguments {
         return th
     }
 
+    @Option(help: "With --heads: write an HTML report (the quantization report plus, for the first frame, each task's rendering from the float model and from the image side by side with the pixels that differ, and the expert choice per patch).")
+    var report: String?
+
     /// Loads the decoders, resolves the task map and compares every task.
     func verify(image: PackedImage, kernel: KernelTensors, checkpoint: String, frames: [NamedFrame], mode: InferenceMode,
-                open: OpenOptions) throws -> (report: HeadsReport, outputs: [HeadsFrameOutputs]) {
-        let th = try thresholds(mode: mode)
-        let config = image.manifest.model
-        let (ck, decoders) = try headOptions.load(checkpoint, open: open, config: config)
-        let imageTasks = ImageWithHeads.tasks(of: image)
-        let overrides = try taskMap.map { try TaskMap.parse($0, heads: ck.heads, imageTasks: imageTasks) } ?? [:]
-        let map = try TaskMap.resolve(heads: ck.heads, imageTasks: imageTasks, overrides: overrides)
-        return try verifyHeads(image: image, reference: { try kernel.backboneWeights(task: $0) }, heads: decoders, taskMap: map,
-                               frames: frames, mode: mode, thresholds: th, checkpointPath: checkpoint,
-                               progress: progressReporter("verify heads"))
+                open: OpenOptions) throws -> HeadsReport {
+        let (report, outputs) = try compareHeads(image: image, kernel: kernel, checkpoint: checkpoint, frames: frames, mode: mode,
+                                                 thresholds: try thresholds(mode: mode), taskMap: taskMap, headOptions: headOptions, open: open)
+        if let path = self.report {
+            try writeTaskReport(path, image: image, kernel: kernel, frame: frames[0], mode: mode, heads: report, outputs: outputs[0])
+        }
+        return report
     }
+}
+
+/// Loads the decoders, resolves the task map (`taskMap` text overrides the default) and compares every
+/// task of every frame (``verifyHeads(image:reference:heads:taskMap:frames:mode:thresholds:checkpointPath:progress:)``).
+func compareHeads(image: PackedImage, kernel: KernelTensors, checkpoint: String, frames: [NamedFrame], mode: InferenceMode,
+                  thresholds: TaskThresholds, taskMap: String?, headOptions: HeadOptions, open: OpenOptions) throws -> (HeadsReport, [HeadsFrameOutputs]) {
+    let (ck, decoders) = try headOptions.load(checkpoint, open: open, config: image.manifest.model)
+    let imageTasks = ImageWithHeads.tasks(of: image)
+    let overrides = try taskMap.map { try TaskMap.parse($0, heads: ck.heads, imageTasks: imageTasks) } ?? [:]
+    let map = try TaskMap.resolve(heads: ck.heads, imageTasks: imageTasks, overrides: overrides)
+    return try verifyHeads(image: image, reference: { try kernel.backboneWeights(task: $0) }, heads: decoders, taskMap: map,
+                           frames: frames, mode: mode, thresholds: thresholds, checkpointPath: checkpoint,
+                           progress: progressReporter("heads"))
+}
+
+/// The quantization report with the task section of one frame, written atomically.
+func writeTaskReport(_ path: String, image: PackedImage, kernel: KernelTensors, frame: NamedFrame, mode: InferenceMode,
+                     heads: HeadsReport, outputs: HeadsFrameOutputs) throws {
+    let c = image.manifest.model
+    let section = TaskReportSection(frame: frame.frame.bytes, height: c.imageHeight, width: c.imageWidth, patch: c.patchSize,
+                                    experts: c.experts, mode: mode, outputs: outputs,
+                                    fidelity: heads.tasks.filter { $0.frame == nil || $0.frame == frame.name }, taskMap: heads.task_map)
+    let heatmap = try routingHeatmap(kernel: kernel, image: image, frame: frame.frame)
+    try AtomicFileWriter.write(Array(QuantReport.html(manifest: image.manifest, routing: heatmap, tasks: section).utf8), to: path)
 }

@@ -203,7 +203,7 @@ struct Verify: ParsableCommand {
             report.apply(sourceCheck, required: requireSameSource)
             if let heads = headVerify.heads {
                 report.apply(try headVerify.verify(image: image, kernel: kernel, checkpoint: heads, frames: inputs, mode: mode,
-                                                   open: checkpointOptions.open).report)
+                                                   open: checkpointOptions.open))
             }
             if json {
                 if !sourceCheck.same && sourceCheck.method != .none { note("moepack: warning: \(sourceCheck.summary)") }
