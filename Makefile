@@ -26,12 +26,12 @@ release: deps
 	$(SWIFT) build -c release --product moepack
 
 demo: release
-	$(BIN) pack $(CKPT) -o $(OUT) --task all --image $(FRAME) --report packed/report.html
+	$(BIN) pack $(CKPT) -o $(OUT) --task all --image $(FRAME) --report packed/report.html --heads $(CKPT)
 	$(BIN) run $(OUT) --image $(FRAME) -o packed/demo-output.npy
 	$(BIN) run $(OUT) --image $(FRAME) --heads $(CKPT) -o packed/demo-tasks
 	$(BIN) run $(OUT) --image $(FRAME) --heads $(CKPT) --mode fixed -o packed/demo-tasks-fixed
-	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME)
-	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --mode fixed
+	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --heads $(CKPT)
+	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --mode fixed --heads $(CKPT)
 
 test: deps
 	$(SWIFT) build --build-tests

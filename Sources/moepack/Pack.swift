@@ -19,7 +19,7 @@ extension Pack {
         let c = image.manifest.model
         let named = NamedFrame(name: self.image ?? "frame", frame: frame)
         let (report, outputs) = try compareHeads(image: image, kernel: kernel, checkpoint: heads, frames: [named], mode: .fixed,
-                                                 thresholds: .defaults(for: .fixed), taskMap: nil, headOptions: headOptions,
+                                                 thresholds: .defaults(for: .fixed), taskMap: taskMap, headOptions: headOptions,
                                                  open: checkpointOptions.open)
         return TaskReportSection(frame: frame.bytes, height: c.imageHeight, width: c.imageWidth, patch: c.patchSize,
                                  experts: c.experts, mode: .fixed, outputs: outputs[0], fidelity: report.tasks, taskMap: report.task_map)
@@ -87,6 +87,9 @@ struct Pack: ParsableCommand {
 
     @Option(help: "With --report and --image: also run this checkpoint's task decoders on the fixed path and the float model and show their renderings, the pixels that differ and the expert choice per patch.")
     var heads: String?
+
+    @Option(help: ArgumentHelp("With --heads: which backbone task feeds which decoder, e.g. semseg=0,depth=1 (default: decoder i gets task i).", valueName: "map"))
+    var taskMap: String?
 
     @OptionGroup var headOptions: HeadOptions
 
