@@ -2,7 +2,7 @@
 SWIFT ?= swift
 # A Python with torch, numpy, h5py and safetensors (only for regenerating fixtures; moepack never calls Python).
 PYTHON ?= $(shell test -x .venv/bin/python && echo .venv/bin/python || echo python3)
-DEB_PACKAGES := zlib1g-dev libssl-dev libopenblas-dev libhdf5-dev libpng-dev pkg-config
+DEB_PACKAGES := zlib1g-dev libssl-dev libopenblas-dev libhdf5-dev libpng-dev pkg-config gcc make gcc-aarch64-linux-gnu python3-numpy
 BIN := .build/release/moepack
 CKPT := models/m3vit-tiny-edge-moe.pth
 FRAME := models/demo-frame.png

@@ -46,11 +46,15 @@ let package = Package(
         // Stage 6: comparison metrics and reports.
         .target(name: "MoepackVerify",
                 dependencies: ["MoepackCore", "MoepackInference", "MoepackModel", "MoepackPacking", "MoepackHeads"]),
+        // Stage 7: the board: host programs generated beside the image, and a simulated board.
+        .target(name: "MoepackBoard",
+                dependencies: ["MoepackCore", "MoepackFixedPoint", "MoepackModel", "MoepackPacking", "MoepackInference"],
+                resources: [.copy("Templates")]),
         // Thin CLI.
         .executableTarget(name: "moepack",
                           dependencies: ["MoepackCore", "MoepackCheckpoint", "MoepackModel",
                                          "MoepackFixedPoint", "MoepackPacking", "MoepackInference",
-                                         "MoepackVerify", "MoepackHeads",
+                                         "MoepackVerify", "MoepackBoard", "MoepackHeads",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "CheckpointTests", dependencies: ["MoepackCheckpoint", "MoepackCore", "MoepackModel"]),
@@ -60,7 +64,8 @@ let package = Package(
         .testTarget(name: "ModelTests", dependencies: ["MoepackModel", "MoepackCheckpoint"]),
         .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport", "MoepackCore"]),
         .testTarget(name: "InferenceTests", dependencies: ["MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport"]),
+        .testTarget(name: "BoardTests", dependencies: ["MoepackBoard", "MoepackInference", "MoepackPacking", "MoepackCore"]),
         .testTarget(name: "HeadsTests", dependencies: ["MoepackHeads", "MoepackModel", "MoepackCheckpoint", "MoepackCore"]),
-        .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint"]),
+        .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackHeads"]),
     ]
 )

@@ -209,6 +209,30 @@ func align(_ x: Int, _ a: Int) -> Int { (x + a - 1) / a * a }
 /// - Throws: ``MoepackError``: missing/mismatched tensors, NaN/Inf, overflow with `strict`, I/O.
 public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: String,
                  warn: (String) -> Void = { _ in }) throws -> PackResult {
+    let staged = try stagePack(kernel: kernel, options: options, outputDirectory: outputDirectory, warn: warn)
+    try staged.commit()
+    return staged.result
+}
+
+/// A packed image complete in its staging folder beside `outputDirectory`, not yet in place: read it
+/// there (``stagingPath``) to derive other outputs, then ``commit(alongside:)`` puts it in place,
+/// with those outputs in the same uninterruptible step. Dropped uncommitted, it is removed.
+public final class StagedPack {
+    public let result: PackResult
+    private let stage: StagedDirectory
+    /// The folder holding the finished files until ``commit(alongside:)``.
+    public var stagingPath: String { stage.staging }
+
+    init(result: PackResult, stage: StagedDirectory) { self.result = result; self.stage = stage }
+
+    /// Moves the image files into place, then `alongside` (e.g. the report), as one step an
+    /// interrupt does not cut (``StagedDirectory/commit(alongside:)``).
+    public func commit(alongside: [AtomicFileWriter] = []) throws { try stage.commit(alongside: alongside) }
+}
+
+/// ``pack(kernel:options:outputDirectory:warn:)`` up to, not including, putting the files in place.
+public func stagePack(kernel: KernelTensors, options: PackOptions, outputDirectory: String,
+                      warn: (String) -> Void = { _ in }) throws -> StagedPack {
     let profile = options.profile
     let cfg = kernel.config
     guard options.task >= 0, options.task < max(cfg.tasks, 1) else {
@@ -366,8 +390,7 @@ public func pack(kernel: KernelTensors, options: PackOptions, outputDirectory: S
     let manifestBytes = Array(try manifest.encoded())
     try AtomicFileWriter.write(manifestBytes, to: stage.path("manifest.json"))
     try AtomicFileWriter.write(Array(ImageValidation.manifestDigestText(manifestBytes).utf8), to: stage.path(ImageValidation.manifestDigestFile))
-    try stage.commit()
-    return PackResult(manifest: manifest, warnings: warnings, overflowByType: overflowByType)
+    return StagedPack(result: PackResult(manifest: manifest, warnings: warnings, overflowByType: overflowByType), stage: stage)
 }
 
 func fmt(_ x: Double) -> String {

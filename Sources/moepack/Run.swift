@@ -6,6 +6,7 @@ import MoepackModel
 import MoepackPacking
 import MoepackInference
 import MoepackVerify
+import MoepackBoard
 import MoepackHeads
 
 extension InferenceMode: ExpressibleByArgument {}
@@ -128,7 +129,16 @@ struct Verify: ParsableCommand {
     var directory: String
 
     @Option(help: "The checkpoint the image was packed from (the float reference).")
-    var checkpoint: String
+    var checkpoint: String?
+
+    @Option(help: ArgumentHelp("What a board returned in x (moepack_host's OUT.bin, moepack_pynq.py's OUT.npy), or the folder of moepack_pynq.py --bisect: compare with the fixed-point emulation of the same image and frame; no checkpoint needed.", valueName: "OUT"))
+    var boardOutput: String?
+
+    @Option(parsing: .unconditional, help: "With --board-output: the debug_id the board ran with (0: the whole kernel; 256 after the patch embedding; layer*16+k after step k of that layer).")
+    var debugId: Int = 0
+
+    @Option(parsing: .unconditional, help: "With --board-output: pass when no element is off by more than this many LSBs of fm_t (default 0: identical).")
+    var maxLsb: Double = 0
 
     @OptionGroup var frames: FrameOptions
     @OptionGroup var checkpointOptions: CheckpointOptions
@@ -179,6 +189,19 @@ struct Verify: ParsableCommand {
 
     func run() throws {
         try guarded {
+            if let boardOutput {
+                guard checkpoint == nil else {
+                    throw MoepackError(.usage, item: "--board-output", "compares with the emulation of the image, not with a checkpoint: omit --checkpoint")
+                }
+                guard debugId >= 0, debugId <= Int(UInt32.max) else { throw MoepackError(.usage, item: "--debug-id", "must be a 32-bit register value ≥ 0") }
+                guard maxLsb >= 0, maxLsb.isFinite else { throw MoepackError(.usage, item: "--max-lsb", "must be a finite number ≥ 0") }
+                try verifyBoardOutput(directory: directory, output: boardOutput, frames: frames, task: task,
+                                      debugID: debugId, maxLSB: maxLsb, json: json)
+                return
+            }
+            guard let checkpoint else {
+                throw MoepackError(.usage, item: "--checkpoint", "give --checkpoint CKPT (the model the image came from) or --board-output OUT (what a board returned)")
+            }
             let th = try thresholds()
             _ = try headVerify.thresholds(mode: mode)
             let image = try PackedImage(directory: directory)
