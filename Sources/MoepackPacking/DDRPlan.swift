@@ -152,6 +152,8 @@ public struct DDRPlan: Sendable {
     public var layout: DDRLayout
     /// Every task's gates are packed (`--task all`).
     public var allTasks: Bool
+    /// Largest image laid out (2^40 bytes): far above any DDR, and far below an overflow.
+    public static let maximumImageBytes = 1 << 40
 
     /// The expert-record geometry (expert-major layout; nil otherwise).
     public var expertLayout: ExpertRecordLayout? { expertRegion?.layout }
@@ -169,39 +171,43 @@ public struct DDRPlan: Sendable {
         let placement = layout.placement
         var offset = 0
         var out: [PlannedBuffer] = []
-        func add(_ r: PlacedRegion) {
+        func add(_ r: PlacedRegion) throws {
             offset = align(offset, profile.alignment)
+            // Profiles are JSON anyone can edit: sizes are summed without overflow, below 2^40 bytes.
+            let (end, o) = offset.addingReportingOverflow(r.bytes)
+            guard !o, end <= Self.maximumImageBytes else {
+                throw MoepackError(.badInput, file: profile.name, item: r.buffer.name, "the image would exceed \(Self.maximumImageBytes) bytes")
+            }
             out.append(PlannedBuffer(buffer: r.buffer, type: r.type, offset: offset, bytes: r.bytes, content: r.content))
-            offset += r.bytes
+            offset = end
         }
         for b in profile.buffers {
             let t = try profile.fixedType(b.type)
-            guard let count = checkedElementCount(b.shape) else {
+            guard let bytes = checkedElementCount(b.shape, elementBytes: t.containerBytes) else {
                 throw MoepackError(.badInput, file: profile.name, item: b.name, "size overflows")
             }
-            let bytes = count * t.containerBytes
             switch b.role {
             case .weight:
                 if let regions = try placement.regions(for: b, type: t, bytes: bytes, profile: profile) {
-                    regions.forEach(add)
+                    try regions.forEach(add)
                     continue
                 }
                 guard let arg = b.argument else {
                     throw MoepackError(.unsupported, file: profile.name, item: b.name, "no model tensor maps to this kernel argument")
                 }
                 if arg == .moe_w_gate && allTasks {
-                    add(PlacedRegion(buffer: b, type: t, bytes: bytes, content: .kernelArray(arg, task: 0)))
+                    try add(PlacedRegion(buffer: b, type: t, bytes: bytes, content: .kernelArray(arg, task: 0)))
                     for extra in 1..<max(tasks, 1) {
-                        add(PlacedRegion(buffer: KernelProfile.Buffer(name: "moe_w_gate_task\(extra)", shape: b.shape, type: b.type, role: .weight, register: nil),
+                        try add(PlacedRegion(buffer: KernelProfile.Buffer(name: "moe_w_gate_task\(extra)", shape: b.shape, type: b.type, role: .weight, register: nil),
                                          type: t, bytes: bytes, content: .kernelArray(arg, task: extra)))
                     }
                 } else {
-                    add(PlacedRegion(buffer: b, type: t, bytes: bytes, content: .kernelArray(arg, task: task)))
+                    try add(PlacedRegion(buffer: b, type: t, bytes: bytes, content: .kernelArray(arg, task: task)))
                 }
             case .input where b.argument == .images:
-                add(PlacedRegion(buffer: b, type: t, bytes: bytes, content: .frame))
+                try add(PlacedRegion(buffer: b, type: t, bytes: bytes, content: .frame))
             default:
-                add(PlacedRegion(buffer: b, type: t, bytes: bytes, content: .zeros))
+                try add(PlacedRegion(buffer: b, type: t, bytes: bytes, content: .zeros))
             }
         }
         buffers = out
