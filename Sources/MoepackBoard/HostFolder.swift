@@ -17,7 +17,7 @@ public enum HostFolder {
     /// Subfolder of the pack output.
     public static let folder = "host"
     /// Template resource → file written.
-    static let files = ["moepack_host.c", "moepack_host_table.h", "Makefile"]
+    static let files = ["moepack_host.c", "moepack_host_table.h", "Makefile", "moepack_pynq.py"]
 
     /// The files of `DIR/host/`, paths relative to DIR.
     /// - Parameters:

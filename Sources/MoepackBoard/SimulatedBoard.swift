@@ -159,9 +159,13 @@ public final class SimulatedBoard {
         var synced: [Range<Int>] = []
         for s in syncFDs {
             var byte: UInt8 = 0
-            while read(s.fd, &byte, 1) == 1 {
-                guard byte == UInt8(ascii: "1") else { continue }   // newlines and other bytes
+            var pending: Int32 = 0
+            // The attributes are read before the request byte is taken: a writer that waits until
+            // its byte is gone (FIONREAD) may then write the next request's attributes.
+            while ioctl(s.fd, UInt(FIONREAD), &pending) == 0, pending > 0 {
                 let (offset, size) = (attribute("sync_offset"), attribute("sync_size"))
+                guard read(s.fd, &byte, 1) == 1 else { break }
+                guard byte == UInt8(ascii: "1") else { continue }   // newlines and other bytes
                 guard offset >= 0, size >= 0, offset <= files.dmaBytes, size <= files.dmaBytes - offset else {
                     log("board-sim: warning: sync request [\(offset), +\(size)) outside the \(files.dmaBytes)-byte buffer ignored")
                     continue

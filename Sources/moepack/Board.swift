@@ -49,6 +49,9 @@ struct BoardSim: ParsableCommand {
     @Option(help: "Seconds to wait for an ap_start before giving up.")
     var idleTimeout: Double = 60
 
+    @Flag(help: "At the end, a JSON summary on stdout (files, addresses, runs) instead of the text line.")
+    var json = false
+
     func run() throws {
         try guarded {
             guard idleTimeout > 0, idleTimeout.isFinite else { throw MoepackError(.usage, item: "--idle-timeout", "must be a positive number of seconds") }
@@ -63,7 +66,13 @@ struct BoardSim: ParsableCommand {
             let board = try SimulatedBoard(profile: profile, files: files) { note($0) }
             FileHandle.standardOutput.write(Data("board-sim: ready: \(profile.kernel) s_axi_control at 0x\(String(base, radix: 16)) in \(devmem), \(dmaBytes) bytes of DMA memory at 0x\(String(dmaPhys.value, radix: 16)) in \(dma), u-dma-buf sysfs \(files.sysfs)\n".utf8))
             try board.serve(maxRuns: runs, idleTimeout: idleTimeout)
-            print("board-sim: \(board.runs) run(s) done")
+            if json {
+                struct Summary: Encodable { var kernel: String; var devmem: String; var ctrl_base: UInt64; var dma: String; var dma_phys: UInt64; var dma_bytes: Int; var udmabuf_sysfs: String; var runs: Int }
+                try printJSON(Summary(kernel: profile.kernel, devmem: devmem, ctrl_base: base, dma: dma, dma_phys: dmaPhys.value,
+                                      dma_bytes: dmaBytes, udmabuf_sysfs: files.sysfs, runs: board.runs))
+            } else {
+                print("board-sim: \(board.runs) run(s) done")
+            }
         }
     }
 }

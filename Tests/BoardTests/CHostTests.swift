@@ -75,6 +75,7 @@ final class CHostTests: XCTestCase {
         XCTAssertEqual(Array(try S.int32s(dir + "/pe.bin")[0..<32]), Array(ddr[posStart..<(posStart + 32)]))
         // The last layer's output (3*16+12) is the whole kernel's output; 2*16+3 leaves layer 1's output,
         // the same as 1*16+12.
+        XCTAssertTrue(sim.stdout.contains("board-sim: 1 run(s) done"), sim.stdout)
         (h, sim) = try runOnBoard(["--image", dir + "/frame0.bin", "--debug-id", "60", "-o", dir + "/l3.bin"])
         XCTAssertEqual(h.status, 0, h.stderr + sim.stderr)
         XCTAssertEqual(values(try S.int32s(dir + "/l3.bin")[...]), try fixedReference(dir + "/frame0.bin"))
