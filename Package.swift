@@ -35,10 +35,13 @@ let package = Package(
         .target(name: "MoepackPacking",
                 dependencies: ["MoepackCore", "MoepackModel", "MoepackFixedPoint"],
                 resources: [.copy("Profiles")]),
+        // moepack's own integer kernels of the fixed-point emulation (portable C, AVX2, AVX-512;
+        // chosen per process at run time), in C because Swift has no per-function target attributes.
+        .target(name: "CMoepackKernels"),
         // Stage 5: inference from the packed image (float path, fixed-point emulation), frames.
         .target(name: "MoepackInference",
                 dependencies: ["MoepackCore", "MoepackModel", "MoepackFixedPoint", "MoepackPacking",
-                               "COpenBLAS", "CPNG", "MoepackCheckpoint"]),
+                               "COpenBLAS", "CPNG", "MoepackCheckpoint", "CMoepackKernels"]),
         // Stage 6: comparison metrics and reports.
         .target(name: "MoepackVerify",
                 dependencies: ["MoepackCore", "MoepackInference", "MoepackModel", "MoepackPacking"]),
@@ -55,7 +58,7 @@ let package = Package(
         .testTarget(name: "FixedPointTests", dependencies: ["MoepackFixedPoint", "TestSupport"]),
         .testTarget(name: "ModelTests", dependencies: ["MoepackModel", "MoepackCheckpoint"]),
         .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport", "MoepackCore"]),
-        .testTarget(name: "InferenceTests", dependencies: ["MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport"]),
+        .testTarget(name: "InferenceTests", dependencies: ["MoepackInference", "CMoepackKernels", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport"]),
         .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint"]),
     ]
 )
