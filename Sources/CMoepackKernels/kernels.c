@@ -165,14 +165,3 @@ int64_t moepack_bias_gelu(moepack_isa isa, int32_t *y, ptrdiff_t rows, ptrdiff_t
     default: return bias_gelu_portable(y, rows, m, ld, bias, table, table_max);
     }
 }
-
-void moepack_patch_row_sums(moepack_isa isa, const int32_t *pixels, const int32_t *w, ptrdiff_t outputs,
-                            ptrdiff_t len, ptrdiff_t p, int shift, int32_t *sums) {
-    switch (runnable(isa)) {
-#if MOEPACK_X86
-    case MOEPACK_ISA_AVX512: patch_row_sums_avx512(pixels, w, outputs, len, p, shift, sums); return;
-    case MOEPACK_ISA_AVX2: patch_row_sums_avx2(pixels, w, outputs, len, p, shift, sums); return;
-#endif
-    default: patch_row_sums_portable(pixels, w, outputs, len, p, shift, sums); return;
-    }
-}

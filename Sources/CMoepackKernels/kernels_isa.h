@@ -135,21 +135,6 @@ ISA_FN static int64_t ISA_NAME(bias_gelu_)(int32_t *y, ptrdiff_t rows, ptrdiff_t
     return wraps;
 }
 
-ISA_FN static void ISA_NAME(patch_row_sums_)(const int32_t *pixels, const int32_t *w, ptrdiff_t outputs,
-                                            ptrdiff_t len, ptrdiff_t p, int shift, int32_t *sums) {
-    // Floored products of a whole weight row first (one contiguous vector loop), then the row sums.
-    int32_t floored[len];
-    for (ptrdiff_t d = 0; d < outputs; d++) {
-        const int32_t *wd = w + d * len;
-        for (ptrdiff_t j = 0; j < len; j++) floored[j] = (pixels[j] * wd[j]) >> shift;
-        for (ptrdiff_t r = 0; r < len / p; r++) {
-            uint32_t s = 0;
-            for (ptrdiff_t j = r * p; j < r * p + p; j++) s += (uint32_t)floored[j];
-            sums[d * (len / p) + r] = (int32_t)s;
-        }
-    }
-}
-
 // The attention kernels are plain loops over independent lanes (keys, or head dims), compiled once
 // per instruction set: integer arithmetic, so the vectoriser's choices cannot change a bit.
 

@@ -397,8 +397,6 @@ extension FixedBackbone {
         let gw = W / p, gh = H / p
         let patchLen = C * p * p
         var patch = [Int32](repeating: 0, count: patchLen)
-        let rowSums = UnsafeMutableBufferPointer<Int32>.allocate(capacity: D * (patchLen / p))
-        defer { rowSums.deallocate() }
         var wPatch = 0, wPos = 0
         patchWeights.withUnsafeBufferPointer { wb in
             pixels.withUnsafeBufferPointer { px in
@@ -412,13 +410,6 @@ extension FixedBackbone {
                         }
                         let token = 1 + py * gw + pxi
                         patch.withUnsafeBufferPointer { pb in
-                            if patchFast {
-                                // addend_dim += pixel * weight: 8 + 16 fraction bits floored to 22.
-                                // |each| < 2^21, so a 16-term row sum cannot leave fm_t.
-                                moepack_patch_row_sums(simdKernels, pb.baseAddress!, wb.baseAddress!, D, patchLen, p,
-                                                       Int32(FixedEmulation.pixel.fractionBits + FixedEmulation.fastPatchWeight.fractionBits - fmFrac),
-                                                       rowSums.baseAddress!)
-                            }
                             for d in 0..<D {
                                 let wRow = wb.baseAddress! + d * patchLen
                                 var acc = patchBias[d]
@@ -426,7 +417,9 @@ extension FixedBackbone {
                                 while r < patchLen {
                                     var addend: Int32 = 0
                                     if patchFast {
-                                        addend = rowSums[d * (patchLen / p) + r / p]
+                                        // addend_dim += pixel * weight: 8 + 16 fraction bits floored to 22.
+                                        // |each| < 2^21, so a 16-term row sum cannot leave fm_t.
+                                        for j in r..<(r + p) { addend &+= (pb[j] &* wRow[j]) &>> 2 }
                                     } else {
                                         addend = patchRowSumGeneral(pixels: pb.baseAddress! + r, weights: wRow + r,
                                                                     count: p, frac: patchFrac, wraps: &wPatch)

@@ -140,30 +140,6 @@ final class FixedEmulationFastPathTests: XCTestCase {
         }
     }
 
-    /// conv.cpp's patch row sums (pixel byte times a 16-fraction-bit weight, floored by 2 bits), every
-    /// form against the scalar sum, at the weight type's ends and on random values.
-    func testPatchRowSumsEveryFormEqualScalar() {
-        var rng = LCG(state: 5150)
-        let p = 16, len = 3 * p * p, outputs = 7
-        let pixels: [Int32] = (0..<len).map { i in i < 4 ? [0, 255, 1, 128][i] : Int32(rng.next() % 256) }
-        let w: [Int32] = (0..<(outputs * len)).map { i in
-            i % 97 == 0 ? -32768 : i % 89 == 0 ? 32767 : Int32(truncatingIfNeeded: rng.next()) >> 16
-        }
-        var expected = [Int32](repeating: 0, count: outputs * (len / p))
-        for d in 0..<outputs {
-            for r in 0..<(len / p) {
-                var s: Int32 = 0
-                for j in (r * p)..<(r * p + p) { s &+= (pixels[j] &* w[d * len + j]) &>> 2 }
-                expected[d * (len / p) + r] = s
-            }
-        }
-        for isa in Self.runnableISAs {
-            var sums = [Int32](repeating: 0, count: outputs * (len / p))
-            moepack_patch_row_sums(isa, pixels, w, outputs, len, p, 2, &sums)
-            XCTAssertEqual(sums, expected, "form \(isa.rawValue)")
-        }
-    }
-
     /// attention.cpp's Q·K scores (per block of 8 dims: exact floored products summed, times
     /// attn_scale into fm_t, added to the score) and attn × V sums, every C form against a
     /// step-by-step Swift computation with mulFm / addFm.

@@ -44,14 +44,6 @@ void moepack_linear_dots(moepack_isa isa, const int16_t *a, const int16_t *b4, p
 int64_t moepack_bias_gelu(moepack_isa isa, int32_t *y, ptrdiff_t rows, ptrdiff_t m, ptrdiff_t ld,
                           const int32_t *bias, const int32_t *table, int32_t table_max);
 
-/// conv.cpp's patch row sums for the published types (pixel ap_ufixed<8,0> times patch weight with
-/// 16 fraction bits, each product floored by `shift` = 2 bits to fm_t): for one patch `pixels[len]`
-/// (bytes as int32, channel-major rows of p) and `outputs` weight rows w[d*len .. d*len+len),
-///   sums[d*(len/p) + r] = sum_{j < p} floor(pixels[r*p+j]*w[d][r*p+j] / 2^shift)   (mod 2^32).
-/// Every product must fit int32 (|pixel| < 2^8, |w| < 2^16).
-void moepack_patch_row_sums(moepack_isa isa, const int32_t *pixels, const int32_t *w, ptrdiff_t outputs,
-                            ptrdiff_t len, ptrdiff_t p, int shift, int32_t *sums);
-
 /// Scores of one query against `keys` keys (attention.cpp `compute_q_matmul_k`), for queries
 /// whose floored products can be summed per block of 8 without leaving fm_t (the caller's bound).
 /// Inputs in unsigned-offset form (u = value + 2^31 as uint32): qu[hd]; K transposed,
