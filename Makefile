@@ -2,7 +2,7 @@
 SWIFT ?= swift
 # A Python with torch, numpy, h5py and safetensors (only for regenerating fixtures; moepack never calls Python).
 PYTHON ?= $(shell test -x .venv/bin/python && echo .venv/bin/python || echo python3)
-DEB_PACKAGES := zlib1g-dev libssl-dev libopenblas-dev libhdf5-dev libpng-dev pkg-config
+DEB_PACKAGES := zlib1g-dev libssl-dev libopenblas-dev libhdf5-dev libpng-dev pkg-config gcc make gcc-aarch64-linux-gnu python3-numpy
 BIN := .build/release/moepack
 CKPT := models/m3vit-tiny-edge-moe.pth
 FRAME := models/demo-frame.png
@@ -26,10 +26,12 @@ release: deps
 	$(SWIFT) build -c release --product moepack
 
 demo: release
-	$(BIN) pack $(CKPT) -o $(OUT) --image $(FRAME) --report packed/report.html
+	$(BIN) pack $(CKPT) -o $(OUT) --task all --image $(FRAME) --report packed/report.html --heads $(CKPT)
 	$(BIN) run $(OUT) --image $(FRAME) -o packed/demo-output.npy
-	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME)
-	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --mode fixed
+	$(BIN) run $(OUT) --image $(FRAME) --heads $(CKPT) -o packed/demo-tasks
+	$(BIN) run $(OUT) --image $(FRAME) --heads $(CKPT) --mode fixed -o packed/demo-tasks-fixed
+	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --heads $(CKPT)
+	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --mode fixed --heads $(CKPT)
 
 test: deps
 	$(SWIFT) build --build-tests
@@ -41,6 +43,8 @@ bench: release
 # Regenerates the committed fixtures and the bundled checkpoint (seeded, byte-identical on re-run).
 fixtures:
 	$(PYTHON) scripts/make_fixtures.py
+	$(PYTHON) scripts/make_heads_reference.py
+	$(PYTHON) scripts/make_numpy_value_fixtures.py
 	$(PYTHON) scripts/make_digest_fixture.py
 	$(PYTHON) scripts/make_checkpoint_fixtures.py
 	$(PYTHON) scripts/make_format_fixtures.py
@@ -54,4 +58,4 @@ fuzz:
 	bash fuzz/run.sh
 
 clean:
-	rm -rf .build packed/edge-moe-zcu102 packed/demo-output.npy
+	rm -rf .build packed/edge-moe-zcu102 packed/demo-output.npy packed/demo-tasks packed/demo-tasks-fixed

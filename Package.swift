@@ -42,14 +42,22 @@ let package = Package(
         .target(name: "MoepackInference",
                 dependencies: ["MoepackCore", "MoepackModel", "MoepackFixedPoint", "MoepackPacking",
                                "COpenBLAS", "CPNG", "MoepackCheckpoint", "CMoepackKernels"]),
+        // Task decoders on the backbone output (BatchNorm folded, convolutions on OpenBLAS) and their PNG renderings.
+        .target(name: "MoepackHeads",
+                dependencies: ["MoepackCore", "MoepackModel", "MoepackCheckpoint", "MoepackPacking", "MoepackInference",
+                               "COpenBLAS", "CPNG"]),
         // Stage 6: comparison metrics and reports.
         .target(name: "MoepackVerify",
-                dependencies: ["MoepackCore", "MoepackInference", "MoepackModel", "MoepackPacking"]),
+                dependencies: ["MoepackCore", "MoepackInference", "MoepackModel", "MoepackPacking", "MoepackHeads"]),
+        // Stage 7: the board: host programs generated beside the image, and a simulated board.
+        .target(name: "MoepackBoard",
+                dependencies: ["MoepackCore", "MoepackFixedPoint", "MoepackModel", "MoepackPacking", "MoepackInference"],
+                resources: [.copy("Templates")]),
         // Thin CLI.
         .executableTarget(name: "moepack",
                           dependencies: ["MoepackCore", "MoepackCheckpoint", "MoepackModel",
                                          "MoepackFixedPoint", "MoepackPacking", "MoepackInference",
-                                         "MoepackVerify",
+                                         "MoepackVerify", "MoepackBoard", "MoepackHeads",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")]),
 
         .testTarget(name: "CheckpointTests", dependencies: ["MoepackCheckpoint", "MoepackCore", "MoepackModel"]),
@@ -59,6 +67,9 @@ let package = Package(
         .testTarget(name: "ModelTests", dependencies: ["MoepackModel", "MoepackCheckpoint"]),
         .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport", "MoepackCore"]),
         .testTarget(name: "InferenceTests", dependencies: ["MoepackInference", "CMoepackKernels", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport"]),
-        .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint"]),
+        .testTarget(name: "BoardTests", dependencies: ["MoepackBoard", "MoepackInference", "MoepackPacking", "MoepackCore"],
+                    exclude: ["FakePYNQ"]),
+        .testTarget(name: "HeadsTests", dependencies: ["MoepackHeads", "MoepackModel", "MoepackCheckpoint", "MoepackCore"]),
+        .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackHeads"]),
     ]
 )

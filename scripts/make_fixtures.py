@@ -390,6 +390,23 @@ def block_stats(res):
 # Bundled demo model
 # ----------------------------------------------------------------------------------------------
 
+# Complete M³ViT task decoders (VisionTransformerUpHead, num_conv=4) for the Cityscapes task list:
+# semseg (7 classes) then depth (1 channel), drawn by scripts/reference_heads.py's seeded generator.
+BUNDLED_HEADS = (("semseg", 7), ("depth", 1))
+
+
+def bundled_decoders(cfg):
+    import reference_heads as rh
+    rng = np.random.default_rng(SEED_BUNDLED + 2)
+    out = collections.OrderedDict()
+    for task, classes in BUNDLED_HEADS:
+        head = rh.UpHead(cfg.embed_dim, classes, (cfg.height, cfg.width), patch=cfg.patch)
+        for k, v in rh.seeded_state(rng, head).items():
+            t = torch.from_numpy(np.asarray(v))
+            out[f"module.decoders.{task}.{k}"] = t if k.endswith("num_batches_tracked") else t.half()
+    return out
+
+
 def make_bundled():
     cfg = ref.EDGE_MOE
     os.makedirs(MODELS, exist_ok=True)
@@ -399,12 +416,7 @@ def make_bundled():
     plain16 = to_torch(sd64, torch.float16)
     rng = np.random.default_rng(SEED_BUNDLED + 1)
     D = cfg.embed_dim
-    decoders = collections.OrderedDict([
-        ("module.decoders.semseg.conv.weight", torch.from_numpy(rng.normal(0, 0.05, (19, D, 1, 1))).half()),
-        ("module.decoders.semseg.conv.bias", torch.from_numpy(rng.normal(0, 0.01, (19,))).half()),
-        ("module.decoders.depth.conv.weight", torch.from_numpy(rng.normal(0, 0.05, (1, D, 1, 1))).half()),
-        ("module.decoders.depth.conv.bias", torch.from_numpy(rng.normal(0, 0.01, (1,))).half()),
-    ])
+    decoders = bundled_decoders(cfg)
     ckpt = training_dict(plain16, decoders, torch.float16, 40, rng)
     model_path = os.path.join(MODELS, "m3vit-tiny-edge-moe.pth")
     save_zip(ckpt, model_path)

@@ -11,7 +11,8 @@ import MoepackCore
 ///
 /// Opening reads the zip directory, `data.pkl`, `byteorder` and `version` only; a tensor's storage
 /// record is read (and CRC-checked) when that tensor is read. Records of skipped entries (optimizer
-/// state, …) are never read.
+/// state, …) are never read. A storage that several tensors are views of (`torch.save` of slices of
+/// one buffer) is read once: its bytes are kept until every tensor viewing it has been read.
 public final class PyTorchZipSource: TensorSource {
     public let path: String
     public let container = "pytorch-zip"
@@ -23,6 +24,12 @@ public final class PyTorchZipSource: TensorSource {
     /// Record-name prefix, e.g. `archive/`.
     public let prefix: String
     private let refs: [String: TensorRef]
+    /// Storage key → names of the tensors that view it, for storages viewed by more than one tensor.
+    private let sharers: [String: Set<String>]
+    /// Shared storages read and not yet read by all their tensors: bytes and the names still to read.
+    /// (Guarded by `sharedLock`.)
+    nonisolated(unsafe) private var shared: [String: (bytes: [UInt8], pending: Set<String>)] = [:]
+    private let sharedLock = NSLock()
 
     /// Opens `path` as a PyTorch zip checkpoint.
     /// - Throws: ``MoepackError`` naming the file and record/tensor: zip structure errors, missing
@@ -91,6 +98,8 @@ public final class PyTorchZipSource: TensorSource {
         }
         self.entries = entries
         self.refs = refs
+        sharers = Dictionary(grouping: refs, by: { $0.value.storage.key })
+            .filter { $0.value.count > 1 }.mapValues { Set($0.map(\.key)) }
         self.skipped = sel.skipped
         self.notes = notes + sel.notes
     }
@@ -98,19 +107,45 @@ public final class PyTorchZipSource: TensorSource {
     public func readRaw(_ name: String) throws -> [UInt8] {
         guard let t = refs[name] else { throw MoepackError(.badInput, file: path, item: name, "no such tensor") }
         let record = prefix + "data/" + t.storage.key
-        let bytes: [UInt8]
-        do { bytes = try archive.read(record) } catch var e as MoepackError where e.item == record {
-            // Name the tensor the user asked for; the record stays in the message.
-            e.item = name
-            e.message = "record '\(record)': " + e.message
-            throw e
-        }
+        let bytes = try storageBytes(t, for: name)
         // The directory size was checked at open; a record that changed since is refused, not trapped on.
         let (need, o) = t.storage.numel.multipliedReportingOverflow(by: t.storage.dtype.byteSize)
         guard !o, bytes.count == need else {
             throw MoepackError(.badInput, file: path, item: name, "record '\(record)' holds \(bytes.count) bytes, expected \(t.storage.numel) × \(t.storage.dtype.byteSize)")
         }
         return TorchCheckpoint.gather(bytes, t)
+    }
+
+    /// The bytes of `t`'s storage record for reading tensor `name`: from the archive (CRC-checked), or
+    /// for a shared storage from the copy kept since another of its tensors was read.
+    private func storageBytes(_ t: TensorRef, for name: String) throws -> [UInt8] {
+        let key = t.storage.key
+        if let names = sharers[key] {
+            let kept: [UInt8]? = sharedLock.withLock {
+                guard var s = shared[key] else { return nil }
+                s.pending.remove(name)
+                shared[key] = s.pending.isEmpty ? nil : s
+                return s.bytes
+            }
+            if let kept { return kept }
+            let bytes = try readRecord(key, for: name)
+            sharedLock.withLock {
+                let pending = names.subtracting([name])
+                if !pending.isEmpty { shared[key] = (bytes, pending) }
+            }
+            return bytes
+        }
+        return try readRecord(key, for: name)
+    }
+
+    private func readRecord(_ key: String, for name: String) throws -> [UInt8] {
+        let record = prefix + "data/" + key
+        do { return try archive.read(record) } catch var e as MoepackError where e.item == record {
+            // Name the tensor the user asked for; the record stays in the message.
+            e.item = name
+            e.message = "record '\(record)': " + e.message
+            throw e
+        }
     }
 
     public func readFloat32(_ name: String) throws -> [Float] {

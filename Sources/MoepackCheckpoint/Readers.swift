@@ -33,11 +33,13 @@ func openFile(_ path: String, options: OpenOptions) throws -> any TensorSource {
     if try hasHDF5Signature(file) {
         return try HDF5Source(path: path)
     }
-    if head.count >= 9, head[8] == 0x7b {
+    if head.count >= 9 {
         // An 8-byte length then `{`: safetensors, even when the length is absurd (the reader then
         // reports the length against the file size and its cap instead of "unknown container").
+        // A length that fits the file then `[` or JSON whitespace: a safetensors file whose header is
+        // malformed JSON (nested too deep, not an object), which the reader names.
         var r = LEReader(head)
-        if let n = r.uint(8), n >= 2 {
+        if let n = r.uint(8), n >= 2, head[8] == 0x7b || SafetensorsSource.matches(head, fileSize: file.size) {
             return try SafetensorsSource(path: path)
         }
     }

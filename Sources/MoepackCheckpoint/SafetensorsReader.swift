@@ -272,13 +272,15 @@ public final class SafetensorsSource: TensorSource {
     private let ranges: [String: (Int, Int)]
 
     /// True when `firstBytes` (at least 9 bytes of the file) look like a safetensors header: a header
-    /// length that fits the file and the cap, followed by `{`.
+    /// length that fits the file and the cap, followed by the start of a JSON value (`{`, or `[` or
+    /// JSON whitespace, so that a malformed header gets the JSON parser's reason, e.g. nesting too
+    /// deep, rather than "unknown container").
     public static func matches(_ firstBytes: [UInt8], fileSize: Int) -> Bool {
         guard firstBytes.count >= 9, fileSize >= 10 else { return false }
         var n: UInt64 = 0
         for k in 0..<8 { n |= UInt64(firstBytes[k]) << (8 * UInt64(k)) }
         guard n >= 2, n <= UInt64(maxHeaderBytes), n <= UInt64(fileSize - 8) else { return false }
-        return firstBytes[8] == UInt8(ascii: "{")
+        return [UInt8(ascii: "{"), UInt8(ascii: "["), 0x20, 0x09, 0x0A, 0x0D].contains(firstBytes[8])
     }
 
     /// Opens and validates the header of the safetensors file at `path`; no tensor data is read.
@@ -307,9 +309,6 @@ public final class SafetensorsSource: TensorSource {
         self.dataStart = 8 + headerLen
         let dataSize = file.size - dataStart
         let header = try file.read(at: 8, count: headerLen)
-        guard header.first == UInt8(ascii: "{") else {
-            throw MoepackError(.badInput, file: path, "safetensors header does not begin with '{' (not a JSON object)")
-        }
         guard String(bytes: header, encoding: .utf8) != nil else {
             throw MoepackError(.badInput, file: path, "safetensors header is not valid UTF-8")
         }
@@ -320,7 +319,7 @@ public final class SafetensorsSource: TensorSource {
             throw MoepackError(.badInput, file: path, "safetensors header is not valid JSON: \(error.message)")
         }
         guard case let .object(members) = json else {
-            throw MoepackError(.badInput, file: path, "safetensors header is a JSON \(json.kindName), expected an object")
+            throw MoepackError(.badInput, file: path, "safetensors header is a JSON \(json.kindName), not a JSON object")
         }
 
         var meta: [String: String] = [:]

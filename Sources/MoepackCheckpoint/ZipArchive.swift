@@ -233,12 +233,40 @@ public final class ZipArchive: @unchecked Sendable {
         return try read(e)
     }
 
-    /// Reads the first `count` bytes of a stored (method 0) record without checking its CRC (the CRC
-    /// covers the whole record and is checked by ``read(_:)``). Used to parse member headers lazily.
+    /// Reads the first `count` bytes of a record without checking its CRC (the CRC covers the whole
+    /// record and is checked by ``read(_:)``). Used to parse member headers lazily: a deflated record
+    /// is inflated only until `count` bytes are out, reading its compressed bytes 64 KiB at a time, so
+    /// an unused member costs a few KiB however large it inflates.
     func readStoredPrefix(_ e: ZipEntry, count: Int) throws -> [UInt8] {
-        guard e.method == 0 else { return Array(try read(e).prefix(count)) }
         let (dataStart, _) = try localHeader(e)
-        return try file.read(at: dataStart, count: min(count, e.compressedSize), what: e.name)
+        let want = min(count, e.uncompressedSize)
+        guard e.method == 8 else { return try file.read(at: dataStart, count: min(want, e.compressedSize), what: e.name) }
+        func bad(_ m: String) -> MoepackError { fail(e.name, "zip: " + m) }
+        var stream = z_stream()
+        guard inflateInit2_(&stream, -15, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else { throw bad("inflateInit2 failed") }
+        defer { inflateEnd(&stream) }
+        var out = [UInt8](repeating: 0, count: want)
+        var produced = 0, consumed = 0
+        while produced < want && consumed < e.compressedSize {
+            var input = try file.read(at: dataStart + consumed, count: min(1 << 16, e.compressedSize - consumed), what: e.name)
+            let rc = input.withUnsafeMutableBufferPointer { inBuf in
+                out.withUnsafeMutableBufferPointer { outBuf -> Int32 in
+                    stream.next_in = inBuf.baseAddress
+                    stream.avail_in = uInt(inBuf.count)
+                    stream.next_out = outBuf.baseAddress.map { $0 + produced }
+                    stream.avail_out = uInt(want - produced)
+                    let rc = inflate(&stream, Z_NO_FLUSH)
+                    consumed += inBuf.count - Int(stream.avail_in)
+                    produced = want - Int(stream.avail_out)
+                    return rc
+                }
+            }
+            if rc == Z_STREAM_END { break }
+            guard rc == Z_OK || rc == Z_BUF_ERROR else { throw bad("invalid deflate stream (zlib \(rc))") }
+            if rc == Z_BUF_ERROR && produced < want && stream.avail_in > 0 { throw bad("invalid deflate stream (zlib \(rc))") }
+        }
+        guard produced == want else { throw bad("deflate stream ends after \(produced) bytes, before the \(want) declared") }
+        return out
     }
 
     /// Validates the local header of `e` against the central directory; returns the data range.

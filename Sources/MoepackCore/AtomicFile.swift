@@ -20,12 +20,14 @@ public final class AtomicFileWriter {
         let name = url.lastPathComponent
         removeStaleTemporaries(in: dir, name: name)
         temporaryPath = (dir as NSString).appendingPathComponent(".\(name).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        // Registered before it exists, so an interrupt right after creation still removes it.
+        InterruptCleanup.register(temporaryPath)
         guard FileManager.default.createFile(atPath: temporaryPath, contents: nil),
               let h = FileHandle(forWritingAtPath: temporaryPath) else {
+            InterruptCleanup.unregister(temporaryPath)
             throw MoepackError(.io, file: path, "cannot create a temporary file in \(dir)")
         }
         handle = h
-        InterruptCleanup.register(temporaryPath)
     }
 
     deinit { abort() }
@@ -142,10 +144,12 @@ public final class StagedDirectory {
         }
         removeStaleTemporaries(in: parent, name: url.lastPathComponent)
         staging = (parent as NSString).appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        guard mkdir(staging, 0o755) == 0 else {
-            throw MoepackError(.io, file: destination, "cannot create a folder in \(parent): \(String(cString: strerror(errno)))")
-        }
         InterruptCleanup.register(staging)
+        guard mkdir(staging, 0o755) == 0 else {
+            let reason = String(cString: strerror(errno))
+            InterruptCleanup.unregister(staging)
+            throw MoepackError(.io, file: destination, "cannot create a folder in \(parent): \(reason)")
+        }
     }
 
     deinit { if !committed { abort() } }
@@ -161,8 +165,11 @@ public final class StagedDirectory {
     /// or renamed into place where there is none; the old files leave with the staging folder. Other
     /// files in the destination are kept. A folder where a staged file goes is refused before anything
     /// moves. SIGINT/SIGTERM wait until this is done (``InterruptCleanup/uninterruptible(_:)``).
+    /// - Parameter alongside: finished files outside the folder (e.g. `pack --report`'s report) put
+    ///   in place in the same uninterruptible step, right after the folder: an interrupt leaves both
+    ///   or neither.
     /// - Throws: ``MoepackError`` `.io` naming the path that could not be replaced.
-    public func commit() throws {
+    public func commit(alongside: [AtomicFileWriter] = []) throws {
         try InterruptCleanup.uninterruptible {
             var isDir: ObjCBool = false
             if !FileManager.default.fileExists(atPath: destination, isDirectory: &isDir) {
@@ -170,20 +177,44 @@ public final class StagedDirectory {
                     throw MoepackError(.io, file: destination, "cannot move the finished folder into place: \(String(cString: strerror(errno)))")
                 }
             } else {
-                let names = ((try? FileManager.default.contentsOfDirectory(atPath: staging)) ?? []).sorted()
-                for n in names where isFolder((destination as NSString).appendingPathComponent(n)) {
-                    throw MoepackError(.io, file: (destination as NSString).appendingPathComponent(n),
-                                       "is a folder where moepack writes its \(n): move it away or choose another output folder")
-                }
-                // A swapped-out old file stays in the staging folder, removed with it below.
-                for n in names {
-                    _ = try placeFile(path(n), at: (destination as NSString).appendingPathComponent(n),
-                                      failure: "cannot move the finished file into place")
-                }
+                try Self.checkPlaceable(staging, into: destination)
+                try Self.place(staging, into: destination)
                 try? FileManager.default.removeItem(atPath: staging)
             }
             committed = true
             InterruptCleanup.unregister(staging)
+            for w in alongside { try w.commit() }
+        }
+    }
+
+    /// Refuses, before anything moves, a folder in `dst` where a staged file goes, or a file where a
+    /// staged subfolder (e.g. `host/`) goes.
+    static func checkPlaceable(_ src: String, into dst: String) throws {
+        for n in ((try? FileManager.default.contentsOfDirectory(atPath: src)) ?? []).sorted() {
+            let s = (src as NSString).appendingPathComponent(n), d = (dst as NSString).appendingPathComponent(n)
+            if isFolder(s) {
+                var st = stat()
+                if lstat(d, &st) == 0 && !isFolder(d) {
+                    throw MoepackError(.io, file: d, "is a file where moepack writes its folder \(n): move it away or choose another output folder")
+                }
+                if isFolder(d) { try checkPlaceable(s, into: d) }
+            } else if isFolder(d) {
+                throw MoepackError(.io, file: d, "is a folder where moepack writes its \(n): move it away or choose another output folder")
+            }
+        }
+    }
+
+    /// Places each staged file of `src` at the same name in `dst` (``placeFile``); a staged subfolder
+    /// is renamed into place when `dst` has none, else its files are placed one by one. A swapped-out
+    /// old file stays in the staging folder, removed with it.
+    static func place(_ src: String, into dst: String) throws {
+        for n in ((try? FileManager.default.contentsOfDirectory(atPath: src)) ?? []).sorted() {
+            let s = (src as NSString).appendingPathComponent(n), d = (dst as NSString).appendingPathComponent(n)
+            if isFolder(s) && isFolder(d) {
+                try place(s, into: d)
+            } else {
+                _ = try placeFile(s, at: d, failure: "cannot move the finished file into place")
+            }
         }
     }
 
@@ -239,11 +270,15 @@ func removeStaleTemporaries(in parent: String, name: String) {
     }
 }
 
-/// Removes registered staging paths when the process is interrupted (SIGINT, SIGTERM, SIGHUP), so
-/// that Ctrl-C during `pack` leaves neither the output nor a hidden staging folder behind.
+/// Removes registered staging paths when the process is interrupted (SIGINT, SIGTERM, SIGHUP, all
+/// alike), so that Ctrl-C or `kill` during `pack` leaves neither the output nor a hidden staging folder
+/// behind.
 ///
 /// The signals are handled by a dispatch source on a background queue (not an async signal
-/// handler), which removes what is registered and exits with 128 + signal number.
+/// handler), which removes what is registered and ends the process with `_exit(128 + signal)`. The
+/// other threads keep running meanwhile, so a folder being written may gain a file while it is
+/// removed: removal is retried until the path is gone. `_exit`, not `exit`: running atexit handlers
+/// and destructors under threads still at work crashed (SIGSEGV) in about 1 of 80 interrupts.
 public enum InterruptCleanup {
     nonisolated(unsafe) private static var paths = Set<String>()
     private static let lock = NSLock()
@@ -262,8 +297,9 @@ public enum InterruptCleanup {
                 lock.lock()
                 let todo = paths
                 lock.unlock()
-                for p in todo { try? FileManager.default.removeItem(atPath: p) }
-                exit(128 + sig)
+                for p in todo { removeRetrying(p) }
+                fflush(nil)
+                _exit(128 + sig)
             }
             s.resume()
             sources.append(s)
@@ -271,6 +307,14 @@ public enum InterruptCleanup {
     }
 
     private static let critical = NSLock()
+
+    /// Removes `path` (file or folder tree), again while it still exists (at most 100 tries).
+    private static func removeRetrying(_ path: String) {
+        var st = stat()
+        for _ in 0..<100 where lstat(path, &st) == 0 {
+            try? FileManager.default.removeItem(atPath: path)
+        }
+    }
 
     /// Runs `body` with interruption deferred: a SIGINT/SIGTERM/SIGHUP arriving meanwhile is handled
     /// (cleanup, exit) only after `body` returns, so that a multi-step commit is never cut in half.

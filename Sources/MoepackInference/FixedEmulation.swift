@@ -295,15 +295,39 @@ public final class FixedBackbone: Sendable {
     ///   - pixels: the image as bytes [inChans, imageHeight, imageWidth] (C, row, column); the kernel
     ///     reads byte b as ap_ufixed<8,0> = b/256. Must hold exactly inChans·H·W bytes.
     ///   - recordBlocks: also return x after every block.
+    ///   - stopAfter: return x as it stands at this point of the datapath (the kernel's `debug_id`
+    ///     early returns); nil runs every layer.
     /// - Returns: output, routing and the wrap-around counts; see ``FixedForwardResult``.
-    /// - Throws: `MoepackError` `.mismatch` when `pixels` has the wrong length.
-    public func forward(pixels: [UInt8], recordBlocks: Bool = false) throws -> FixedForwardResult {
+    /// - Throws: `MoepackError` `.mismatch` when `pixels` has the wrong length, `.usage` for a stop
+    ///   point in a layer the model does not have.
+    public func forward(pixels: [UInt8], recordBlocks: Bool = false, stopAfter: FixedStopPoint? = nil) throws -> FixedForwardResult {
         let c = config
         let expected = c.inChans * c.imageHeight * c.imageWidth
         guard pixels.count == expected else {
             throw MoepackError(.mismatch, item: "pixels", "\(pixels.count) bytes, expected \(expected) ([\(c.inChans),\(c.imageHeight),\(c.imageWidth)])")
         }
-        return run(pixels: pixels, recordBlocks: recordBlocks)
+        if let stopAfter, let l = stopAfter.layer, !(0..<c.depth).contains(l) {
+            throw MoepackError(.usage, item: "stop point", "layer \(l) is not in 0..<\(c.depth)")
+        }
+        return run(pixels: pixels, recordBlocks: recordBlocks, stop: stopAfter)
+    }
+}
+
+/// A point of the datapath where x is complete, for early returns (the kernel's `debug_id`).
+public enum FixedStopPoint: Sendable, Equatable {
+    /// After the patch embedding and position embedding (x = tokens of the image).
+    case patchEmbedding
+    /// After layer `layer`'s attention residual add (x = x + proj(attention)).
+    case attentionResidual(layer: Int)
+    /// After layer `layer` (x = the layer's output).
+    case layerOutput(layer: Int)
+
+    /// The layer of the stop point, nil for the patch embedding.
+    public var layer: Int? {
+        switch self {
+        case .patchEmbedding: return nil
+        case .attentionResidual(let l), .layerOutput(let l): return l
+        }
     }
 }
 
@@ -321,7 +345,7 @@ struct WrapLedger {
 }
 
 extension FixedBackbone {
-    func run(pixels: [UInt8], recordBlocks: Bool) -> FixedForwardResult {
+    func run(pixels: [UInt8], recordBlocks: Bool, stop: FixedStopPoint? = nil) -> FixedForwardResult {
         let c = config
         let D = c.embedDim, T = c.tokens
         let maxHidden = max(c.mlpHidden, c.expertHidden, D)
@@ -342,10 +366,16 @@ extension FixedBackbone {
             scratch.deallocate()
         }
 
-        patchEmbed(pixels: pixels, out: x, ledger: &ledger)
-
         var blockOutputs: [[Float]] = []
         var routing: [MoERouting] = []
+        func result() -> FixedForwardResult {
+            FixedForwardResult(output: dequantize(x, T * D), outputRaw: Array(UnsafeBufferPointer(start: x, count: T * D)),
+                               blockOutputs: blockOutputs, routing: routing, overflow: ledger.entries)
+        }
+
+        patchEmbed(pixels: pixels, out: x, ledger: &ledger)
+        if stop == .patchEmbedding { return result() }
+
         for (l, layer) in layers.enumerated() {
             var w = 0, w2 = 0
             layerNorm(x, out: h, weight: layer.norm1Weight, bias: layer.norm1Bias, wraps: &w)
@@ -361,6 +391,7 @@ extension FixedBackbone {
             ledger.add(l, "attn.proj", w); w = 0
             residualAdd(x, y, count: T * D, wraps: &w)
             ledger.add(l, "add.attn", w); w = 0
+            if stop == .attentionResidual(layer: l) { return result() }
             layerNorm(x, out: h, weight: layer.norm2Weight, bias: layer.norm2Bias, wraps: &w)
             ledger.add(l, "ln2", w); w = 0
             switch layer.mlp {
@@ -377,10 +408,9 @@ extension FixedBackbone {
             residualAdd(x, y, count: T * D, wraps: &w)
             ledger.add(l, "add.mlp", w)
             if recordBlocks { blockOutputs.append(dequantize(x, T * D)) }
+            if stop == .layerOutput(layer: l) { return result() }
         }
-        let raw = Array(UnsafeBufferPointer(start: x, count: T * D))
-        return FixedForwardResult(output: dequantize(x, T * D), outputRaw: raw, blockOutputs: blockOutputs,
-                                  routing: routing, overflow: ledger.entries)
+        return result()
     }
 
     func dequantize(_ p: UnsafePointer<Int32>, _ n: Int) -> [Float] {

@@ -1,5 +1,6 @@
 import MoepackCore
 import MoepackFixedPoint
+import MoepackPacking
 
 /// Which element types the fixed-point emulation reproduces, and how each kernel argument's type
 /// enters the arithmetic of `ViT_compute` (sharc-lab/Edge-MoE src/*.cpp).
@@ -122,6 +123,16 @@ public enum FixedEmulation {
     /// - Throws: `MoepackError(.unsupported)` for the first argument (in name order) refused.
     public static func supports(types: [String: FixedType]) throws {
         for name in types.keys.sorted() { try check(types[name]!, argument: name) }
+    }
+
+    /// ``supports(types:)`` for every buffer of `profile` (its declared element types), so that `pack`
+    /// and `sweep` refuse, before anything is written, a profile whose image `run --mode fixed` could
+    /// not emulate.
+    /// - Throws: `MoepackError(.unsupported)` naming the argument; `.badInput` for a type that does not parse.
+    public static func supports(profile: KernelProfile) throws {
+        var types: [String: FixedType] = [:]
+        for b in profile.buffers { types[b.name] = try profile.fixedType(b.type) }
+        try supports(types: types)
     }
 
     /// True when a linear weight type runs the 16-bit fast kernels (see ``fastLinearWeight``).

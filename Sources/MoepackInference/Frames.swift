@@ -48,6 +48,10 @@ public struct Frame: Sendable, Equatable {
 public enum FrameLoader {
     /// Largest accepted source side (pixels).
     public static let maxSide = 1 << 15
+    /// Largest accepted PNG frame in pixels (2^25 ≈ 33.5 million, e.g. 8K UHD 7680×4320): checked from
+    /// the PNG header before anything is decoded, since decoding holds the whole frame (at most
+    /// 9 bytes a pixel: 16-bit RGB samples and the [3,h,w] copy, about 300 MB at this limit).
+    public static let maxPNGPixels = 1 << 25
 
     /// Loads and converts one frame.
     /// - Throws: `MoepackError` naming the file: `.io` when it cannot be read; `.badInput` when it is
@@ -174,6 +178,9 @@ public enum FrameLoader {
         let w = Int(image.width), h = Int(image.height)
         guard w > 0, h > 0, w <= maxSide, h <= maxSide else {
             throw MoepackError(.badInput, "PNG size \(w)×\(h) outside 1…\(maxSide)")
+        }
+        guard w * h <= maxPNGPixels else {
+            throw MoepackError(.badInput, "PNG size \(w)×\(h) is \(w * h) pixels, more than the \(maxPNGPixels) moepack decodes (resize the frame first)")
         }
         let sixteen = image.format & png_uint_32(PNG_FORMAT_FLAG_LINEAR) != 0
         var chw = [UInt8](repeating: 0, count: 3 * h * w)

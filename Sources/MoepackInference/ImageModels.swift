@@ -34,7 +34,9 @@ extension PackedImage {
                         fracBits: t.fractionBits, width: t.width, signed: t.signed)
     }
 
-    static func ints(_ bytes: ArraySlice<UInt8>, type t: FixedType) -> [Int32] {
+    /// Little-endian containers of type `t` → their values sign- (ap_fixed) or zero-extended
+    /// (ap_ufixed) from the type's width to Int32; trailing bytes short of a container are ignored.
+    public static func ints(_ bytes: ArraySlice<UInt8>, type t: FixedType) -> [Int32] {
         let eb = t.containerBytes
         let n = bytes.count / eb
         var out = [Int32](repeating: 0, count: n)

@@ -4,7 +4,7 @@ import MoepackCore
 import MoepackFixedPoint
 
 /// Lower-case hexadecimal spelling of a digest.
-func hex(_ d: some Sequence<UInt8>) -> String {
+public func hex(_ d: some Sequence<UInt8>) -> String {
     let digits = Array("0123456789abcdef".utf8)
     var s = [UInt8]()
     for b in d { s.append(digits[Int(b >> 4)]); s.append(digits[Int(b & 15)]) }

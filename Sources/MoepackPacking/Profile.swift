@@ -37,6 +37,24 @@ public struct KernelProfile: Sendable, Codable, Equatable {
     /// Scalar control registers (CTRL, num_images, …) by name → offset.
     public var registers: [String: Int]
     public var buffers: [Buffer]
+    /// Where the kernel's `s_axi_control` block sits in the processor's address map (absent: unknown,
+    /// host programs then need `--ctrl-base`).
+    public var control: ControlBlock?
+
+    /// The AXI-Lite register block of the kernel instance in a Vivado design: `C_S_AXI_CONTROL_BASEADDR`
+    /// and `…_HIGHADDR` of the instance's `MODULE` in the `.hwh`.
+    public struct ControlBlock: Sendable, Codable, Equatable {
+        /// Instance name in the block design (PYNQ's `ip_dict` key), e.g. `ViT_compute_0`.
+        public var instance: String
+        /// Physical byte address of register 0 (CTRL).
+        public var baseAddress: UInt64
+        /// Bytes of the register window (HIGHADDR − BASEADDR + 1).
+        public var range: UInt64
+
+        public init(instance: String, baseAddress: UInt64, range: UInt64) {
+            self.instance = instance; self.baseAddress = baseAddress; self.range = range
+        }
+    }
 
     /// Names of the built-in profiles.
     public static let builtinNames = ["edge-moe-zcu102", "tiny-test"]
@@ -91,9 +109,13 @@ public struct KernelProfile: Sendable, Codable, Equatable {
             throw MoepackError(.badInput, file: file, "format '\(format)', expected 'moepack-profile/1'")
         }
         try model.validate(file: file)
-        guard alignment > 0, alignment & (alignment - 1) == 0 else {
-            throw MoepackError(.badInput, file: file, item: "alignment", "\(alignment) is not a power of two")
+        guard alignment > 0, alignment <= 1 << 30, alignment & (alignment - 1) == 0 else {
+            throw MoepackError(.badInput, file: file, item: "alignment", "\(alignment) is not a power of two in 1…2^30")
         }
+        if let a = axiAlignment, !(a > 0 && a <= alignment && a & (a - 1) == 0) {
+            throw MoepackError(.badInput, file: file, item: "axiAlignment", "\(a) is not a power of two in 1…alignment (\(alignment))")
+        }
+        try validateRegisters(file: file)
         var seen = Set<String>()
         for b in buffers {
             guard seen.insert(b.name).inserted else {
@@ -106,6 +128,24 @@ public struct KernelProfile: Sendable, Codable, Equatable {
             guard ["weight", "input", "output", "scratch"].contains(b.role) else {
                 throw MoepackError(.badInput, file: file, item: b.name, "role '\(b.role)' is not weight|input|output|scratch")
             }
+        }
+    }
+
+    /// The s_axi_control map must be plausible: every offset word-aligned in 0…0xFFFC, and no two
+    /// registers (scalars, each pointer's low word and its high word at +4) at one offset.
+    func validateRegisters(file: String) throws {
+        var used: [Int: String] = [:]
+        let words = registers.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+            + buffers.compactMap { b in b.register.map { ("\(b.name)_1", $0) } }
+            + buffers.compactMap { b in b.register.map { ("\(b.name)_2", $0 &+ 4) } }
+        for (name, off) in words {
+            guard off >= 0, off <= 0xFFFC, off % 4 == 0 else {
+                throw MoepackError(.badInput, file: file, item: name, "register offset \(off) is not a word-aligned offset in 0…0xFFFC")
+            }
+            if let other = used[off] {
+                throw MoepackError(.badInput, file: file, item: name, "register offset \(off) is also \(other)'s")
+            }
+            used[off] = name
         }
     }
 
@@ -154,6 +194,7 @@ public struct KernelProfile: Sendable, Codable, Equatable {
             if let off = regs["\(buffers[i].name)_1"] { buffers[i].register = off }
         }
         for key in registers.keys { if let off = regs[key] { registers[key] = off } }
+        if let block = try HWHRegisterMap.controlBlock(path: path, kernel: kernel) { control = block }
     }
 }
 
@@ -206,5 +247,38 @@ public enum HWHRegisterMap {
         }
         guard !regs.isEmpty else { throw MoepackError(.badInput, file: path, "no <REGISTER> entries found") }
         return regs
+    }
+
+    /// The `s_axi_control` window of the first `<MODULE … MODTYPE="kernel">`: its `INSTANCE` and the
+    /// `C_S_AXI_CONTROL_BASEADDR`/`_HIGHADDR` parameters inside it; nil when the module or either
+    /// parameter is absent.
+    /// - Throws: ``MoepackError`` when the file cannot be read or HIGHADDR is below BASEADDR.
+    public static func controlBlock(path: String, kernel: String) throws -> KernelProfile.ControlBlock? {
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw MoepackError(.io, file: path, "cannot read .hwh file")
+        }
+        guard let m = text.range(of: "MODTYPE=\"\(kernel)\"") else { return nil }
+        let tagStart = text[..<m.lowerBound].range(of: "<MODULE ", options: .backwards)?.lowerBound ?? m.lowerBound
+        let tail = text[tagStart...]
+        let module = tail[..<(tail.range(of: "</MODULE>")?.lowerBound ?? tail.endIndex)]
+        func attribute(_ name: String, in s: Substring) -> String? {
+            guard let r = s.range(of: " \(name)=\"") else { return nil }
+            let v = s[r.upperBound...]
+            return v.firstIndex(of: "\"").map { String(v[..<$0]) }
+        }
+        func parameter(_ name: String) -> UInt64? {
+            guard let r = module.range(of: "<PARAMETER NAME=\"\(name)\" VALUE=\"") else { return nil }
+            let v = module[r.upperBound...]
+            guard let q = v.firstIndex(of: "\"") else { return nil }
+            let s = v[..<q]
+            return s.hasPrefix("0x") || s.hasPrefix("0X") ? UInt64(s.dropFirst(2), radix: 16) : UInt64(s)
+        }
+        let tag = module[..<(module.firstIndex(of: ">") ?? module.endIndex)]
+        guard let instance = attribute("INSTANCE", in: tag),
+              let base = parameter("C_S_AXI_CONTROL_BASEADDR"), let high = parameter("C_S_AXI_CONTROL_HIGHADDR") else { return nil }
+        guard high >= base else {
+            throw MoepackError(.badInput, file: path, item: "C_S_AXI_CONTROL_HIGHADDR", "0x\(String(high, radix: 16)) is below C_S_AXI_CONTROL_BASEADDR 0x\(String(base, radix: 16))")
+        }
+        return KernelProfile.ControlBlock(instance: instance, baseAddress: base, range: high - base + 1)
     }
 }

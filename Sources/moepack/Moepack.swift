@@ -17,11 +17,14 @@ struct Moepack: ParsableCommand {
         Refused input exits with status 2 and one line on stderr naming the file, the tensor and the problem.
         """,
         version: version,
-        subcommands: [Pack.self, Run.self, Verify.self, Inspect.self, Export.self, Quantize.self, Check.self, ImageCommand.self, Schedule.self, Suggest.self, ProbeHDF5.self])
+        subcommands: [Pack.self, Run.self, Verify.self, HeadsCommand.self, Inspect.self, Export.self, Quantize.self, Check.self, ImageCommand.self, Schedule.self, Suggest.self, Sweep.self, BoardSim.self, ProbeHDF5.self])
 
     /// swift-argument-parser's entry point, except that a command-line error is one stderr line
     /// (`moepack: error: …`, exit 64) like every other moepack error, not a usage block.
     static func main() {
+        // Before anything else, so an interrupt is handled (alike for SIGINT, SIGTERM, SIGHUP) from
+        // the start of every subcommand.
+        InterruptCleanup.install()
         do {
             var command = try parseAsRoot()
             try command.run()

@@ -7,10 +7,25 @@ import MoepackFixedPoint
 import MoepackPacking
 import MoepackInference
 import MoepackVerify
+import MoepackHeads
+import MoepackBoard
 
 extension Quantization: ExpressibleByArgument {}
 extension Overflow: ExpressibleByArgument {}
 extension DDRLayout: ExpressibleByArgument {}
+
+extension Pack {
+    /// The report's task section: the decoders on the fixed path against the float model, on `frame`.
+    func packTaskSection(image: PackedImage, kernel: KernelTensors, heads: String, frame: Frame) throws -> TaskReportSection {
+        let c = image.manifest.model
+        let named = NamedFrame(name: self.image ?? "frame", frame: frame)
+        let (report, outputs) = try compareHeads(image: image, kernel: kernel, checkpoint: heads, frames: [named], mode: .fixed,
+                                                 thresholds: .defaults(for: .fixed), taskMap: taskMap, headOptions: headOptions,
+                                                 open: checkpointOptions.open)
+        return TaskReportSection(frame: frame.bytes, height: c.imageHeight, width: c.imageWidth, patch: c.patchSize,
+                                 experts: c.experts, mode: .fixed, outputs: outputs[0], fidelity: report.tasks, taskMap: report.task_map)
+    }
+}
 
 /// Options shared by every command that opens a checkpoint.
 struct CheckpointOptions: ParsableArguments {
@@ -48,7 +63,7 @@ struct ProfileOptions: ParsableArguments {
 
 struct Pack: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Pack a checkpoint into a DDR image (ddr.bin + manifest.json + moepack_ddr.h + manifest.sha256).",
+        abstract: "Pack a checkpoint into a DDR image (ddr.bin + manifest.json + moepack_ddr.h + manifest.sha256) with the host programs in host/.",
         discussion: """
         Reads CHECKPOINT lazily (PyTorch .pth zip or legacy, expert-parallel folder of N.pth, safetensors, HDF5, .npz, or an Edge-MoE raw float32 folder), folds input normalisation, the cls token, qkv and the gates into the kernel's form, converts every weight to its ap_fixed type and writes every argument of the kernel at a 4096-byte aligned offset. Values outside a type's range are warned about (one line per tensor); --strict makes them errors. Output files appear only when complete.
         """)
@@ -70,6 +85,14 @@ struct Pack: ParsableCommand {
 
     @Option(help: "Write a self-contained HTML quantization report (ranges vs types, SQNR, and with --image the routing heat maps).")
     var report: String?
+
+    @Option(help: "With --report and --image: also run this checkpoint's task decoders on the fixed path and the float model and show their renderings, the pixels that differ and the expert choice per patch.")
+    var heads: String?
+
+    @Option(help: ArgumentHelp("With --heads: which backbone task feeds which decoder, e.g. semseg=0,depth=1 (default: decoder i gets task i).", valueName: "map"))
+    var taskMap: String?
+
+    @OptionGroup var headOptions: HeadOptions
 
     @Option(help: "ap_fixed quantization mode for float → fixed conversion: \(Quantization.allCases.map(\.rawValue).joined(separator: ", ")).")
     var quantization: Quantization = .AP_RND_CONV
@@ -102,7 +125,7 @@ struct Pack: ParsableCommand {
                 reportWriter = try AtomicFileWriter(path: report)
             }
             let profile = try profileOptions.load()
-            try checkEmulatable(profile)
+            try FixedEmulation.supports(profile: profile)
             let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
             let backbone = try BackboneCheckpoint(source: source, expected: profile.model)
             let kernel = try KernelTensors(checkpoint: backbone, folds: checkpointOptions.folds)
@@ -118,28 +141,27 @@ struct Pack: ParsableCommand {
             if layout == .expertMajor {
                 note("moepack: note: --layout expert-major is for kernels rebuilt with one expert base pointer; the published Edge-MoE bitstream reads --layout kernel")
             }
-            let result = try pack(kernel: kernel, options: options, outputDirectory: output) { note("moepack: warning: \($0)") }
-            if !quiet { print(packSummary(result, output: output)) }
-            if let report, let reportWriter {
+            // The image and its report are put in place together (one uninterruptible step) or not at all.
+            let staged = try stagePack(kernel: kernel, options: options, outputDirectory: output) { note("moepack: warning: \($0)") }
+            try HostFolder.write(into: staged.stagingPath, manifest: staged.result.manifest, control: profile.control, tool: options.tool)
+            if let reportWriter {
                 var heatmap: RoutingHeatmap? = nil
                 if let frame {
-                    heatmap = try routingHeatmap(kernel: kernel, image: try PackedImage(directory: output), frame: frame)
+                    heatmap = try routingHeatmap(kernel: kernel, image: try PackedImage(directory: staged.stagingPath), frame: frame)
                 }
-                try reportWriter.write(Array(QuantReport.html(manifest: result.manifest, routing: heatmap).utf8))
-                try reportWriter.commit()
-                if !quiet { print("  report: \(report)") }
+                var section: TaskReportSection? = nil
+                if let heads, let frame {
+                    section = try packTaskSection(image: try PackedImage(directory: staged.stagingPath), kernel: kernel, heads: heads, frame: frame)
+                }
+                try reportWriter.write(Array(QuantReport.html(manifest: staged.result.manifest, routing: heatmap, tasks: section).utf8))
+            }
+            try staged.commit(alongside: reportWriter.map { [$0] } ?? [])
+            if !quiet {
+                print(packSummary(staged.result, output: output))
+                if let report { print("  report: \(report)") }
             }
         }
     }
-}
-
-/// Refuses, before anything is read or written, a profile whose element types the fixed-point
-/// emulation cannot reproduce (`run`/`verify --mode fixed` would otherwise fail on the image later).
-/// - Throws: `MoepackError(.unsupported)` naming the kernel argument (``FixedEmulation/check(_:argument:)``).
-func checkEmulatable(_ profile: KernelProfile) throws {
-    var types: [String: FixedType] = [:]
-    for b in profile.buffers { types[b.name] = try profile.fixedType(b.type) }
-    try FixedEmulation.supports(types: types)
 }
 
 func packSummary(_ r: PackResult, output: String) -> String {

@@ -6,6 +6,8 @@ import MoepackModel
 import MoepackPacking
 import MoepackInference
 import MoepackVerify
+import MoepackBoard
+import MoepackHeads
 
 extension InferenceMode: ExpressibleByArgument {}
 
@@ -74,9 +76,21 @@ struct Run: ParsableCommand {
     @Option(parsing: .unconditional, help: "Task (its gates must be in the image; default: the image's task).")
     var task: Int?
 
+    @Option(help: "Also run this checkpoint's task decoders: -o is then a folder with <task>.npy [C,H,W] float32 and <task>.png per task (several frames: one subfolder each).")
+    var heads: String?
+
+    @Option(help: ArgumentHelp("Which backbone task feeds which decoder, e.g. semseg=0,depth=1 (default: decoder i gets task i's gates; an image of one task feeds every decoder).", valueName: "map"))
+    var taskMap: String?
+
+    @OptionGroup var headOptions: HeadOptions
+    @OptionGroup var checkpointOptions: CheckpointOptions
+
     func run() throws {
         try guarded {
             let image = try PackedImage(directory: directory)
+            if let heads {
+                return try runWithHeads(image: image, checkpoint: heads)
+            }
             let inputs = try frames.load(config: image.manifest.model)
             let model = try ImageModel(image: image, mode: mode, task: task)
             let c = image.manifest.model
@@ -115,7 +129,16 @@ struct Verify: ParsableCommand {
     var directory: String
 
     @Option(help: "The checkpoint the image was packed from (the float reference).")
-    var checkpoint: String
+    var checkpoint: String?
+
+    @Option(help: ArgumentHelp("What a board returned in x (moepack_host's OUT.bin, moepack_pynq.py's OUT.npy), or the folder of moepack_pynq.py --bisect: compare with the fixed-point emulation of the same image and frame; no checkpoint needed.", valueName: "OUT"))
+    var boardOutput: String?
+
+    @Option(parsing: .unconditional, help: "With --board-output: the debug_id the board ran with (0: the whole kernel; 256 after the patch embedding; layer*16+k after step k of that layer).")
+    var debugId: Int = 0
+
+    @Option(parsing: .unconditional, help: "With --board-output: pass when no element is off by more than this many LSBs of fm_t (default 0: identical).")
+    var maxLsb: Double = 0
 
     @OptionGroup var frames: FrameOptions
     @OptionGroup var checkpointOptions: CheckpointOptions
@@ -144,6 +167,8 @@ struct Verify: ParsableCommand {
     @Flag(help: "JSON report on stdout.")
     var json = false
 
+    @OptionGroup var headVerify: HeadVerifyOptions
+
     /// The thresholds, checked before anything is loaded (NaN would disable a check silently).
     func thresholds() throws -> VerifyThresholds {
         func check(_ v: Double?, _ flag: String, _ range: ClosedRange<Double>, _ what: String) throws {
@@ -164,7 +189,21 @@ struct Verify: ParsableCommand {
 
     func run() throws {
         try guarded {
+            if let boardOutput {
+                guard checkpoint == nil else {
+                    throw MoepackError(.usage, item: "--board-output", "compares with the emulation of the image, not with a checkpoint: omit --checkpoint")
+                }
+                guard debugId >= 0, debugId <= Int(UInt32.max) else { throw MoepackError(.usage, item: "--debug-id", "must be a 32-bit register value ≥ 0") }
+                guard maxLsb >= 0, maxLsb.isFinite else { throw MoepackError(.usage, item: "--max-lsb", "must be a finite number ≥ 0") }
+                try verifyBoardOutput(directory: directory, output: boardOutput, frames: frames, task: task,
+                                      debugID: debugId, maxLSB: maxLsb, json: json)
+                return
+            }
+            guard let checkpoint else {
+                throw MoepackError(.usage, item: "--checkpoint", "give --checkpoint CKPT (the model the image came from) or --board-output OUT (what a board returned)")
+            }
             let th = try thresholds()
+            _ = try headVerify.thresholds(mode: mode)
             let image = try PackedImage(directory: directory)
             let inputs = try frames.load(config: image.manifest.model)
             let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
@@ -185,6 +224,10 @@ struct Verify: ParsableCommand {
             var report = try verify(image: image, reference: reference, frames: inputs, mode: mode, task: task,
                                     thresholds: th, checkpointPath: checkpoint, progress: progressReporter("verify"))
             report.apply(sourceCheck, required: requireSameSource)
+            if let heads = headVerify.heads {
+                report.apply(try headVerify.verify(image: image, kernel: kernel, checkpoint: heads, frames: inputs, mode: mode,
+                                                   open: checkpointOptions.open))
+            }
             if json {
                 if !sourceCheck.same && sourceCheck.method != .none { note("moepack: warning: \(sourceCheck.summary)") }
                 try printJSON(report)
@@ -193,6 +236,30 @@ struct Verify: ParsableCommand {
             }
             if !report.passed { throw ExitCode(1) }
         }
+    }
+}
+
+extension Run {
+    /// `run --heads`: the backbone with each decoder's task gates, then the decoders, per frame.
+    func runWithHeads(image: PackedImage, checkpoint: String) throws {
+        if task != nil { throw MoepackError(.usage, item: "--task", "with --heads, tasks are chosen per decoder: use --task-map") }
+        let config = image.manifest.model
+        let inputs = try frames.load(config: config)
+        let (ck, decoders) = try headOptions.load(checkpoint, open: checkpointOptions.open, config: config)
+        let imageTasks = ImageWithHeads.tasks(of: image)
+        let overrides = try taskMap.map { try TaskMap.parse($0, heads: ck.heads, imageTasks: imageTasks) } ?? [:]
+        let map = try TaskMap.resolve(heads: ck.heads, imageTasks: imageTasks, overrides: overrides)
+        let model = try ImageWithHeads(image: image, mode: mode, heads: decoders, taskMap: map)
+        let progress = progressReporter("run")
+        var perFrame: [(name: String, frame: [UInt8]?, outputs: [TaskOutput])] = []
+        for (i, f) in inputs.enumerated() {
+            perFrame.append((f.name, f.frame.bytes, try model.run(f.frame).outputs))
+            if let n = f.frame.note { note("moepack: \(f.name): \(n)") }
+            progress?(i + 1, inputs.count)
+        }
+        let summaries = try writeTaskOutputs(perFrame, to: output)
+        print("wrote \(output)/: \(summaries.count) task outputs (.npy + .png), \(mode.rawValue) datapath")
+        for s in summaries { print("  " + (inputs.count > 1 ? "\((s.frame.map { ($0 as NSString).lastPathComponent }) ?? "") " : "") + s.line) }
     }
 }
 

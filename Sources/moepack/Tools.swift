@@ -6,6 +6,7 @@ import MoepackModel
 import MoepackFixedPoint
 import MoepackPacking
 import MoepackInference
+import MoepackVerify
 
 struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -52,17 +53,9 @@ struct Schedule: ParsableCommand {
     @Flag(help: "JSON output.")
     var json = false
 
-    struct BlockSchedule: Encodable {
-        var block: Int
-        var visit_order: [Int]
-        var queue_lengths: [Int]
-        var bytes_fetched: Int
-        var bursts: Int
-        var largest_expert_bytes: Int
-    }
-
     func run() throws {
         try guarded {
+            guard burstBytes > 0 else { throw MoepackError(.usage, item: "--burst-bytes", "\(burstBytes) is not a positive byte count") }
             let img = try PackedImage(directory: directory)
             let c = img.manifest.model
             guard image.count == 1, let image = image.first else {
@@ -75,19 +68,7 @@ struct Schedule: ParsableCommand {
             let frame = try FrameLoader.load(path: image, config: c)
             let model = try ImageModel(image: img, mode: .float, task: task)
             let r = try model.run(frame)
-            let eb = try img.type(of: "moe_weights_l1").containerBytes
-            let perExpert = (2 * c.expertHidden * c.embedDim + c.expertHidden + c.embedDim) * eb
-            var out: [BlockSchedule] = []
-            for route in r.routing {
-                let lengths = route.queues.map(\.count)
-                let order = (0..<c.experts).filter { lengths[$0] > 0 }
-                // Bytes of each part rounded up to whole bursts, per visited expert.
-                func bursts(_ bytes: Int) -> Int { (bytes + burstBytes - 1) / burstBytes }
-                let parts = [c.expertHidden * c.embedDim * eb, c.expertHidden * eb, c.embedDim * c.expertHidden * eb, c.embedDim * eb]
-                let b = order.count * parts.map(bursts).reduce(0, +)
-                out.append(BlockSchedule(block: route.block, visit_order: order, queue_lengths: lengths,
-                                         bytes_fetched: order.count * perExpert, bursts: b, largest_expert_bytes: perExpert))
-            }
+            let out = try moeScheduleFetch(routing: r.routing, image: img, burstBytes: burstBytes)
             if json {
                 try printJSON(out)
                 return
@@ -97,6 +78,7 @@ struct Schedule: ParsableCommand {
                 print("  block \(s.block): visits \(s.visit_order.count)/\(c.experts) experts \(s.visit_order), queue lengths \(s.queue_lengths), fetches \(s.bytes_fetched) bytes in \(s.bursts) bursts of ≤\(burstBytes) B")
             }
             let total = out.reduce(0) { $0 + $1.bytes_fetched }
+            let perExpert = out.first?.largest_expert_bytes ?? 0
             print("  total expert bytes fetched per frame: \(total); double buffer needs 2 × \(perExpert) bytes (one expert's w1+b1+w2+b2)")
         }
     }

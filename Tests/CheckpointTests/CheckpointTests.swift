@@ -74,6 +74,16 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(src.skipped.first { $0.name == "step" }?.reason, "int value, not a tensor")
     }
 
+    /// Issue 16, reproduction 5: tensors that are views of one storage ('sliced' and 'sliced_t' of
+    /// `base`) read its record once, not once per view (testZipBasic checks their values).
+    func testSharedStorageRecordIsReadOnce() throws {
+        let src = try XCTUnwrap(try openCheckpoint(fx("basic_zip.pth")) as? PyTorchZipSource)
+        for e in src.entries { _ = try src.readFloat32(e.name) }
+        let read = src.archive.recordsRead.filter { $0.hasPrefix(src.prefix + "data/") }
+        XCTAssertEqual(read.count, Set(read).count, "a record read twice: \(read)")
+        XCTAssertEqual(read.count, src.entries.count - 1, "15 tensors, 14 storages")
+    }
+
     func testLegacyBasic() throws {
         let src = try openCheckpoint(fx("basic_legacy.pth"))
         XCTAssertEqual(src.container, "pytorch-legacy")

@@ -137,6 +137,43 @@ final class FramesTests: XCTestCase {
 
     // MARK: errors
 
+    /// A PNG of only a signature, an IHDR declaring `width`×`height` (8-bit, `colorType` 0 grey or
+    /// 2 RGB), an IDAT holding a zlib header and an empty final block (no pixels) and IEND, chunk CRCs as the PNG spec defines them (CRC-32, polynomial 0xEDB88320).
+    private func pngHeaderOnly(width: UInt32, height: UInt32, colorType: UInt8) -> [UInt8] {
+        func be(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8(v >> 16 & 255), UInt8(v >> 8 & 255), UInt8(v & 255)] }
+        func crc(_ bytes: [UInt8]) -> UInt32 {
+            var c: UInt32 = 0xFFFF_FFFF
+            for b in bytes { c ^= UInt32(b); for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 } }
+            return ~c
+        }
+        func chunk(_ type: String, _ data: [UInt8]) -> [UInt8] {
+            let td = Array(type.utf8) + data
+            return be(UInt32(data.count)) + td + be(crc(td))
+        }
+        return [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
+            + chunk("IHDR", be(width) + be(height) + [8, colorType, 0, 0, 0])
+            + chunk("IDAT", [0x78, 0x9C, 0x03, 0x00]) + chunk("IEND", [])
+    }
+
+    /// Issue 16, reproduction 3: a PNG declaring 32768×32768 grey (which took 7.4 GB before it was
+    /// refused) or 30000×30000 RGB (accepted after 6.2 GB) is refused from its header, before any
+    /// pixel is decoded: these files hold no pixel data, so a decode would fail with another message.
+    func testHugePNGRefusedFromItsHeader() throws {
+        let c = Self.config(h: 4, w: 8)
+        for (w, h, type) in [(32768, 32768, UInt8(0)), (30000, 30000, UInt8(2)), (8192, 4097, UInt8(2))] {
+            let path = try write("huge_\(w)x\(h).png", pngHeaderOnly(width: UInt32(w), height: UInt32(h), colorType: type))
+            XCTAssertThrowsError(try FrameLoader.load(path: path, config: c)) { e in
+                XCTAssertEqual((e as? MoepackError)?.description,
+                               "\(path): PNG size \(w)×\(h) is \(w * h) pixels, more than the 33554432 moepack decodes (resize the frame first)")
+            }
+        }
+        // At the limit the header is accepted and the (missing) pixel data is what fails.
+        let path = try write("limit.png", pngHeaderOnly(width: 8192, height: 4096, colorType: 2))
+        XCTAssertThrowsError(try FrameLoader.load(path: path, config: c)) { e in
+            XCTAssertTrue((e as? MoepackError)?.description.hasPrefix("\(path): PNG data: ") == true, "\(e)")
+        }
+    }
+
     func testErrorsNameFileAndProblem() throws {
         let c = Self.config(h: 2, w: 2)
         func check(_ path: String, _ kind: MoepackError.Kind, _ fragment: String, line: UInt = #line) {

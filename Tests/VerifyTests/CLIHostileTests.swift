@@ -157,7 +157,7 @@ final class CLIHostileTests: XCTestCase {
             "moepack: warning: blocks.2.mlp.fc1.weight: 2 value(s) outside wt_linear_t = ap_fixed<16,2> range [-2, 1.99994], largest |value| 7.5 (AP_SAT)",
         ])
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp + "/out").sorted(),
-                       ["ddr.bin", "manifest.json", "manifest.sha256", "moepack_ddr.h"])
+                       ["ddr.bin", "host", "manifest.json", "manifest.sha256", "moepack_ddr.h"])
     }
 
     func testPackIsDeterministic() throws {
