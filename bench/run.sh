@@ -228,6 +228,25 @@ if have_ref; then
     fi
 fi
 
+# (f) task decoders (semseg + depth) on the bundled checkpoint's backbone output: moepack heads (per frame =
+# slope between 1 and HEADS_FRAMES frames, .npy + .png written) vs bench/reference_heads.py (PyTorch, 2 threads)
+HEADS_FRAMES=8
+if ! $REF_ONLY && [ -d "${PACKED:-/nonexistent}" ] && "$BIN" run "$PACKED" --image "$FRAME" -o "$OUT/heads-x.npy" >/dev/null 2>&1; then
+    hf=(); for ((j = 0; j < HEADS_FRAMES; j++)); do hf+=(--features "$OUT/heads-x.npy"); done
+    if measure heads-1 "$BIN" heads "$BUNDLED" --features "$OUT/heads-x.npy" -o "$OUT/heads-1" &&
+       measure heads-n "$BIN" heads "$BUNDLED" "${hf[@]}" -o "$OUT/heads-n"; then
+        WALL[heads]=$(awk -v a="${WALL[heads-1]}" -v b="${WALL[heads-n]}" -v n="$HEADS_FRAMES" 'BEGIN { printf "%.3f", (b - a) * 1000 / (n - 1) }')
+        RSS[heads]=${RSS[heads-n]}
+    fi
+fi
+if have_ref && [ -f "$OUT/heads-x.npy" ]; then
+    if measure ref-heads "$PY" bench/reference_heads.py --checkpoint "$BUNDLED" --features "$OUT/heads-x.npy" --frames "$HEADS_FRAMES" --threads 2; then
+        ms=()
+        for ((i = 1; i <= RUNS; i++)); do ms+=("$(sed -nE 's/^ms\/frame: *([0-9.]+).*/\1/p' "$LOG/ref-heads.$i.out")"); done
+        WALL[ref-heads-ms]=$(median "${ms[@]}")
+    fi
+fi
+
 # (e) pack on the ViT-Small-sized checkpoint
 if [ -f "$CK_SMALL" ]; then
     $REF_ONLY || measure pack-small "$BIN" pack "$CK_SMALL" -o "$OUT/pack-moepack-small" --profile "$PROFILE_SMALL" --quiet
@@ -333,7 +352,7 @@ size_mb() { [ -f "$1" ] && awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f M
     row "export → safetensors, bundled 36 MB" export "" "" s
     row "run --mode float, per frame" run-float ref-forward forward-float ms
     row "run --mode fixed, per frame" run-fixed "" "" ms
-    # (heads row: the task-head job goes here, next to the forward rows)
+    row "heads: semseg + depth decoders, per frame" heads ref-heads "" ms
     row "pack, ViT-Small-sized checkpoint $(size_mb "$CK_SMALL") (float32 + AdamW)" pack-small ref-pack-small pack-small s
     [ -n "${WALL[cold-build]:-}${FAIL[cold-build]:-}" ] && row "cold \`swift build -c release\` of a fresh clone (1 run)" cold-build "" "" s
 } > "$OUT/results.md"
