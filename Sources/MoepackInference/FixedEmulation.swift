@@ -32,7 +32,9 @@ public struct RawArray: Sendable, Equatable {
 /// The `ViT_compute` weight arguments of one task, keyed by the kernel argument names
 /// (include/kernel.hpp), with the model configuration.
 ///
-/// Expected keys, shapes and element types (D = embedDim, T = tokens, p = patchSize, E = experts,
+/// Expected keys and shapes, with the element types of the published build (each array's own
+/// `type` is what the emulation uses; any type ``FixedEmulation/check(_:argument:)`` accepts)
+/// (D = embedDim, T = tokens, p = patchSize, E = experts,
 /// He = expertHidden, Hm = mlpHidden, nMoE = moeBlocks.count, nDense = denseBlocks.count; the first
 /// axis of the moe_* / vit_* arrays may be longer than needed, as in the kernel's `max(n, 1)`):
 /// - `patch_embed_weights` [D][inChans][p][p] ap_fixed<16,0>; `patch_embed_bias` [D] ap_fixed<16,5>
@@ -91,7 +93,9 @@ public struct FixedForwardResult: Sendable {
 /// Bit-accurate CPU emulation of the Edge-MoE HLS kernel's fixed-point datapath (`ViT_compute`,
 /// sharc-lab/Edge-MoE src/*.cpp) on the raw integers of the packed DDR image.
 ///
-/// Datapath (per image; fm_t = ap_fixed<32,10>, AP_TRN/AP_WRAP throughout):
+/// Datapath (per image; fm_t = ap_fixed<32,10>, AP_TRN/AP_WRAP throughout; the weight and bias
+/// types are each array's own, entering as described in ``FixedEmulation``; the shifts below are
+/// the published types'):
 /// - Patch embedding (conv.cpp): per patch and output dim, out = bias; per channel and patch row a
 ///   16-pixel sum `addend += pixel * weight` (pixel ap_ufixed<8,0> = byte/256, weight
 ///   ap_fixed<16,0>, products floored to 22 fraction bits) is added; then `+ pos_embed`. Token 0 is
@@ -148,7 +152,8 @@ public final class FixedBackbone: Sendable {
     /// Validates the arrays against `arrays.config` and the kernel's element types and keeps them.
     ///
     /// - Throws: `MoepackError` `.mismatch` (item = argument name) for a missing array, a wrong shape
-    ///   or element type, or a raw value outside its type's range; `.unsupported` for a configuration
+    ///   or a raw value outside its type's range; `.unsupported` for an element type the emulation
+    ///   does not reproduce (``FixedEmulation/check(_:argument:)``) or a configuration
     ///   the kernel's blocking cannot run (D, hidden widths not multiples of 16, head width not a
     ///   multiple of 8, tokens ≠ patches + 1, tokens ≤ 4, image not a whole number of patches).
     public convenience init(arrays: KernelArrays) throws {
