@@ -197,7 +197,7 @@ struct HeadVerifyOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "Minimum segmentation mIoU, 0…1 (default 0.95 float, 0.85 fixed).")
     var minMiou: Double?
 
-    @Option(parsing: .unconditional, help: "Maximum depth abs-rel, ≥ 0 (default 0.02 float, 0.1 fixed).")
+    @Option(parsing: .unconditional, help: "Maximum depth abs-rel, ≥ 0 (default 0.05 float, 0.1 fixed; abs-rel divides by the reference depth, so small depths weigh heavily).")
     var maxAbsRel: Double?
 
     @Option(parsing: .unconditional, help: "Maximum normals mean angular error in degrees, 0…180 (default 1 float, 5 fixed).")
