@@ -47,11 +47,12 @@ public final class ExpertParallelSource: TensorSource {
         var ranks: [any TensorSource] = []
         for r in 0...maxRank {
             let p = (path as NSString).appendingPathComponent("\(r).pth")
-            let src = try openFile(p, options: options)
-            guard src.container == "pytorch-zip" || src.container == "pytorch-legacy" else {
-                throw MoepackError(.badInput, file: p, "rank file is a \(src.container) container, expected a torch.save file")
+            let probe = try CheckpointProbe(path: p)
+            guard let kind = try CheckpointContainer.sniff(probe) else { throw try refusal(probe) }
+            guard kind == .pytorchZip || kind == .pytorchLegacy else {
+                throw MoepackError(.badInput, file: p, "rank file is a \(kind.rawValue) container, expected a torch.save file")
             }
-            ranks.append(src)
+            ranks.append(try kind.open(probe, options: options))
         }
         var shapes: [String: TensorEntry] = [:]
         var parts: [String: [Int]] = [:]

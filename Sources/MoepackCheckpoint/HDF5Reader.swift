@@ -63,11 +63,6 @@ public final class HDF5Source: TensorSource {
     /// tensor name → reason, for datasets that are not float weights.
     private let refused: [String: String]
 
-    /// True when the file starts with the HDF5 signature `\x89HDF\r\n\x1a\n` (superblock at offset 0).
-    public static func matches(_ firstBytes: [UInt8], fileSize: Int) -> Bool {
-        firstBytes.count >= 8 && Array(firstBytes[0..<8]) == [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
-    }
-
     /// Opens the HDF5 file at `path` read-only and lists its datasets; no dataset is read.
     /// - Throws: ``MoepackError`` naming the file: `badInput` when it is not an HDF5 file, cannot be
     ///   opened, two datasets map to the same tensor name, or the groups nest deeper than

@@ -436,11 +436,6 @@ public final class NpySource: TensorSource {
 
     private let file: RandomAccessFile
 
-    /// True when the file starts with the `.npy` magic string `\x93NUMPY`.
-    public static func matches(_ firstBytes: [UInt8], fileSize: Int) -> Bool {
-        firstBytes.count >= 6 && Array(firstBytes[0..<6]) == NpyHeader.magic
-    }
-
     /// Opens the `.npy` file at `path` and validates its header and size; no array data is read.
     /// - Throws: ``MoepackError`` naming the file: `badInput` for a missing magic, malformed header or a
     ///   file shorter than the array; `unsupported` for object arrays (refused before anything else is
@@ -452,7 +447,7 @@ public final class NpySource: TensorSource {
         let stem = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
         do {
             let prefix = try file.read(at: 0, count: min(12, file.size))
-            guard Self.matches(prefix, fileSize: file.size) else {
+            guard prefix.starts(with: NpyHeader.magic) else {
                 throw MoepackError(.badInput, "not a .npy file: the magic string \\x93NUMPY is missing")
             }
             let total = try NpyHeader.totalHeaderLength(prefix: prefix)

@@ -271,18 +271,6 @@ public final class SafetensorsSource: TensorSource {
     /// name → (begin, end) relative to the data section.
     private let ranges: [String: (Int, Int)]
 
-    /// True when `firstBytes` (at least 9 bytes of the file) look like a safetensors header: a header
-    /// length that fits the file and the cap, followed by the start of a JSON value (`{`, or `[` or
-    /// JSON whitespace, so that a malformed header gets the JSON parser's reason, e.g. nesting too
-    /// deep, rather than "unknown container").
-    public static func matches(_ firstBytes: [UInt8], fileSize: Int) -> Bool {
-        guard firstBytes.count >= 9, fileSize >= 10 else { return false }
-        var n: UInt64 = 0
-        for k in 0..<8 { n |= UInt64(firstBytes[k]) << (8 * UInt64(k)) }
-        guard n >= 2, n <= UInt64(maxHeaderBytes), n <= UInt64(fileSize - 8) else { return false }
-        return [UInt8(ascii: "{"), UInt8(ascii: "["), 0x20, 0x09, 0x0A, 0x0D].contains(firstBytes[8])
-    }
-
     /// Opens and validates the header of the safetensors file at `path`; no tensor data is read.
     /// - Throws: ``MoepackError`` (`badInput`) naming the file (and the tensor when there is one) for a
     ///   truncated file, an oversized or non-JSON header, out-of-bounds, overlapping or mis-sized data

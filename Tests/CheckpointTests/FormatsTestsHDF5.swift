@@ -72,9 +72,8 @@ final class FormatsTestsHDF5: XCTestCase {
             XCTAssertTrue(e.description.contains("cut.h5"), e.description)
             XCTAssertFalse(e.description.contains("\n"))
         }
-        let b = try F.bytes("model.h5")
-        XCTAssertTrue(HDF5Source.matches(Array(b.prefix(8)), fileSize: b.count))
-        XCTAssertFalse(HDF5Source.matches(Array("hello wo".utf8), fileSize: 8))
+        XCTAssertTrue(try CheckpointContainer.hdf5.sniffs(CheckpointProbe(path: F.path("model.h5"))))
+        XCTAssertFalse(try CheckpointContainer.hdf5.sniffs(CheckpointProbe(path: F.path("text.txt"))))
     }
 
     func testConcurrentReadsAreSerialized() throws {

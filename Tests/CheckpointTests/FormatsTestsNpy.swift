@@ -60,7 +60,7 @@ final class FormatsTestsNpy: XCTestCase {
         XCTAssertEqual(try i2.readFloat32("be_i2"), [1, -2, 300, -32768])
     }
 
-    func testRefusals() {
+    func testRefusals() throws {
         assertRefusal(try open("object"), file: "object.npy",
                       contains: ["object arrays are refused: unpickling is not allowed"], kind: .unsupported)
         assertRefusal(try open("structured"), file: "structured.npy", contains: ["structured dtypes are refused"], kind: .unsupported)
@@ -68,8 +68,8 @@ final class FormatsTestsNpy: XCTestCase {
         assertRefusal(try open("truncated"), file: "truncated.npy", contains: ["'truncated'", "needs 96 bytes", "truncated file"])
         assertRefusal(try NpySource(path: F.path("text.txt")), file: "text.txt", contains: ["magic string"])
         assertRefusal(try NpySource(path: F.path("empty.bin")), file: "empty.bin", contains: ["magic string"])
-        XCTAssertFalse(NpySource.matches(Array("hello".utf8), fileSize: 5))
-        XCTAssertTrue(NpySource.matches(NpyHeader.magic + [1, 0], fileSize: 100))
+        XCTAssertFalse(try CheckpointContainer.npy.sniffs(CheckpointProbe(path: F.path("text.txt"))))
+        XCTAssertTrue(try CheckpointContainer.npy.sniffs(CheckpointProbe(path: F.path("npy/truncated.npy"))))
     }
 
     private func header(_ dict: String, major: UInt8 = 1) -> [UInt8] {

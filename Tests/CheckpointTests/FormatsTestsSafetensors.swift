@@ -44,19 +44,17 @@ final class FormatsTestsSafetensors: XCTestCase {
         assertRefusal(try s.readFloat32("nope"), file: "model.safetensors", contains: ["'nope'", "no such tensor"])
     }
 
-    func testMatches() throws {
-        func m(_ name: String) throws -> Bool {
-            let b = try F.bytes(name)
-            return SafetensorsSource.matches(Array(b.prefix(16)), fileSize: b.count)
+    func testSniffedAsSafetensors() throws {
+        func kind(_ name: String) throws -> CheckpointContainer? {
+            try CheckpointContainer.sniff(CheckpointProbe(path: F.path(name)))
         }
-        XCTAssertTrue(try m("model.safetensors"))
-        XCTAssertTrue(try m("gap.safetensors"))
-        XCTAssertFalse(try m("bad_huge_header.safetensors"))
-        XCTAssertFalse(try m("bad_header_truncated.safetensors"))
-        XCTAssertFalse(try m("empty.bin"))
-        XCTAssertFalse(try m("text.txt"))
-        XCTAssertFalse(try m("npy/v1_f4.npy"))
-        XCTAssertFalse(try m("model.h5"))
+        XCTAssertEqual(try kind("model.safetensors"), .safetensors)
+        XCTAssertEqual(try kind("gap.safetensors"), .safetensors)
+        XCTAssertEqual(try kind("bad_huge_header.safetensors"), .safetensors)
+        XCTAssertNil(try kind("empty.bin"))
+        XCTAssertNil(try kind("text.txt"))
+        XCTAssertEqual(try kind("npy/v1_f4.npy"), .npy)
+        XCTAssertEqual(try kind("model.h5"), .hdf5)
     }
 
     func testHostileFilesAreRefusedWithTheProblemNamed() {
