@@ -33,7 +33,7 @@ let package = Package(
         .target(name: "MoepackModel", dependencies: ["MoepackCore", "MoepackCheckpoint"]),
         // Stage 4: kernel profile, DDR layout, image + manifest + C header.
         .target(name: "MoepackPacking",
-                dependencies: ["MoepackCore", "MoepackModel", "MoepackFixedPoint"],
+                dependencies: ["MoepackCore", "MoepackCheckpoint", "MoepackModel", "MoepackFixedPoint"],
                 resources: [.copy("Profiles")]),
         // moepack's own integer kernels of the fixed-point emulation (portable C, AVX2, AVX-512;
         // chosen per process at run time), in C because Swift has no per-function target attributes.

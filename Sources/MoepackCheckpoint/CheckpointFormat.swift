@@ -91,6 +91,11 @@ public enum CheckpointContainer: String, Sendable, Codable, CaseIterable {
     }
 }
 
+extension CheckpointContainer: CustomStringConvertible {
+    /// The JSON spelling (``rawValue``), as messages print it.
+    public var description: String { rawValue }
+}
+
 /// What the sniffs of ``CheckpointContainer`` look at: a file's first bytes, size and (for a zip) its
 /// member list, read once; or a folder's file names.
 public final class CheckpointProbe: @unchecked Sendable {

@@ -27,7 +27,7 @@ import MoepackCore
 /// Files that match no pattern (or are not `*.float32.bin`) are skipped with a reason.
 public final class EdgeMoEFolderSource: TensorSource {
     public let path: String
-    public let container = "edge-moe-folder"
+    public let container = CheckpointContainer.edgeMoEFolder
     public let entries: [TensorEntry]
     public let skipped: [SkippedEntry]
     public let notes: [String]

@@ -10,10 +10,11 @@ import MoepackCore
 /// file may be zip or legacy format. Reads are lazy (only the ranks' records of the tensor read).
 public final class ExpertParallelSource: TensorSource {
     public let path: String
-    public let container = "expert-parallel-folder"
+    public let container = CheckpointContainer.expertParallelFolder
     public let entries: [TensorEntry]
     public let skipped: [SkippedEntry]
     public let notes: [String]
+    public let stateDictKey: String?
     /// Per-rank sources, rank order.
     public let ranks: [any TensorSource]
     /// For each tensor, the ranks holding a part (always starting with 0).
@@ -80,6 +81,7 @@ public final class ExpertParallelSource: TensorSource {
         self.ranks = ranks
         self.skipped = skipped
         let merged = parts.values.filter { $0.count > 1 }.count
+        self.stateDictKey = ranks[0].stateDictKey
         self.notes = ["\(ranks.count) ranks; \(merged) tensors concatenated along axis 0 in rank order"]
             + ranks[0].notes.map { "0.pth: " + $0 }
     }

@@ -52,7 +52,7 @@ public final class HDF5Source: TensorSource {
     public static let maxLinks = 1_000_000
 
     public let path: String
-    public var container: String { "hdf5" }
+    public var container: CheckpointContainer { .hdf5 }
     public let entries: [TensorEntry]
     public let skipped: [SkippedEntry]
     public let notes: [String]

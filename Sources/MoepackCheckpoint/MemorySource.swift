@@ -4,14 +4,14 @@ import MoepackCore
 /// complete a model before packing it.
 public final class MemorySource: TensorSource, @unchecked Sendable {
     public let path: String
-    public let container: String
+    public let container: CheckpointContainer
     public let entries: [TensorEntry]
     public let skipped: [SkippedEntry] = []
     public let notes: [String] = []
     private let values: [String: [Float]]
 
     /// - Parameter tensors: name, shape, C-order float32 values (count must equal the shape's product).
-    public init(path: String = "<memory>", container: String = "memory", tensors: [(String, [Int], [Float])]) {
+    public init(path: String = "<memory>", container: CheckpointContainer = .memory, tensors: [(String, [Int], [Float])]) {
         self.path = path
         self.container = container
         entries = tensors.map { TensorEntry(name: $0.0, dtype: .float32, shape: $0.1) }

@@ -427,7 +427,7 @@ struct PyLiteralParser {
 /// on read, so ``readRaw(_:)`` and ``readFloat32(_:)`` always give little-endian C order.
 public final class NpySource: TensorSource {
     public let path: String
-    public var container: String { "npy" }
+    public var container: CheckpointContainer { .npy }
     public let entries: [TensorEntry]
     public let skipped: [SkippedEntry] = []
     public let notes: [String]

@@ -8,7 +8,7 @@ import MoepackCore
 /// only; deflated members: the whole member). Fortran-order arrays are gathered to C order on read.
 public final class NpzSource: TensorSource {
     public let path: String
-    public let container = "npz"
+    public let container = CheckpointContainer.npz
     public let entries: [TensorEntry]
     public let skipped: [SkippedEntry]
     public let notes: [String]

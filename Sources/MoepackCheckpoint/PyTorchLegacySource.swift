@@ -13,10 +13,11 @@ import MoepackCore
 /// storage bytes are read when a tensor is read. There is no checksum in this format.
 public final class PyTorchLegacySource: TensorSource {
     public let path: String
-    public let container = "pytorch-legacy"
+    public let container = CheckpointContainer.pytorchLegacy
     public let entries: [TensorEntry]
     public let skipped: [SkippedEntry]
     public let notes: [String]
+    public let stateDictKey: String?
     let file: RandomAccessFile
     /// Per storage key: byte offset of its data and its element count/type.
     private let storageData: [String: (offset: Int, numel: Int, dtype: DType)]
@@ -106,6 +107,7 @@ public final class PyTorchLegacySource: TensorSource {
         self.refs = refs
         self.storageData = storageData
         self.skipped = sel.skipped
+        self.stateDictKey = sel.key
         self.notes = ["pytorch legacy format (protocol 1001)"] + sel.notes
     }
 

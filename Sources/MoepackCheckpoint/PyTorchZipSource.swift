@@ -15,10 +15,11 @@ import MoepackCore
 /// one buffer) is read once: its bytes are kept until every tensor viewing it has been read.
 public final class PyTorchZipSource: TensorSource {
     public let path: String
-    public let container = "pytorch-zip"
+    public let container = CheckpointContainer.pytorchZip
     public let entries: [TensorEntry]
     public let skipped: [SkippedEntry]
     public let notes: [String]
+    public let stateDictKey: String?
     /// The underlying archive (exposes ``ZipArchive/recordReadCount`` for laziness checks).
     public let archive: ZipArchive
     /// Record-name prefix, e.g. `archive/`.
@@ -101,6 +102,7 @@ public final class PyTorchZipSource: TensorSource {
         sharers = Dictionary(grouping: refs, by: { $0.value.storage.key })
             .filter { $0.value.count > 1 }.mapValues { Set($0.map(\.key)) }
         self.skipped = sel.skipped
+        self.stateDictKey = sel.key
         self.notes = notes + sel.notes
     }
 

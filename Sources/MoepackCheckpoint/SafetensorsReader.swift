@@ -256,7 +256,7 @@ public final class SafetensorsSource: TensorSource {
     public static let maxHeaderBytes = 100_000_000
 
     public let path: String
-    public var container: String { "safetensors" }
+    public var container: CheckpointContainer { .safetensors }
     /// Tensors sorted by their begin offset in the data section.
     public let entries: [TensorEntry]
     public let skipped: [SkippedEntry] = []

@@ -37,15 +37,17 @@ public struct SkippedEntry: Sendable, Equatable, Codable {
 public protocol TensorSource: AnyObject, Sendable {
     /// The file or folder as the user named it.
     var path: String { get }
-    /// Container kind: `pytorch-zip`, `pytorch-legacy`, `safetensors`, `hdf5`, `npy`, `npz`,
-    /// `edge-moe-folder`, `expert-parallel-folder`.
-    var container: String { get }
+    /// Container kind (its raw value is the JSON spelling: `pytorch-zip`, `safetensors`, …).
+    var container: CheckpointContainer { get }
     /// Tensors in stored order.
     var entries: [TensorEntry] { get }
     /// What was passed over and why.
     var skipped: [SkippedEntry] { get }
     /// Facts worth reporting (e.g. "state_dict found under key 'state_dict'").
     var notes: [String] { get }
+    /// Key of the training checkpoint's top-level dict the state_dict was read from (torch.save
+    /// kinds); nil when the state_dict is the top-level dict or the container has no such notion.
+    var stateDictKey: String? { get }
 
     /// Reads one tensor as float32 values in C order (strided storage is gathered).
     /// - Throws: ``MoepackError`` when the name is unknown, the bytes are out of bounds or corrupted.
@@ -57,6 +59,8 @@ public protocol TensorSource: AnyObject, Sendable {
 }
 
 extension TensorSource {
+    public var stateDictKey: String? { nil }
+
     /// The entry for `name`, if the source has it.
     public func entry(_ name: String) -> TensorEntry? {
         entries.first { $0.name == name }

@@ -40,14 +40,15 @@ enum TorchCheckpoint {
         return (StorageRef(key: key, dtype: dtype, numel: numel, location: location), view)
     }
 
-    /// The tensors, skipped entries and notes of an unpickled `torch.save` object.
+    /// The tensors, skipped entries, notes and chosen state_dict key (nil: the top level) of an
+    /// unpickled `torch.save` object.
     ///
     /// Rule: with `options.stateDictKey` that key must hold a dict; otherwise the first of
     /// ``stateDictKeys`` whose value is a dict holding at least one tensor; otherwise the top level
     /// when it holds tensors. Every other top-level entry is skipped unread; non-tensor values inside
     /// the state_dict (ints, nested dicts, `_metadata`) are skipped. Names are kept as stored.
     static func selectStateDict(_ root: PickleValue, options: OpenOptions, file: String) throws
-        -> (tensors: [(String, TensorRef)], skipped: [SkippedEntry], notes: [String])
+        -> (tensors: [(String, TensorRef)], skipped: [SkippedEntry], notes: [String], key: String?)
     {
         guard case .dict(let top, let topAttrs) = root else {
             if case .tensorRef = root {
@@ -118,7 +119,7 @@ enum TorchCheckpoint {
         for a in sdAttrs {
             skipped.append(SkippedEntry(name: keyName(a.key), reason: "state_dict attribute (\(a.value.typeName)), not a tensor"))
         }
-        return (tensors, skipped, notes)
+        return (tensors, skipped, notes, chosen)
     }
 
     /// Checks a view against its storage: non-negative sizes/strides, no overflow in the element

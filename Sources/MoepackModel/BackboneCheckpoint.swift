@@ -34,7 +34,7 @@ public final class BackboneCheckpoint: @unchecked Sendable {
     ///   `.badInput` when a required tensor is missing or a name is duplicated.
     public init(source: any TensorSource, expected: M3ViTConfig? = nil) throws {
         self.source = source
-        let naming: Naming = source.container == "edge-moe-folder" ? .edgeMoE : .m3vit
+        let naming: Naming = source.container == .edgeMoEFolder ? .edgeMoE : .m3vit
         self.naming = naming
         var map: [String: String] = [:]
         var skipped = source.skipped
@@ -262,7 +262,7 @@ public final class BackboneCheckpoint: @unchecked Sendable {
     /// For expert-parallel folders: a tensor found in ranks > 0 was concatenated along dim 0, which is
     /// right for expert tensors only; say so when a shape comes out wrong.
     static func epHint(_ source: any TensorSource, _ name: String) -> String {
-        guard source.container == "expert-parallel-folder", !name.contains(".experts.") else { return "" }
+        guard source.container == .expertParallelFolder, !name.contains(".experts.") else { return "" }
         return " (in an expert-parallel folder, tensors that appear in ranks > 0 are concatenated along dim 0; only expert tensors may be saved by every rank)"
     }
 

@@ -92,23 +92,6 @@ public struct ExportResult: Sendable, Equatable {
     public var bytes: Int
 }
 
-/// The state_dict key a torch.save reader reports having used (from its note
-/// "state_dict found under key 'K'", also behind an expert-parallel `0.pth: ` prefix); nil when the
-/// state_dict was the top-level dict or the container has no such notion.
-public func stateDictKey(fromNotes notes: [String]) -> String? {
-    let marker = "state_dict found under key '"
-    for n in notes {
-        guard let r = n.range(of: marker) else { continue }
-        let rest = n[r.upperBound...]
-        guard let end = rest.lastIndex(of: "'") else { continue }
-        return String(rest[..<end])
-    }
-    return nil
-}
-
-/// Containers whose reader takes a state_dict key (``OpenOptions/stateDictKey``).
-public let containersWithStateDictKey: Set<String> = ["pytorch-zip", "pytorch-legacy", "expert-parallel-folder"]
-
 /// Exports `source` to the safetensors file `path`, one tensor in memory at a time.
 ///
 /// - Parameters:
@@ -166,7 +149,7 @@ public func exportBackbone(source: any TensorSource, options: ExportOptions, to 
     var metadata: [String: String] = [:]
     if options.metadata {
         metadata["source"] = URL(fileURLWithPath: source.path).standardizedFileURL.lastPathComponent
-        metadata["container"] = source.container
+        metadata["container"] = source.container.rawValue
         metadata["moepack"] = options.moepackVersion
         metadata["naming"] = naming
         metadata["folded"] = folded ? "true" : "false"
@@ -174,7 +157,7 @@ public func exportBackbone(source: any TensorSource, options: ExportOptions, to 
         if folded {
             metadata["gate_layout"] = "[experts,embed_dim] (M3ViT w_gate [embed_dim,experts] transposed)"
         }
-        if let k = stateDictKey(fromNotes: source.notes) { metadata["state_dict_key"] = k }
+        if let k = source.stateDictKey { metadata["state_dict_key"] = k }
     }
 
     let reader: any TensorSource = options.dtype.target.map { ConvertingSource(source, to: $0) } ?? source
@@ -224,7 +207,8 @@ final class ConvertingSource: TensorSource, @unchecked Sendable {
     }
 
     var path: String { base.path }
-    var container: String { base.container }
+    var container: CheckpointContainer { base.container }
+    var stateDictKey: String? { base.stateDictKey }
     var skipped: [SkippedEntry] { base.skipped }
     var notes: [String] { base.notes }
 

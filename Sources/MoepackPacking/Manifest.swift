@@ -1,4 +1,5 @@
 import Foundation
+import MoepackCheckpoint
 import MoepackCore
 import MoepackModel
 
@@ -11,7 +12,8 @@ import MoepackModel
 public struct Manifest: Sendable, Codable, Equatable {
     public struct Source: Sendable, Codable, Equatable {
         public var path: String
-        public var container: String
+        /// Checkpoint container kind (JSON: its raw value, e.g. `pytorch-zip`).
+        public var container: CheckpointContainer
         /// Size of the checkpoint file in bytes (for a folder: of its files together).
         public var bytes: Int?
         /// SHA-256 of the checkpoint file (for a folder: of each file's name and bytes, sorted by name);
@@ -24,7 +26,7 @@ public struct Manifest: Sendable, Codable, Equatable {
         /// state_dict key and other reader notes.
         public var notes: [String]
 
-        public init(path: String, container: String, bytes: Int? = nil, sha256: String? = nil,
+        public init(path: String, container: CheckpointContainer, bytes: Int? = nil, sha256: String? = nil,
                     tensors_sha256: String? = nil, tensors: [SourceTensor]? = nil, notes: [String]) {
             self.path = path; self.container = container; self.bytes = bytes; self.sha256 = sha256
             self.tensors_sha256 = tensors_sha256; self.tensors = tensors; self.notes = notes

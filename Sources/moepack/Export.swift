@@ -68,7 +68,7 @@ struct Export: ParsableCommand {
 /// Refuses `--key` for a container that has no state_dict keys (it would otherwise be ignored silently).
 /// - Throws: ``MoepackError`` `.usage` naming the checkpoint and its container.
 func checkKeyApplies(_ key: String?, to source: any TensorSource) throws {
-    if let key, !containersWithStateDictKey.contains(source.container) {
+    if let key, !source.container.hasStateDictKey {
         throw MoepackError(.usage, file: source.path,
                            "--key '\(key)' applies to torch.save checkpoints only; this is a \(source.container) container")
     }

@@ -24,7 +24,7 @@ struct Inspect: ParsableCommand {
     struct Report: Encodable {
         struct T: Encodable { var name: String; var dtype: String; var shape: [Int]; var backbone: String? }
         var path: String
-        var container: String
+        var container: CheckpointContainer
         var notes: [String]
         var tensors: [T]
         var skipped: [SkippedEntry]
@@ -66,7 +66,7 @@ struct Inspect: ParsableCommand {
                 path: source.path, container: source.container, notes: source.notes,
                 tensors: source.entries.map { .init(name: $0.name, dtype: $0.dtype.rawValue, shape: $0.shape, backbone: reverse[$0.name]) },
                 skipped: skipped, config: config, config_error: configError,
-                state_dict_key: stateDictKey(fromNotes: source.notes))
+                state_dict_key: source.stateDictKey)
             if let c = config {
                 report.embed_dim = c.embedDim; report.depth = c.depth; report.moe_blocks = c.moeBlocks
                 report.experts = c.experts; report.expert_hidden = c.expertHidden; report.mlp_hidden = c.mlpHidden

@@ -65,7 +65,7 @@ final class CheckpointTests: XCTestCase {
 
     func testZipBasic() throws {
         let src = try openCheckpoint(fx("basic_zip.pth"))
-        XCTAssertEqual(src.container, "pytorch-zip")
+        XCTAssertEqual(src.container, CheckpointContainer(rawValue: "pytorch-zip"))
         try checkTensors(src, tag: "basic")
         XCTAssertTrue(src.notes.contains("state_dict is the top-level dict"), "\(src.notes)")
         XCTAssertEqual(src.entry("sliced_t")?.shape, [3, 4])
@@ -86,7 +86,7 @@ final class CheckpointTests: XCTestCase {
 
     func testLegacyBasic() throws {
         let src = try openCheckpoint(fx("basic_legacy.pth"))
-        XCTAssertEqual(src.container, "pytorch-legacy")
+        XCTAssertEqual(src.container, CheckpointContainer(rawValue: "pytorch-legacy"))
         try checkTensors(src, tag: "basic")
     }
 
@@ -114,6 +114,7 @@ final class CheckpointTests: XCTestCase {
     func testTrainingCheckpointIsLazy() throws {
         let src = try XCTUnwrap(try openCheckpoint(fx("training.pth")) as? PyTorchZipSource)
         XCTAssertTrue(src.notes.contains("state_dict found under key 'state_dict'"), "\(src.notes)")
+        XCTAssertEqual(src.stateDictKey, "state_dict")
         let opt = try XCTUnwrap(src.skipped.first { $0.name == "optimizer" })
         XCTAssertTrue(opt.reason.contains("not read"), opt.reason)
         let before = src.archive.recordsRead
@@ -159,7 +160,7 @@ final class CheckpointTests: XCTestCase {
 
     func testExpertParallelConcatenation() throws {
         let src = try openCheckpoint(fx("ep"))
-        XCTAssertEqual(src.container, "expert-parallel-folder")
+        XCTAssertEqual(src.container, CheckpointContainer(rawValue: "expert-parallel-folder"))
         try checkTensors(src, tag: "ep")
         XCTAssertEqual(src.entry("blocks.1.mlp.experts.w")?.shape, [4, 3, 4])
         let miss = message { try openCheckpoint(fx("ep_missing")) }
@@ -172,7 +173,7 @@ final class CheckpointTests: XCTestCase {
 
     func testEdgeMoETinyFolder() throws {
         let src = try openCheckpoint(fx("edge"))
-        XCTAssertEqual(src.container, "edge-moe-folder")
+        XCTAssertEqual(src.container, CheckpointContainer(rawValue: "edge-moe-folder"))
         let exp = try XCTUnwrap(expected["edge"])
         XCTAssertEqual(Dictionary(uniqueKeysWithValues: src.entries.map { ($0.name, $0.shape) }),
                        Dictionary(uniqueKeysWithValues: exp.tensors.map { ($0.name, $0.shape) }))
@@ -206,7 +207,7 @@ final class CheckpointTests: XCTestCase {
             throw XCTSkip("real Edge-MoE weights not present at \(dir)")
         }
         let src = try openCheckpoint(dir)
-        XCTAssertEqual(src.container, "edge-moe-folder")
+        XCTAssertEqual(src.container, CheckpointContainer(rawValue: "edge-moe-folder"))
         XCTAssertEqual(src.entries.count, 149)
         XCTAssertEqual(src.skipped, [])
         let shapes = Dictionary(uniqueKeysWithValues: src.entries.map { ($0.name, $0.shape) })
@@ -230,7 +231,7 @@ final class CheckpointTests: XCTestCase {
 
     func testNpz() throws {
         let src = try openCheckpoint(fx("tiny.npz"))
-        XCTAssertEqual(src.container, "npz")
+        XCTAssertEqual(src.container, CheckpointContainer(rawValue: "npz"))
         try checkTensors(src, tag: "npz")
     }
 

@@ -104,7 +104,7 @@ final class FormatRegistryTests: XCTestCase {
     func testOpenCheckpointOpensWithTheSniffedKind() throws {
         for (rel, expected) in try Self.checkpointFixtures() {
             guard let expected, let src = try? openCheckpoint(Self.fixtures + "/" + rel) else { continue }
-            XCTAssertEqual(src.container, expected.rawValue, "\(rel)")
+            XCTAssertEqual(src.container, expected, "\(rel)")
         }
     }
 
@@ -125,5 +125,19 @@ final class FormatRegistryTests: XCTestCase {
         XCTAssertEqual(try CheckpointContainer.sniff(CheckpointProbe(path: Self.fixtures + "/formats/bad_huge_header.safetensors")),
                        .safetensors)
         XCTAssertEqual(try CheckpointContainer.sniff(CheckpointProbe(path: Self.fixtures + "/formats/model.h5")), .hdf5)
+    }
+}
+
+/// `stateDictKey` is the reader's typed record of the key it read the state_dict from.
+final class StateDictKeyTests: XCTestCase {
+    func testTorchReadersReportTheKeyTheyUsed() throws {
+        let root = FormatRegistryTests.fixtures + "/checkpoint/"
+        XCTAssertEqual(try openCheckpoint(root + "training.pth").stateDictKey, "state_dict")
+        XCTAssertEqual(try openCheckpoint(root + "training.pth", options: OpenOptions(stateDictKey: "state_dict")).stateDictKey, "state_dict")
+        XCTAssertNil(try openCheckpoint(root + "basic_zip.pth").stateDictKey, "top-level state_dict has no key")
+        XCTAssertNil(try openCheckpoint(root + "tiny.npz").stateDictKey)
+        let ep = try openCheckpoint(root + "ep")
+        let rank0 = try openCheckpoint(root + "ep/0.pth")
+        XCTAssertEqual(ep.stateDictKey, rank0.stateDictKey)
     }
 }

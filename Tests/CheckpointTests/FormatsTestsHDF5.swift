@@ -8,7 +8,7 @@ final class FormatsTestsHDF5: XCTestCase {
 
     func testWalkNamesDtypesAndSkipped() throws {
         let h = try HDF5Source(path: F.path("model.h5"))
-        XCTAssertEqual(h.container, "hdf5")
+        XCTAssertEqual(h.container, CheckpointContainer(rawValue: "hdf5"))
         XCTAssertEqual(h.entries, [
             TensorEntry(name: "be.weight", dtype: .float32, shape: [6, 4]),
             TensorEntry(name: "bf16.weight", dtype: .bfloat16, shape: [2, 3, 4]),

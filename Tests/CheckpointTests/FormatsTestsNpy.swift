@@ -10,7 +10,7 @@ final class FormatsTestsNpy: XCTestCase {
 
     func testVersionsAndDtypes() throws {
         let v1 = try open("v1_f4")
-        XCTAssertEqual(v1.container, "npy")
+        XCTAssertEqual(v1.container, CheckpointContainer(rawValue: "npy"))
         XCTAssertEqual(v1.entries, [TensorEntry(name: "v1_f4", dtype: .float32, shape: [6, 4])])
         XCTAssertTrue(v1.header.version == (1, 0))
         XCTAssertEqual(v1.header.headerBytes, 128)

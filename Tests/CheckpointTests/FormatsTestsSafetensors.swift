@@ -8,7 +8,7 @@ final class FormatsTestsSafetensors: XCTestCase {
 
     func testTableOrderShapesAndMetadata() throws {
         let s = try SafetensorsSource(path: F.path("model.safetensors"))
-        XCTAssertEqual(s.container, "safetensors")
+        XCTAssertEqual(s.container, CheckpointContainer(rawValue: "safetensors"))
         // Python lays tensors out by dtype (I64, F64, F32, BF16, F16) then name; entries follow offsets.
         XCTAssertEqual(s.entries, [
             TensorEntry(name: "num_batches_tracked", dtype: .int64, shape: []),

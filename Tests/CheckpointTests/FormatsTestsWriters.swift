@@ -6,7 +6,7 @@ import XCTest
 /// A source that lies about its bytes, to check the writer leaves no file behind.
 private final class LyingSource: TensorSource {
     let path = "lying"
-    let container = "test"
+    let container = CheckpointContainer.memory
     let entries = [TensorEntry(name: "a", dtype: .float32, shape: [4])]
     let skipped: [SkippedEntry] = []
     let notes: [String] = []

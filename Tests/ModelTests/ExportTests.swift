@@ -166,7 +166,7 @@ final class ExportTests: XCTestCase {
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         // 1+2^-8 ties to 1.0 (0x3F80); 1+3·2^-8 ties to 1+2^-6 (0x3F82); -2 is 0xC000.
-        let src = MemorySource(path: "m.bin", container: "memory",
+        let src = MemorySource(path: "m.bin", container: .memory,
                                tensors: [("a", [3], [1.00390625, 1.01171875, -2]), ("big", [2], [65519, 65520])])
         let out = dir + "/bf.safetensors"
         _ = try exportBackbone(source: src, options: ExportOptions(all: true, dtype: .bf16, metadata: false), to: out)
@@ -258,12 +258,6 @@ final class ExportTests: XCTestCase {
             XCTAssertTrue(((e as? MoepackError)?.description ?? "").contains("output is the checkpoint itself"))
         }
         XCTAssertEqual(try bytes(copy), before)
-    }
-
-    func testStateDictKeyFromNotes() {
-        XCTAssertEqual(stateDictKey(fromNotes: ["pytorch zip format version 3", "state_dict found under key 'model'"]), "model")
-        XCTAssertEqual(stateDictKey(fromNotes: ["2 ranks", "0.pth: state_dict found under key 'state_dict'"]), "state_dict")
-        XCTAssertNil(stateDictKey(fromNotes: ["state_dict is the top-level dict"]))
     }
 
     /// The h5py and NumPy files of the tiny model map through BackboneCheckpoint to the canonical names

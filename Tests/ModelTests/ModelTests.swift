@@ -31,7 +31,7 @@ func tinyStateDict(prefix: String = "module.backbone.", extra: [(String, [Int], 
         tensors.append((prefix + name, shape, (0..<n).map { Float($0) * 0.01 + Float(k) }))
     }
     tensors.append(("module.decoders.semseg.weight", [19, d], [Float](repeating: 0, count: 19 * d)))
-    return MemorySource(path: "tiny.pth", container: "pytorch-zip", tensors: tensors + extra)
+    return MemorySource(path: "tiny.pth", container: .pytorchZip, tensors: tensors + extra)
 }
 
 let tinyConfig = M3ViTConfig(embedDim: 4, depth: 2, heads: 1, moeBlocks: [1], experts: 2, expertHidden: 3,

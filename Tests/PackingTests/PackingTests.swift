@@ -176,7 +176,7 @@ func smallTiny(overrides: [String: [Float]] = [:]) -> MemorySource {
         let n = shape.reduce(1, *)
         return ("module.backbone." + name, shape, overrides[name] ?? (0..<n).map { _ in Float(rng.uniform() * 0.2 - 0.1) })
     }
-    return MemorySource(path: "small.pth", container: "pytorch-zip", tensors: tensors)
+    return MemorySource(path: "small.pth", container: .pytorchZip, tensors: tensors)
 }
 
 final class PackTests: XCTestCase {
@@ -348,7 +348,7 @@ final class PackTests: XCTestCase {
                  Manifest.SourceTensor(name: "b", source_name: "b", shape: [], sha256: String(repeating: "2", count: 64))]
         let good = TensorDigests.combined(t)
         func problem(_ tensors: [Manifest.SourceTensor]?, _ digest: String?) -> String? {
-            PackedImage.sourceDigestsProblem(Manifest.Source(path: "p", container: "c", tensors_sha256: digest, tensors: tensors, notes: []))
+            PackedImage.sourceDigestsProblem(Manifest.Source(path: "p", container: .memory, tensors_sha256: digest, tensors: tensors, notes: []))
         }
         XCTAssertNil(problem(t, good))
         XCTAssertNil(problem(t.reversed(), good), "the digest is over name-sorted lines")

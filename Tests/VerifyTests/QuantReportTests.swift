@@ -24,7 +24,7 @@ func threeTensorManifest() -> Manifest {
         format: "moepack-ddr/1", tool: "moepack test", profile: "unit & <test>", kernel: "ViT_compute", task: 1,
         layout: "kernel", model: cfg, folds: nil,
         quantization: Manifest.Quantization(mode: "AP_RND_CONV", overflow: "AP_SAT", tensors: tensors),
-        source: Manifest.Source(path: "models/\"odd\" name.pth", container: "pytorch-zip", sha256: String(repeating: "ab", count: 32), notes: []),
+        source: Manifest.Source(path: "models/\"odd\" name.pth", container: .pytorchZip, sha256: String(repeating: "ab", count: 32), notes: []),
         image: Manifest.Image(file: "ddr.bin", bytes: 4096, sha256: String(repeating: "cd", count: 32)),
         alignment: 4096,
         types: ["wt_linear_t": "ap_fixed<16,2>", "wt_bias_t": "ap_fixed<16,5>", "fm_t": "ap_fixed<32,10>"],
