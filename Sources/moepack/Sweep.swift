@@ -65,6 +65,9 @@ struct Sweep: ParsableCommand {
             options.quantization = quantization
             options.overflow = overflow
             options.checkpointPath = checkpoint
+            // Candidates are packed inside the output's staging folder: removed with it, and a run
+            // killed with SIGKILL leaves it to the next run's stale-staging cleanup, not in /tmp.
+            if let staged { options.workDirectory = staged.staging }
             if let heads {
                 let (ck, decoders) = try headOptions.load(heads, open: checkpointOptions.open, config: profile.model)
                 options.heads = decoders

@@ -83,17 +83,18 @@ final class HeadsCLITests: XCTestCase {
     func testRunWithHeadsFeedsEachDecoderItsTask() throws {
         let frame = "Tests/Fixtures/tiny/frame.u8"
         XCTAssertEqual(try moepack(["pack", "Tests/Fixtures/tiny/model.pth", "-o", dir + "/img", "--profile", "tiny-test", "--task", "all"]).status, 0)
-        // Decoders 2 and 3 (normals, edge) have no gates in a two-task image: refused, named.
+        // Tasks follow M³ViT's list (semseg, normals, edge, depth): edge (2) and depth (3) have no
+        // gates in a two-task image: refused, named.
         let refused = try moepack(["run", dir + "/img", "--image", frame, "--heads", "Tests/Fixtures/heads/tiny_heads.pth", "-o", dir + "/h"])
         XCTAssertEqual(refused.status, 64, refused.stderr)
-        XCTAssertTrue(refused.stderr.contains("decoder 'normals' is task 2, which is not in the image"), refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("decoder 'edge' is task 2, which is not in the image"), refused.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/h"))
 
         let r = try moepack(["run", dir + "/img", "--image", frame, "--heads", "Tests/Fixtures/heads/tiny_heads.pth",
-                             "--task-map", "normals=0,edge=1", "--two-conv-upsampling", "2", "-o", dir + "/h"])
+                             "--task-map", "edge=1,depth=0", "--two-conv-upsampling", "2", "-o", dir + "/h"])
         XCTAssertEqual(r.status, 0, r.stderr)
         // The same decoders on each task's backbone output, run separately, give the same values.
-        for (task, t) in [("semseg", 0), ("depth", 1), ("normals", 0), ("edge", 1)] {
+        for (task, t) in [("semseg", 0), ("normals", 1), ("edge", 1), ("depth", 0)] {
             XCTAssertEqual(try moepack(["run", dir + "/img", "--image", frame, "--task", "\(t)", "-o", dir + "/x\(t).npy"]).status, 0)
             let one = try moepack(["heads", "Tests/Fixtures/heads/tiny_heads.pth", "--features", dir + "/x\(t).npy", "--profile", "tiny-test",
                                    "--task", task, "--two-conv-upsampling", "2", "-o", dir + "/s-\(task)"])
@@ -110,7 +111,7 @@ final class HeadsCLITests: XCTestCase {
         let frame = "Tests/Fixtures/tiny/frame.u8", ckpt = "Tests/Fixtures/tiny/model.pth"
         XCTAssertEqual(try moepack(["pack", ckpt, "-o", dir + "/img", "--profile", "tiny-test", "--task", "all"]).status, 0)
         let base = ["verify", dir + "/img", "--checkpoint", ckpt, "--image", frame, "--heads", "Tests/Fixtures/heads/tiny_heads.pth",
-                    "--task-map", "normals=0,edge=1", "--mode", "fixed"]
+                    "--task-map", "edge=1,depth=0", "--mode", "fixed"]
         let r = try moepack(base + ["--json", "--min-miou", "0", "--min-pixel-agreement", "0", "--max-abs-rel", "1e9", "--max-angular-error", "180"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
