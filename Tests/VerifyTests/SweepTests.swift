@@ -156,8 +156,11 @@ final class SweepTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: parent) }
         let base = ["sweep", "Tests/Fixtures/tiny/model.pth", "--profile", "tiny-test", "--image", "Tests/Fixtures/tiny/frame.u8"]
-        let (s, out, _) = try run(base + ["--vary", "wt_linear_t=ap_fixed<8,1>,ap_fixed<10,2>,ap_fixed<12,2>", "-o", parent + "/out", "--json"])
+        let (s, out, err) = try run(base + ["--vary", "wt_linear_t=ap_fixed<8,1>,ap_fixed<10,2>,ap_fixed<12,2>,ap_fixed<8,1>", "-o", parent + "/out", "--json"])
         XCTAssertEqual(s, 0)
+        // Not a terminal: a start line and the final count on stderr (the duplicate type counted once).
+        XCTAssertTrue(err.hasPrefix("moepack: sweep: 3 candidate(s) × 1 frame(s) × 2 task(s)"), err)
+        XCTAssertTrue(err.contains("moepack: sweep: candidates done 3/3"), err)
         let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
         XCTAssertEqual((json["candidates"] as? [Any])?.count, 3)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: parent + "/out").sorted(), ["sweep.html", "sweep.json"])
