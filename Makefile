@@ -26,12 +26,12 @@ release: deps
 	$(SWIFT) build -c release --product moepack
 
 demo: release
-	$(BIN) pack $(CKPT) -o $(OUT) --task all --image $(FRAME) --report packed/report.html
+	$(BIN) pack $(CKPT) -o $(OUT) --task all --image $(FRAME) --report packed/report.html --heads $(CKPT)
 	$(BIN) run $(OUT) --image $(FRAME) -o packed/demo-output.npy
 	$(BIN) run $(OUT) --image $(FRAME) --heads $(CKPT) -o packed/demo-tasks
 	$(BIN) run $(OUT) --image $(FRAME) --heads $(CKPT) --mode fixed -o packed/demo-tasks-fixed
-	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME)
-	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --mode fixed
+	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --heads $(CKPT)
+	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --mode fixed --heads $(CKPT)
 
 test: deps
 	$(SWIFT) build --build-tests
@@ -44,6 +44,7 @@ bench: release
 fixtures:
 	$(PYTHON) scripts/make_fixtures.py
 	$(PYTHON) scripts/make_heads_reference.py
+	$(PYTHON) scripts/make_numpy_value_fixtures.py
 	$(PYTHON) scripts/make_digest_fixture.py
 	$(PYTHON) scripts/make_checkpoint_fixtures.py
 	$(PYTHON) scripts/make_format_fixtures.py

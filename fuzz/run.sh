@@ -2,7 +2,7 @@
 # Runs every libFuzzer target for FUZZ_SECONDS (default 60) each, starting from the committed seeds in
 # fuzz/corpus/<target>/ plus the growing working corpus fuzz/.work/<target>/. Crashing inputs land in
 # fuzz/.artifacts/<target>/ (copy them to Tests/Fixtures/hostile/regressions/<target>/ once fixed).
-# Usage: FUZZ_SECONDS=300 bash fuzz/run.sh [target ...]   (targets: zip pickle legacy safetensors npy hdf5)
+# Usage: FUZZ_SECONDS=300 bash fuzz/run.sh [target ...]   (targets: zip pickle legacy safetensors npy manifest hdf5)
 # Exit status: 0 when no target produced an artifact, 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     # hdf5 only on request (FUZZ_HDF5=1 or by name): the system libhdf5 1.10 crashes on some corrupted
     # files by itself (fuzz/known-crashes/libhdf5/), which would stop that target within seconds.
-    targets=(zip pickle legacy safetensors npy)
+    targets=(zip pickle legacy safetensors npy manifest)
     [ "${FUZZ_HDF5:-0}" = 1 ] && targets+=(hdf5)
 fi
 bash fuzz/build.sh "${targets[@]}" || exit 2

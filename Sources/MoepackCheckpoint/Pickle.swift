@@ -201,7 +201,9 @@ final class PickleInput {
 /// interpreted as opaque values without calling anything: `numpy.core.multiarray.scalar` and
 /// `numpy._core.multiarray.scalar` → `.object(type: "numpy.scalar")`, `numpy.dtype` →
 /// `.object(type: "numpy.dtype")`, `argparse.Namespace` → `.object(type: "argparse.Namespace")` (BUILD
-/// state is dropped). Refused on purpose: `torch.storage._load_from_bytes` (it
+/// state is dropped); NumPy arrays (`numpy.core.multiarray._reconstruct` / `numpy._core.multiarray._reconstruct`
+/// with `numpy.ndarray`, NumPy 1 / 2) → `.object(type: "numpy.ndarray")` holding shape, typecode and the
+/// BUILD state (dtype and raw bytes) undecoded. Refused on purpose: `torch.storage._load_from_bytes` (it
 /// unpickles a nested pickle), anything from `os`, `posix`, `subprocess`, `builtins.eval`/`exec`, …
 public struct RestrictedUnpickler {
     public typealias PersistentLoad = (PickleValue) throws -> PickleValue
@@ -214,8 +216,9 @@ public struct RestrictedUnpickler {
         case builtinSet, builtinFrozenset, builtinList, builtinDict, builtinTuple
         /// Training-state values outside the state_dict, kept as opaque ``PickleValue/object(type:args:)``:
         /// `numpy.core.multiarray.scalar` / `numpy._core.multiarray.scalar` (NumPy 1 / 2), `numpy.dtype`,
-        /// `argparse.Namespace`.
-        case numpyScalar, numpyDType, argparseNamespace
+        /// `argparse.Namespace`; arrays (`numpy.core.multiarray._reconstruct` / `numpy._core.multiarray._reconstruct`
+        /// of `numpy.ndarray`, then BUILD with (version, shape, dtype, fortran, raw bytes)).
+        case numpyScalar, numpyDType, argparseNamespace, numpyReconstruct, numpyNDArrayType
     }
 
     static let storageTypes: [String: DType] = [
@@ -241,6 +244,8 @@ public struct RestrictedUnpickler {
         case ("builtins", "tuple"), ("__builtin__", "tuple"): return .builtinTuple
         case ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"): return .numpyScalar
         case ("numpy", "dtype"): return .numpyDType
+        case ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"): return .numpyReconstruct
+        case ("numpy", "ndarray"): return .numpyNDArrayType
         case ("argparse", "Namespace"): return .argparseNamespace
         case ("torch", _): return storageTypes[name].map { .storageType($0) }
         default: return nil
@@ -605,6 +610,8 @@ public struct RestrictedUnpickler {
             if case .dict(let sd) = st { d.attrs.append(contentsOf: sd.items) }
             else if case .v(.none) = st {}
             else { throw fail("pickle BUILD on a dict with unsupported state") }
+        case .object("numpy.ndarray", let l):
+            l.items.append(state) // the array's (version, shape, dtype, fortran, data): kept, never decoded
         case .v(.tensorRef), .object:
             break // tensor/parameter state (e.g. _rebuild_parameter_with_state) is not needed
         default:
@@ -697,6 +704,15 @@ public struct RestrictedUnpickler {
             // Protocol ≥ 2: NEWOBJ(argparse.Namespace, ()) then BUILD(state dict), dropped.
             guard a.isEmpty else { throw fail("argparse.Namespace: unexpected constructor arguments") }
             return .object("argparse.Namespace", arena.list())
+        case .numpyReconstruct:
+            // numpy.core.multiarray._reconstruct(numpy.ndarray, shape, typecode) makes an empty array that the
+            // following BUILD fills; only ndarray itself is accepted as the class.
+            guard a.count == 3, case .callable(.numpyNDArrayType, _) = a[0] else {
+                throw fail("\(fname): only (numpy.ndarray, shape, typecode) is accepted")
+            }
+            return .object("numpy.ndarray", arena.list(Array(a[1...])))
+        case .numpyNDArrayType:
+            throw fail("numpy.ndarray is accepted only as the class argument of _reconstruct")
         case .storageType:
             throw fail("pickle instantiates a storage type directly")
         }

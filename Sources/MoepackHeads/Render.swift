@@ -64,6 +64,9 @@ public struct RGBImage: Sendable, Equatable {
         }
     }
 
+    /// Width in pixels of `text` drawn by ``text(_:x:y:scale:color:)``.
+    public static func textWidth(_ text: String, scale: Int = 1) -> Int { BitmapFont.measure(text, scale: scale) }
+
     /// Copies `other` with its top-left at (x, y), each pixel as a `scale`×`scale` block.
     public mutating func paste(_ other: RGBImage, x: Int, y: Int, scale: Int = 1) {
         for oy in 0..<other.height {

@@ -110,6 +110,8 @@ public struct DDRPlan: Sendable {
     public var expertLayout: ExpertRecordLayout?
     /// Every task's gates are packed (`--task all`).
     public var allTasks: Bool
+    /// Largest image laid out (2^40 bytes): far above any DDR, and far below an overflow.
+    public static let maximumImageBytes = 1 << 40
 
     /// Lays out the profile's buffers for `options` (kernel layout, one task, by default).
     /// - Parameter tasks: number of task gates the model has (for `allTasks`).
@@ -118,17 +120,21 @@ public struct DDRPlan: Sendable {
         var offset = 0
         var out: [PlannedBuffer] = []
         var expertLayout: ExpertRecordLayout?
-        func add(_ b: KernelProfile.Buffer, _ t: FixedType, _ bytes: Int, _ content: PlannedBuffer.Content) {
+        func add(_ b: KernelProfile.Buffer, _ t: FixedType, _ bytes: Int, _ content: PlannedBuffer.Content) throws {
             offset = align(offset, profile.alignment)
+            // Profiles are JSON anyone can edit: sizes are summed without overflow, below 2^40 bytes.
+            let (end, o) = offset.addingReportingOverflow(bytes)
+            guard !o, end <= Self.maximumImageBytes else {
+                throw MoepackError(.badInput, file: profile.name, item: b.name, "the image would exceed \(Self.maximumImageBytes) bytes")
+            }
             out.append(PlannedBuffer(buffer: b, type: t, offset: offset, bytes: bytes, content: content))
-            offset += bytes
+            offset = end
         }
         for b in profile.buffers {
             let t = try profile.fixedType(b.type)
-            guard let count = checkedElementCount(b.shape) else {
+            guard let bytes = checkedElementCount(b.shape, elementBytes: t.containerBytes) else {
                 throw MoepackError(.badInput, file: profile.name, item: b.name, "size overflows")
             }
-            let bytes = count * t.containerBytes
             switch b.role {
             case "weight":
                 if layout == .expertMajor, expertArrayNames.contains(b.name) {
@@ -150,22 +156,22 @@ public struct DDRPlan: Sendable {
                     expertLayout = el
                     let region = KernelProfile.Buffer(name: "moe_experts", shape: [m.moeBlocks.count, m.experts, el.strideExpert / t.containerBytes],
                                                       type: b.type, role: "weight", register: nil)
-                    add(region, t, el.totalBytes, .expertRecords(el))
+                    try add(region, t, el.totalBytes, .expertRecords(el))
                     continue
                 }
                 if b.name == "moe_w_gate" && allTasks {
-                    add(b, t, bytes, .kernelArray(b.name, task: 0))
+                    try add(b, t, bytes, .kernelArray(b.name, task: 0))
                     for extra in 1..<max(tasks, 1) {
-                        add(KernelProfile.Buffer(name: "moe_w_gate_task\(extra)", shape: b.shape, type: b.type, role: "weight", register: nil),
+                        try add(KernelProfile.Buffer(name: "moe_w_gate_task\(extra)", shape: b.shape, type: b.type, role: "weight", register: nil),
                             t, bytes, .kernelArray(b.name, task: extra))
                     }
                 } else {
-                    add(b, t, bytes, .kernelArray(b.name, task: task))
+                    try add(b, t, bytes, .kernelArray(b.name, task: task))
                 }
             case "input" where b.name == "images":
-                add(b, t, bytes, .frame)
+                try add(b, t, bytes, .frame)
             default:
-                add(b, t, bytes, .zeros)
+                try add(b, t, bytes, .zeros)
             }
         }
         buffers = out

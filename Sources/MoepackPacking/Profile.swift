@@ -109,9 +109,13 @@ public struct KernelProfile: Sendable, Codable, Equatable {
             throw MoepackError(.badInput, file: file, "format '\(format)', expected 'moepack-profile/1'")
         }
         try model.validate(file: file)
-        guard alignment > 0, alignment & (alignment - 1) == 0 else {
-            throw MoepackError(.badInput, file: file, item: "alignment", "\(alignment) is not a power of two")
+        guard alignment > 0, alignment <= 1 << 30, alignment & (alignment - 1) == 0 else {
+            throw MoepackError(.badInput, file: file, item: "alignment", "\(alignment) is not a power of two in 1…2^30")
         }
+        if let a = axiAlignment, !(a > 0 && a <= alignment && a & (a - 1) == 0) {
+            throw MoepackError(.badInput, file: file, item: "axiAlignment", "\(a) is not a power of two in 1…alignment (\(alignment))")
+        }
+        try validateRegisters(file: file)
         var seen = Set<String>()
         for b in buffers {
             guard seen.insert(b.name).inserted else {
@@ -124,6 +128,24 @@ public struct KernelProfile: Sendable, Codable, Equatable {
             guard ["weight", "input", "output", "scratch"].contains(b.role) else {
                 throw MoepackError(.badInput, file: file, item: b.name, "role '\(b.role)' is not weight|input|output|scratch")
             }
+        }
+    }
+
+    /// The s_axi_control map must be plausible: every offset word-aligned in 0…0xFFFC, and no two
+    /// registers (scalars, each pointer's low word and its high word at +4) at one offset.
+    func validateRegisters(file: String) throws {
+        var used: [Int: String] = [:]
+        let words = registers.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+            + buffers.compactMap { b in b.register.map { ("\(b.name)_1", $0) } }
+            + buffers.compactMap { b in b.register.map { ("\(b.name)_2", $0 &+ 4) } }
+        for (name, off) in words {
+            guard off >= 0, off <= 0xFFFC, off % 4 == 0 else {
+                throw MoepackError(.badInput, file: file, item: name, "register offset \(off) is not a word-aligned offset in 0…0xFFFC")
+            }
+            if let other = used[off] {
+                throw MoepackError(.badInput, file: file, item: name, "register offset \(off) is also \(other)'s")
+            }
+            used[off] = name
         }
     }
 

@@ -109,6 +109,8 @@ public struct VerifyReport: Sendable, Codable, Equatable {
     public var notes: [String]
     /// Whether the checkpoint is the one the image was packed from (set by `moepack verify`).
     public var source_check: SourceCheck? = nil
+    /// Task-level fidelity of the decoders (`verify --heads`).
+    public var heads: HeadsReport? = nil
 
     public struct Summary: Sendable, Codable, Equatable {
         public var frames: Int
@@ -317,6 +319,7 @@ public func renderVerifyReport(_ r: VerifyReport) -> String {
         }
         s += "\n"
     }
+    if let h = r.heads { s += renderHeadsReport(h) }
     for n in r.notes { s += "  note: \(n)\n" }
     if let c = r.source_check { s += "  \(c.same || c.method == .none ? "" : "warning: ")\(c.summary)\n" }
     let th = r.thresholds

@@ -5,7 +5,7 @@ import MoepackPacking
 
 struct Check: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Re-verify a packed image on disk against its manifest's SHA-256 checksums.",
+        abstract: "Validate a packed image folder (manifest fields, profile, layout, manifest.sha256) and re-verify it against its manifest's SHA-256 checksums.",
         discussion: "Exit status 0 when the manifest is valid and matches its SHA-256 in manifest.sha256, and the image, every buffer and the C header match the manifest's checksums and its source digests are consistent; 2 when the manifest is invalid or edited (one line naming the field), 1 when a checksum differs (names what does not match).")
 
     @Argument(help: "Folder written by `moepack pack`.")

@@ -7,6 +7,7 @@ import MoepackFixedPoint
 import MoepackPacking
 import MoepackInference
 import MoepackHeads
+import MoepackVerify
 
 extension TwoConvUpsampling: ExpressibleByArgument {
     public init?(argument: String) { self.init(rawValue: Int(argument) ?? 0) }
@@ -179,4 +180,82 @@ struct HeadsCommand: ParsableCommand {
         }
         return stride(from: 0, to: values.count, by: per).map { Array(values[$0..<min($0 + per, values.count)]) }
     }
+}
+
+/// `verify --heads`: the decoders' task-level fidelity and its thresholds.
+struct HeadVerifyOptions: ParsableArguments {
+    @Option(help: "Also compare task outputs: run this checkpoint's decoders on the image's backbone output and on the float model's (per task: segmentation pixel agreement and mIoU, depth abs-rel and RMSE, normals mean angular error).")
+    var heads: String?
+
+    @Option(help: ArgumentHelp("Which backbone task feeds which decoder, e.g. semseg=0,depth=1 (default: decoder i gets task i).", valueName: "map"))
+    var taskMap: String?
+
+    @Option(parsing: .unconditional, help: "Minimum segmentation pixel agreement, 0…1 (default 0.99 float, 0.95 fixed).")
+    var minPixelAgreement: Double?
+
+    @Option(parsing: .unconditional, help: "Minimum segmentation mIoU, 0…1 (default 0.95 float, 0.85 fixed).")
+    var minMiou: Double?
+
+    @Option(parsing: .unconditional, help: "Maximum depth abs-rel, ≥ 0 (default 0.02 float, 0.1 fixed).")
+    var maxAbsRel: Double?
+
+    @Option(parsing: .unconditional, help: "Maximum normals mean angular error in degrees, 0…180 (default 1 float, 5 fixed).")
+    var maxAngularError: Double?
+
+    @OptionGroup var headOptions: HeadOptions
+
+    func thresholds(mode: InferenceMode) throws -> TaskThresholds {
+        func check(_ v: Double?, _ flag: String, _ range: ClosedRange<Double>) throws {
+            guard let v else { return }
+            guard v.isFinite, range.contains(v) else { throw MoepackError(.usage, item: flag, "must be in \(range.lowerBound)…\(range.upperBound), got \(v)") }
+        }
+        try check(minPixelAgreement, "--min-pixel-agreement", 0...1)
+        try check(minMiou, "--min-miou", 0...1)
+        try check(maxAbsRel, "--max-abs-rel", 0...Double.greatestFiniteMagnitude)
+        try check(maxAngularError, "--max-angular-error", 0...180)
+        var th = TaskThresholds.defaults(for: mode)
+        if let minPixelAgreement { th.min_pixel_agreement = minPixelAgreement }
+        if let minMiou { th.min_miou = minMiou }
+        if let maxAbsRel { th.max_abs_rel = maxAbsRel }
+        if let maxAngularError { th.max_angular_error_deg = maxAngularError }
+        return th
+    }
+
+    @Option(help: "With --heads: write an HTML report (the quantization report plus, for the first frame, each task's rendering from the float model and from the image side by side with the pixels that differ, and the expert choice per patch).")
+    var report: String?
+
+    /// Loads the decoders, resolves the task map and compares every task.
+    func verify(image: PackedImage, kernel: KernelTensors, checkpoint: String, frames: [NamedFrame], mode: InferenceMode,
+                open: OpenOptions) throws -> HeadsReport {
+        let (report, outputs) = try compareHeads(image: image, kernel: kernel, checkpoint: checkpoint, frames: frames, mode: mode,
+                                                 thresholds: try thresholds(mode: mode), taskMap: taskMap, headOptions: headOptions, open: open)
+        if let path = self.report {
+            try writeTaskReport(path, image: image, kernel: kernel, frame: frames[0], mode: mode, heads: report, outputs: outputs[0])
+        }
+        return report
+    }
+}
+
+/// Loads the decoders, resolves the task map (`taskMap` text overrides the default) and compares every
+/// task of every frame (``verifyHeads(image:reference:heads:taskMap:frames:mode:thresholds:checkpointPath:progress:)``).
+func compareHeads(image: PackedImage, kernel: KernelTensors, checkpoint: String, frames: [NamedFrame], mode: InferenceMode,
+                  thresholds: TaskThresholds, taskMap: String?, headOptions: HeadOptions, open: OpenOptions) throws -> (HeadsReport, [HeadsFrameOutputs]) {
+    let (ck, decoders) = try headOptions.load(checkpoint, open: open, config: image.manifest.model)
+    let imageTasks = ImageWithHeads.tasks(of: image)
+    let overrides = try taskMap.map { try TaskMap.parse($0, heads: ck.heads, imageTasks: imageTasks) } ?? [:]
+    let map = try TaskMap.resolve(heads: ck.heads, imageTasks: imageTasks, overrides: overrides)
+    return try verifyHeads(image: image, reference: { try kernel.backboneWeights(task: $0) }, heads: decoders, taskMap: map,
+                           frames: frames, mode: mode, thresholds: thresholds, checkpointPath: checkpoint,
+                           progress: progressReporter("heads"))
+}
+
+/// The quantization report with the task section of one frame, written atomically.
+func writeTaskReport(_ path: String, image: PackedImage, kernel: KernelTensors, frame: NamedFrame, mode: InferenceMode,
+                     heads: HeadsReport, outputs: HeadsFrameOutputs) throws {
+    let c = image.manifest.model
+    let section = TaskReportSection(frame: frame.frame.bytes, height: c.imageHeight, width: c.imageWidth, patch: c.patchSize,
+                                    experts: c.experts, mode: mode, outputs: outputs,
+                                    fidelity: heads.tasks.filter { $0.frame == nil || $0.frame == frame.name }, taskMap: heads.task_map)
+    let heatmap = try routingHeatmap(kernel: kernel, image: image, frame: frame.frame)
+    try AtomicFileWriter.write(Array(QuantReport.html(manifest: image.manifest, routing: heatmap, tasks: section).utf8), to: path)
 }

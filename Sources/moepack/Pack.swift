@@ -7,11 +7,25 @@ import MoepackFixedPoint
 import MoepackPacking
 import MoepackInference
 import MoepackVerify
+import MoepackHeads
 import MoepackBoard
 
 extension Quantization: ExpressibleByArgument {}
 extension Overflow: ExpressibleByArgument {}
 extension DDRLayout: ExpressibleByArgument {}
+
+extension Pack {
+    /// The report's task section: the decoders on the fixed path against the float model, on `frame`.
+    func packTaskSection(image: PackedImage, kernel: KernelTensors, heads: String, frame: Frame) throws -> TaskReportSection {
+        let c = image.manifest.model
+        let named = NamedFrame(name: self.image ?? "frame", frame: frame)
+        let (report, outputs) = try compareHeads(image: image, kernel: kernel, checkpoint: heads, frames: [named], mode: .fixed,
+                                                 thresholds: .defaults(for: .fixed), taskMap: taskMap, headOptions: headOptions,
+                                                 open: checkpointOptions.open)
+        return TaskReportSection(frame: frame.bytes, height: c.imageHeight, width: c.imageWidth, patch: c.patchSize,
+                                 experts: c.experts, mode: .fixed, outputs: outputs[0], fidelity: report.tasks, taskMap: report.task_map)
+    }
+}
 
 /// Options shared by every command that opens a checkpoint.
 struct CheckpointOptions: ParsableArguments {
@@ -72,6 +86,14 @@ struct Pack: ParsableCommand {
     @Option(help: "Write a self-contained HTML quantization report (ranges vs types, SQNR, and with --image the routing heat maps).")
     var report: String?
 
+    @Option(help: "With --report and --image: also run this checkpoint's task decoders on the fixed path and the float model and show their renderings, the pixels that differ and the expert choice per patch.")
+    var heads: String?
+
+    @Option(help: ArgumentHelp("With --heads: which backbone task feeds which decoder, e.g. semseg=0,depth=1 (default: decoder i gets task i).", valueName: "map"))
+    var taskMap: String?
+
+    @OptionGroup var headOptions: HeadOptions
+
     @Option(help: "ap_fixed quantization mode for float → fixed conversion: \(Quantization.allCases.map(\.rawValue).joined(separator: ", ")).")
     var quantization: Quantization = .AP_RND_CONV
 
@@ -127,7 +149,11 @@ struct Pack: ParsableCommand {
                 if let frame {
                     heatmap = try routingHeatmap(kernel: kernel, image: try PackedImage(directory: staged.stagingPath), frame: frame)
                 }
-                try reportWriter.write(Array(QuantReport.html(manifest: staged.result.manifest, routing: heatmap).utf8))
+                var section: TaskReportSection? = nil
+                if let heads, let frame {
+                    section = try packTaskSection(image: try PackedImage(directory: staged.stagingPath), kernel: kernel, heads: heads, frame: frame)
+                }
+                try reportWriter.write(Array(QuantReport.html(manifest: staged.result.manifest, routing: heatmap, tasks: section).utf8))
             }
             try staged.commit(alongside: reportWriter.map { [$0] } ?? [])
             if !quiet {

@@ -167,6 +167,8 @@ struct Verify: ParsableCommand {
     @Flag(help: "JSON report on stdout.")
     var json = false
 
+    @OptionGroup var headVerify: HeadVerifyOptions
+
     /// The thresholds, checked before anything is loaded (NaN would disable a check silently).
     func thresholds() throws -> VerifyThresholds {
         func check(_ v: Double?, _ flag: String, _ range: ClosedRange<Double>, _ what: String) throws {
@@ -201,6 +203,7 @@ struct Verify: ParsableCommand {
                 throw MoepackError(.usage, item: "--checkpoint", "give --checkpoint CKPT (the model the image came from) or --board-output OUT (what a board returned)")
             }
             let th = try thresholds()
+            _ = try headVerify.thresholds(mode: mode)
             let image = try PackedImage(directory: directory)
             let inputs = try frames.load(config: image.manifest.model)
             let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
@@ -221,6 +224,10 @@ struct Verify: ParsableCommand {
             var report = try verify(image: image, reference: reference, frames: inputs, mode: mode, task: task,
                                     thresholds: th, checkpointPath: checkpoint, progress: progressReporter("verify"))
             report.apply(sourceCheck, required: requireSameSource)
+            if let heads = headVerify.heads {
+                report.apply(try headVerify.verify(image: image, kernel: kernel, checkpoint: heads, frames: inputs, mode: mode,
+                                                   open: checkpointOptions.open))
+            }
             if json {
                 if !sourceCheck.same && sourceCheck.method != .none { note("moepack: warning: \(sourceCheck.summary)") }
                 try printJSON(report)

@@ -106,6 +106,34 @@ final class HeadsCLITests: XCTestCase {
         }
     }
 
+    func testVerifyHeadsReportsEachTaskAndFailsBelowThresholds() throws {
+        let frame = "Tests/Fixtures/tiny/frame.u8", ckpt = "Tests/Fixtures/tiny/model.pth"
+        XCTAssertEqual(try moepack(["pack", ckpt, "-o", dir + "/img", "--profile", "tiny-test", "--task", "all"]).status, 0)
+        let base = ["verify", dir + "/img", "--checkpoint", ckpt, "--image", frame, "--heads", "Tests/Fixtures/heads/tiny_heads.pth",
+                    "--task-map", "normals=0,edge=1", "--mode", "fixed"]
+        let r = try moepack(base + ["--json", "--min-miou", "0", "--min-pixel-agreement", "0", "--max-abs-rel", "1e9", "--max-angular-error", "180"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
+        let heads = try XCTUnwrap(json["heads"] as? [String: Any])
+        let tasks = try XCTUnwrap(heads["tasks"] as? [[String: Any]])
+        XCTAssertEqual(tasks.map { $0["task"] as? String }, ["semseg", "depth", "normals", "edge"])
+        XCTAssertEqual(tasks.map { $0["kind"] as? String }, ["segmentation", "depth", "normals", "grey"])
+        XCTAssertEqual(tasks.map { $0["backbone_task"] as? Int }, [0, 1, 0, 1])
+        let agreement = try XCTUnwrap(tasks[0]["pixel_agreement"] as? Double)
+        XCTAssertTrue((0...1).contains(agreement))
+        XCTAssertNotNil(tasks[0]["miou"] as? Double)
+        XCTAssertNotNil(tasks[1]["abs_rel"] as? Double)
+        XCTAssertNotNil(tasks[1]["rmse"] as? Double)
+        XCTAssertNotNil(tasks[2]["mean_angular_error_deg"] as? Double)
+        // The fixed path moves depth a little: abs-rel 0 is out of reach, so exit 1 naming the task.
+        let strict = try moepack(base + ["--max-abs-rel", "0"])
+        XCTAssertEqual(strict.status, 1, strict.stderr)
+        XCTAssertTrue(strict.stdout.contains("FAIL") && strict.stdout.contains("depth: abs-rel"), strict.stdout)
+        XCTAssertTrue(strict.stdout.contains("semseg (task 0's gates): pixel agreement"), strict.stdout)
+        let bad = try moepack(base + ["--min-miou", "2"])
+        XCTAssertEqual(bad.status, 64, bad.stderr)
+    }
+
     func testBadFeaturesAreOneLineErrors() throws {
         try Data(count: 100).write(to: URL(fileURLWithPath: dir + "/x.bin"))
         let r = try moepack(["heads", "models/m3vit-tiny-edge-moe.pth", "--features", dir + "/x.bin", "-o", dir + "/out"])

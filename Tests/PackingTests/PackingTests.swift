@@ -104,6 +104,24 @@ final class ProfileTests: XCTestCase {
         }
     }
 
+    /// Profiles (and the profile a manifest embeds) are JSON anyone can edit: a register map that
+    /// could not be a real s_axi_control block, or sizes whose sum would overflow, are refused.
+    func testImplausibleRegistersAndHugeLayoutsRefused() throws {
+        let good = try KernelProfile.load("edge-moe-zcu102")
+        func refusal(_ change: (inout KernelProfile) -> Void) -> String? {
+            var p = good
+            change(&p)
+            do { try p.validate(file: "p.json"); _ = try DDRPlan(profile: p); return nil } catch let e as MoepackError { return e.description } catch { return "\(error)" }
+        }
+        XCTAssertNil(refusal { _ in })
+        XCTAssertEqual(refusal { $0.registers["debug_id"] = 0xD6 }, "p.json: 'debug_id': register offset 214 is not a word-aligned offset in 0…0xFFFC")
+        XCTAssertEqual(refusal { $0.registers["debug_id"] = 0xD8 }, "p.json: 'moe_weights_l1_2': register offset 216 is also debug_id's")
+        XCTAssertEqual(refusal { $0.registers["debug_id"] = -4 }, "p.json: 'debug_id': register offset -4 is not a word-aligned offset in 0…0xFFFC")
+        XCTAssertEqual(refusal { $0.alignment = 1 << 62 }, "p.json: 'alignment': 4611686018427387904 is not a power of two in 1…2^30")
+        XCTAssertEqual(refusal { p in for i in p.buffers.indices where p.buffers[i].role == "scratch" { p.buffers[i].shape = [1 << 30, 1 << 30] } },
+                       "edge-moe-zcu102: 'tmp1': the image would exceed 1099511627776 bytes")
+    }
+
     func testBadProfileRefused() throws {
         let dir = tempDir("profile")
         let path = dir + "/p.json"
