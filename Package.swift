@@ -35,10 +35,13 @@ let package = Package(
         .target(name: "MoepackPacking",
                 dependencies: ["MoepackCore", "MoepackModel", "MoepackFixedPoint"],
                 resources: [.copy("Profiles")]),
+        // moepack's own integer kernels of the fixed-point emulation (portable C, AVX2, AVX-512;
+        // chosen per process at run time), in C because Swift has no per-function target attributes.
+        .target(name: "CMoepackKernels"),
         // Stage 5: inference from the packed image (float path, fixed-point emulation), frames.
         .target(name: "MoepackInference",
                 dependencies: ["MoepackCore", "MoepackModel", "MoepackFixedPoint", "MoepackPacking",
-                               "COpenBLAS", "CPNG", "MoepackCheckpoint"]),
+                               "COpenBLAS", "CPNG", "MoepackCheckpoint", "CMoepackKernels"]),
         // Task decoders on the backbone output (BatchNorm folded, convolutions on OpenBLAS) and their PNG renderings.
         .target(name: "MoepackHeads",
                 dependencies: ["MoepackCore", "MoepackModel", "MoepackCheckpoint", "MoepackPacking", "MoepackInference",
@@ -63,7 +66,7 @@ let package = Package(
         .testTarget(name: "FixedPointTests", dependencies: ["MoepackFixedPoint", "TestSupport"]),
         .testTarget(name: "ModelTests", dependencies: ["MoepackModel", "MoepackCheckpoint"]),
         .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport", "MoepackCore"]),
-        .testTarget(name: "InferenceTests", dependencies: ["MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport"]),
+        .testTarget(name: "InferenceTests", dependencies: ["MoepackInference", "CMoepackKernels", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport"]),
         .testTarget(name: "BoardTests", dependencies: ["MoepackBoard", "MoepackInference", "MoepackPacking", "MoepackCore"],
                     exclude: ["FakePYNQ"]),
         .testTarget(name: "HeadsTests", dependencies: ["MoepackHeads", "MoepackModel", "MoepackCheckpoint", "MoepackCore"]),

@@ -228,10 +228,58 @@ if have_ref; then
     fi
 fi
 
+# (f) task decoders (semseg + depth) on the bundled checkpoint's backbone output: moepack heads (per frame =
+# slope between 1 and HEADS_FRAMES frames, .npy + .png written) vs bench/reference_heads.py (PyTorch, 2 threads)
+HEADS_FRAMES=8
+if ! $REF_ONLY && [ -d "${PACKED:-/nonexistent}" ] && "$BIN" run "$PACKED" --image "$FRAME" -o "$OUT/heads-x.npy" >/dev/null 2>&1; then
+    hf=(); for ((j = 0; j < HEADS_FRAMES; j++)); do hf+=(--features "$OUT/heads-x.npy"); done
+    if measure heads-1 "$BIN" heads "$BUNDLED" --features "$OUT/heads-x.npy" -o "$OUT/heads-1" &&
+       measure heads-n "$BIN" heads "$BUNDLED" "${hf[@]}" -o "$OUT/heads-n"; then
+        WALL[heads]=$(awk -v a="${WALL[heads-1]}" -v b="${WALL[heads-n]}" -v n="$HEADS_FRAMES" 'BEGIN { printf "%.3f", (b - a) * 1000 / (n - 1) }')
+        RSS[heads]=${RSS[heads-n]}
+    fi
+fi
+if have_ref && [ -f "$OUT/heads-x.npy" ]; then
+    if measure ref-heads "$PY" bench/reference_heads.py --checkpoint "$BUNDLED" --features "$OUT/heads-x.npy" --frames "$HEADS_FRAMES" --threads 2; then
+        ms=()
+        for ((i = 1; i <= RUNS; i++)); do ms+=("$(sed -nE 's/^ms\/frame: *([0-9.]+).*/\1/p' "$LOG/ref-heads.$i.out")"); done
+        WALL[ref-heads-ms]=$(median "${ms[@]}")
+    fi
+fi
+
 # (e) pack on the ViT-Small-sized checkpoint
 if [ -f "$CK_SMALL" ]; then
     $REF_ONLY || measure pack-small "$BIN" pack "$CK_SMALL" -o "$OUT/pack-moepack-small" --profile "$PROFILE_SMALL" --quiet
     have_ref && measure ref-pack-small "$PY" bench/reference_pack.py "$CK_SMALL" -o "$OUT/pack-ref-small" --profile "$PROFILE_SMALL"
+fi
+
+# (f) cold release build of a fresh clone (once, not $RUNS times: it takes minutes). The clone is of
+# the checked-out commit (git clone --local --no-hardlinks), so nothing built here is reused; Swift
+# packages resolve from SwiftPM's shared cache. BENCH_COLD_BUILD=0 skips it.
+if ! $REF_ONLY && [ "${BENCH_COLD_BUILD:-1}" != 0 ] && git -C "$ROOT" rev-parse HEAD >/dev/null 2>&1; then
+    COLD="$OUT/cold-clone"
+    rm -rf "$COLD"
+    if git clone -q --local --no-hardlinks "$ROOT" "$COLD" >"$LOG/cold-clone.out" 2>&1 \
+        && git -C "$COLD" checkout -q "$(git -C "$ROOT" rev-parse HEAD)" >>"$LOG/cold-clone.out" 2>&1; then
+        COLD_LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+        echo "bench: cold-build: swift build -c release --product moepack in a fresh clone (load $COLD_LOAD)" >&2
+        t0=$(now)
+        if (cd "$COLD" && /usr/bin/time -f '%e %M' -o "$ROOT/$LOG/cold-build.time" swift build -c release --product moepack) \
+            >"$LOG/cold-build.out" 2>&1; then
+            t1=$(now)
+            read -r e m < <(tail -n 1 "$LOG/cold-build.time")
+            if [ -n "$t0" ] && [ -n "$t1" ]; then e=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }'); fi
+            WALL[cold-build]=$e; RSS[cold-build]=$m
+            COLD_STEPS=$(grep -c 'Compiling' "$LOG/cold-build.out" || true)
+            printf '%s\t%d\t%s\t%s\n' cold-build 1 "$e" "$m" >> "$RUNS_TSV"
+        else
+            echo "bench: cold build failed; see $LOG/cold-build.out" >&2
+            FAIL[cold-build]=1
+        fi
+        rm -rf "$COLD"
+    else
+        echo "bench: could not clone $ROOT for the cold build; see $LOG/cold-clone.out" >&2
+    fi
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +352,9 @@ size_mb() { [ -f "$1" ] && awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f M
     row "export → safetensors, bundled 36 MB" export "" "" s
     row "run --mode float, per frame" run-float ref-forward forward-float ms
     row "run --mode fixed, per frame" run-fixed "" "" ms
+    row "heads: semseg + depth decoders, per frame" heads ref-heads "" ms
     row "pack, ViT-Small-sized checkpoint $(size_mb "$CK_SMALL") (float32 + AdamW)" pack-small ref-pack-small pack-small s
+    [ -n "${WALL[cold-build]:-}${FAIL[cold-build]:-}" ] && row "cold \`swift build -c release\` of a fresh clone (1 run)" cold-build "" "" s
 } > "$OUT/results.md"
 
 {
@@ -331,6 +381,10 @@ size_mb() { [ -f "$1" ] && awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f M
     for mode in float fixed; do
         [ -n "${LINEAR[$mode]:-}" ] && echo "Linear in frames, run --mode $mode: ${LINEAR[$mode]}."
     done
+    if [ -n "${WALL[run-float]:-}" ] && [ -n "${WALL[run-fixed]:-}" ]; then
+        echo "Fixed ÷ float per frame: $(awk -v a="${WALL[run-float]}" -v b="${WALL[run-fixed]}" 'BEGIN { if (a > 0) printf "%.2f×", b / a }') (integer kernels: $(grep -qw avx512bw /proc/cpuinfo && grep -qw avx512f /proc/cpuinfo && echo AVX-512 || { grep -qw avx2 /proc/cpuinfo && echo AVX2 || echo portable C; })${MOEPACK_SIMD:+, forced MOEPACK_SIMD=$MOEPACK_SIMD})."
+    fi
+    [ -n "${WALL[cold-build]:-}" ] && echo "Cold build: one run of swift build -c release --product moepack in a fresh clone, ${COLD_STEPS:-?} compile steps, load average $COLD_LOAD at its start."
     if [ -n "$RUN_MODE" ]; then
         echo "moepack per-frame time = (median wall of a $FRAMES-frame run − median wall of a $HALF-frame run) / $((FRAMES - HALF)) (frames via $RUN_MODE, both cores busy throughout: steady state); reference = median of bench/reference_forward.py's in-process ms/frame after 3 warm-up frames."
     fi

@@ -293,6 +293,7 @@ public enum InterruptCleanup {
             signal(sig, SIG_IGN)
             let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             s.setEventHandler {
+                interrupting.withLock { $0 = true }
                 critical.lock()   // never released: the process exits below
                 lock.lock()
                 let todo = paths
@@ -307,6 +308,15 @@ public enum InterruptCleanup {
     }
 
     private static let critical = NSLock()
+    private static let interrupting = FlagBox()
+
+    /// Called on the way out of a failed command: when an interrupt is being handled, the failure is
+    /// most likely its doing (its staging folder removed under a writer), so wait for the handler to
+    /// end the process with 128 + signal instead of reporting an I/O error and exiting 1.
+    public static func waitIfInterrupted() {
+        guard interrupting.withLock({ $0 }) else { return }
+        while true { pause() }
+    }
 
     /// Removes `path` (file or folder tree), again while it still exists (at most 100 tries).
     private static func removeRetrying(_ path: String) {
@@ -332,4 +342,11 @@ public enum InterruptCleanup {
     public static func unregister(_ path: String) {
         lock.lock(); paths.remove(path); lock.unlock()
     }
+}
+
+/// A Bool behind a lock.
+final class FlagBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func withLock<T>(_ body: (inout Bool) -> T) -> T { lock.lock(); defer { lock.unlock() }; return body(&value) }
 }

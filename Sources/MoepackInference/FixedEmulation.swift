@@ -1,6 +1,7 @@
 import MoepackCore
 import MoepackModel
 import MoepackFixedPoint
+import CMoepackKernels
 
 /// One kernel argument array as raw fixed-point integers, exactly as it sits in the packed DDR image.
 ///
@@ -31,7 +32,9 @@ public struct RawArray: Sendable, Equatable {
 /// The `ViT_compute` weight arguments of one task, keyed by the kernel argument names
 /// (include/kernel.hpp), with the model configuration.
 ///
-/// Expected keys, shapes and element types (D = embedDim, T = tokens, p = patchSize, E = experts,
+/// Expected keys and shapes, with the element types of the published build (each array's own
+/// `type` is what the emulation uses; any type ``FixedEmulation/check(_:argument:)`` accepts)
+/// (D = embedDim, T = tokens, p = patchSize, E = experts,
 /// He = expertHidden, Hm = mlpHidden, nMoE = moeBlocks.count, nDense = denseBlocks.count; the first
 /// axis of the moe_* / vit_* arrays may be longer than needed, as in the kernel's `max(n, 1)`):
 /// - `patch_embed_weights` [D][inChans][p][p] ap_fixed<16,0>; `patch_embed_bias` [D] ap_fixed<16,5>
@@ -90,7 +93,9 @@ public struct FixedForwardResult: Sendable {
 /// Bit-accurate CPU emulation of the Edge-MoE HLS kernel's fixed-point datapath (`ViT_compute`,
 /// sharc-lab/Edge-MoE src/*.cpp) on the raw integers of the packed DDR image.
 ///
-/// Datapath (per image; fm_t = ap_fixed<32,10>, AP_TRN/AP_WRAP throughout):
+/// Datapath (per image; fm_t = ap_fixed<32,10>, AP_TRN/AP_WRAP throughout; the weight and bias
+/// types are each array's own, entering as described in ``FixedEmulation``; the shifts below are
+/// the published types'):
 /// - Patch embedding (conv.cpp): per patch and output dim, out = bias; per channel and patch row a
 ///   16-pixel sum `addend += pixel * weight` (pixel ap_ufixed<8,0> = byte/256, weight
 ///   ap_fixed<16,0>, products floored to 22 fraction bits) is added; then `+ pos_embed`. Token 0 is
@@ -147,7 +152,8 @@ public final class FixedBackbone: Sendable {
     /// Validates the arrays against `arrays.config` and the kernel's element types and keeps them.
     ///
     /// - Throws: `MoepackError` `.mismatch` (item = argument name) for a missing array, a wrong shape
-    ///   or element type, or a raw value outside its type's range; `.unsupported` for a configuration
+    ///   or a raw value outside its type's range; `.unsupported` for an element type the emulation
+    ///   does not reproduce (``FixedEmulation/check(_:argument:)``) or a configuration
     ///   the kernel's blocking cannot run (D, hidden widths not multiples of 16, head width not a
     ///   multiple of 8, tokens ≠ patches + 1, tokens ≤ 4, image not a whole number of patches).
     public convenience init(arrays: KernelArrays) throws {
@@ -499,12 +505,19 @@ extension FixedBackbone {
         var acc = [Int64](repeating: 0, count: hd)
         var accU = [UInt32](repeating: 0, count: hd)
         let blocks = hd / 8
-        let kU = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: T * hd)
-        let kBlockSum = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: T * blocks)
-        let qU = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: hd)
-        let qBlockSum = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: blocks)
-        defer { kU.deallocate(); kBlockSum.deallocate(); qU.deallocate(); qBlockSum.deallocate() }
-        let hdVec = hd & ~7
+        // Unsigned-offset forms for the block-safe Q·K path (CMoepackKernels `moepack_qk_scores`):
+        // K transposed, kT[j·T + key] = k + 2^31, and per block of 8 dims 2^9·Σ ku mod 2^32
+        // (kBlock9T[b·T + key]); the same for the current query.
+        let kT = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: hd * T)
+        let kBlock9T = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: blocks * T)
+        let qU = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: hd)
+        let qBlock9 = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: blocks)
+        let blockScratch = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: T)
+        let weightsU = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: T)
+        defer {
+            kT.deallocate(); kBlock9T.deallocate(); qU.deallocate(); qBlock9.deallocate()
+            blockScratch.deallocate(); weightsU.deallocate()
+        }
         let scale = scaleRaw
         for head in 0..<config.heads {
             let off = head * hd
@@ -512,17 +525,15 @@ extension FixedBackbone {
             for t in 0..<T { for d in 0..<hd { maxAbsV = max(maxAbsV, abs(Int64(v[t * D + off + d]))) } }
             var maxAbsK: Int64 = 0
             for t in 0..<T { for d in 0..<hd { maxAbsK = max(maxAbsK, abs(Int64(k[t * D + off + d]))) } }
-            // Unsigned-offset form of K for the block-safe Q·K path: ku = k + 2^31 and, per block of 8,
-            // 2^9·Σ ku mod 2^32.
             for t in 0..<T {
                 for b in 0..<blocks {
                     var bs: UInt32 = 0
                     for j in 0..<8 {
                         let u = UInt32(bitPattern: k[t * D + off + b * 8 + j]) ^ 0x8000_0000
-                        kU[t * hd + b * 8 + j] = u
+                        kT[(b * 8 + j) * T + t] = u
                         bs &+= u
                     }
-                    kBlockSum[t * blocks + b] = bs &<< 9
+                    kBlock9T[b * T + t] = bs &<< 9
                 }
             }
             for qi in 0..<T {
@@ -533,63 +544,52 @@ extension FixedBackbone {
                 // within fm_t no partial block sum can wrap (the replay below would count none).
                 let blockSafe = 8 * (((maxAbsQ * maxAbsK) >> fmFrac) + 1) <= fmMax
                 if blockSafe {
+                    // The block sum fits fm_t, so it is its value mod 2^32. With qu = q + 2^31,
+                    // ku = k + 2^31: floor(q·k / 2^22) = floor(qu·ku / 2^22) − 2^9·(qu + ku) + 2^40,
+                    // qu·ku an unsigned 32×32-bit product, the floor a logical shift.
                     for blk in 0..<blocks {
                         var bs: UInt32 = 0
                         for j in 0..<8 {
                             let u = UInt32(bitPattern: qRow[blk * 8 + j]) ^ 0x8000_0000
-                            qU[blk * 8 + j] = UInt64(u)
+                            qU[blk * 8 + j] = u
                             bs &+= u
                         }
-                        qBlockSum[blk] = bs &<< 9
+                        qBlock9[blk] = bs &<< 9
                     }
-                }
-                // Q·K: per block of 8 dims, addend += q*k (exact product, floored), addend *= scale,
-                // score += addend.
-                for ki in 0..<T {
-                    let kRow = k + ki * D + off
-                    var s: Int32 = 0
-                    var b = 0
-                    if blockSafe {
-                        // The block sum fits fm_t, so it is its value mod 2^32. With qu = q + 2^31,
-                        // ku = k + 2^31: floor(q·k / 2^22) = floor(qu·ku / 2^22) − 2^9·(qu + ku) + 2^40,
-                        // qu·ku an unsigned 32×32-bit product (SSE2 `pmuludq`), the floor a logical shift.
-                        let kRaw = UnsafeRawPointer(kU.baseAddress! + ki * hd)
-                        let qRaw = UnsafeRawPointer(qU.baseAddress!)
-                        for blk in 0..<blocks {
-                            // (masking tells the optimiser the high halves are zero: one `pmuludq` per pair)
-                            let qv = qRaw.loadUnaligned(fromByteOffset: blk &* 64, as: SIMD8<UInt64>.self)
-                                & SIMD8<UInt64>(repeating: 0xFFFF_FFFF)
-                            let kv = SIMD8<UInt64>(truncatingIfNeeded:
-                                kRaw.loadUnaligned(fromByteOffset: blk &* 32, as: SIMD8<UInt32>.self))
-                            let t = UInt32(truncatingIfNeeded: ((qv &* kv) &>> 22).wrappedSum())
-                                &- qBlockSum[blk] &- kBlockSum[ki * blocks + blk]
-                            let addend = mulFm(Int32(bitPattern: t), scale, &wQK)
+                    scores.withUnsafeMutableBufferPointer { sb in
+                        wQK += Int(moepack_qk_scores(simdKernels, qU.baseAddress!, qBlock9.baseAddress!,
+                                                     kT.baseAddress!, T, kBlock9T.baseAddress!, T, hd, scale,
+                                                     blockScratch.baseAddress!, sb.baseAddress!))
+                    }
+                } else {
+                    // Q·K: per block of 8 dims, addend += q*k (exact product, floored), addend *= scale,
+                    // score += addend.
+                    for ki in 0..<T {
+                        let kRow = k + ki * D + off
+                        var s: Int32 = 0
+                        var b = 0
+                        while b < hd {
+                            var sum: Int64 = 0, absSum: Int64 = 0
+                            for j in b..<(b + 8) {
+                                let t = (Int64(qRow[j]) * Int64(kRow[j])) >> fmFrac
+                                sum &+= t
+                                absSum &+= abs(t)
+                            }
+                            var addend: Int32
+                            if absSum <= fmMax {
+                                addend = Int32(sum)
+                            } else {
+                                addend = 0
+                                for j in b..<(b + 8) {
+                                    addend = addFm(Int64(addend), (Int64(qRow[j]) * Int64(kRow[j])) >> fmFrac, &wQK)
+                                }
+                            }
+                            addend = mulFm(addend, scale, &wQK)
                             s = addFm(Int64(s), Int64(addend), &wQK)
+                            b += 8
                         }
                         scores[ki] = s
-                        continue
                     }
-                    while b < hd {
-                        var sum: Int64 = 0, absSum: Int64 = 0
-                        for j in b..<(b + 8) {
-                            let t = (Int64(qRow[j]) * Int64(kRow[j])) >> fmFrac
-                            sum &+= t
-                            absSum &+= abs(t)
-                        }
-                        var addend: Int32
-                        if absSum <= fmMax {
-                            addend = Int32(sum)
-                        } else {
-                            addend = 0
-                            for j in b..<(b + 8) {
-                                addend = addFm(Int64(addend), (Int64(qRow[j]) * Int64(kRow[j])) >> fmFrac, &wQK)
-                            }
-                        }
-                        addend = mulFm(addend, scale, &wQK)
-                        s = addFm(Int64(s), Int64(addend), &wQK)
-                        b += 8
-                    }
-                    scores[ki] = s
                 }
                 // Running softmax in the kernel's key order.
                 let o = qi % 4
@@ -615,33 +615,15 @@ extension FixedBackbone {
                     // No partial sum can wrap, so only the sum mod 2^32 matters. With
                     // v + 2^31 = u ∈ [0, 2^32) and 0 ≤ a < 2^32: floor(v·a / 2^22) =
                     // floor(u·a / 2^22) − 2^9·a, where u·a < 2^64 is an unsigned 32×32-bit
-                    // product (SSE2 `pmuludq`) and the floor a logical shift.
+                    // product and the floor a logical shift (CMoepackKernels `moepack_av_accumulate`).
+                    var sumA: UInt32 = 0
+                    for ki in 0..<T {
+                        let a32 = UInt32(truncatingIfNeeded: weights[ki])   // 0 ≤ a < 2^31
+                        weightsU[ki] = a32
+                        sumA &+= a32
+                    }
                     accU.withUnsafeMutableBufferPointer { ab in
-                        let ra = UnsafeMutableRawPointer(ab.baseAddress!)
-                        for d in 0..<hd { ab[d] = 0 }
-                        var sumA: UInt32 = 0
-                        for ki in 0..<T {
-                            let a32 = UInt32(truncatingIfNeeded: weights[ki])   // 0 ≤ a < 2^31
-                            let a = UInt64(a32)
-                            sumA &+= a32
-                            let av = SIMD8<UInt64>(repeating: a)
-                            let rv = UnsafeRawPointer(v + ki * D + off)
-                            var d = 0
-                            while d < hdVec {
-                                let u = rv.loadUnaligned(fromByteOffset: d &* 4, as: SIMD8<UInt32>.self)
-                                    ^ SIMD8<UInt32>(repeating: 0x8000_0000)
-                                let p = (SIMD8<UInt64>(truncatingIfNeeded: u) &* av) &>> 22
-                                let cur = ra.loadUnaligned(fromByteOffset: d &* 4, as: SIMD8<UInt32>.self)
-                                ra.storeBytes(of: cur &+ SIMD8<UInt32>(truncatingIfNeeded: p),
-                                              toByteOffset: d &* 4, as: SIMD8<UInt32>.self)
-                                d &+= 8
-                            }
-                            while d < hd {
-                                let u = UInt64(UInt32(bitPattern: v[ki * D + off + d]) ^ 0x8000_0000)
-                                ab[d] &+= UInt32(truncatingIfNeeded: (u &* a) &>> 22)
-                                d &+= 1
-                            }
-                        }
+                        moepack_av_accumulate(simdKernels, weightsU.baseAddress!, v + off, D, T, hd, ab.baseAddress!)
                         let correction = sumA &<< 9
                         for d in 0..<hd { outRow[d] = Int32(bitPattern: ab[d] &- correction) }
                     }

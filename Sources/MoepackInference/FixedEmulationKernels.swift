@@ -1,4 +1,5 @@
 import MoepackFixedPoint
+import CMoepackKernels
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -23,6 +24,10 @@ import Darwin
 // Wrapping is modular, so a sum of wrapped terms equals the wrapped exact sum: the fast paths below
 // accumulate without per-step wrapping and only fall back to a step-by-step replay (to count wraps)
 // when a bound says a partial sum could have left fm_t's range.
+
+/// The instruction set of moepack's C integer kernels (CMoepackKernels) for this process: the best
+/// the CPU runs, or `MOEPACK_SIMD` = portable / avx2 / avx512; every form gives the same bits.
+let simdKernels: moepack_isa = moepack_kernels_isa()
 
 /// Width and fraction bits of fm_t (the one place they are written; ``FixedEmulation/featureMap``).
 let fmWidth = 32
@@ -113,6 +118,13 @@ let geluDeltaTable: [Int32] = (0..<177).map { i in
     let delta = x - x * 0.5 * (1 + erf(x / 2.0.squareRoot()))
     return Int32((delta * fmScale).rounded(.toNearestOrEven))
 }
+/// ``geluDeltaTable`` at a fixed address for the C kernels (`moepack_bias_gelu`); never freed,
+/// never written after initialisation (hence safe to share).
+nonisolated(unsafe) let geluDeltaTablePointer: UnsafePointer<Int32> = {
+    let p = UnsafeMutablePointer<Int32>.allocate(capacity: geluDeltaTable.count)
+    p.initialize(from: geluDeltaTable, count: geluDeltaTable.count)
+    return UnsafePointer(p)
+}()
 /// GELU_DELTA_TABLE_MAX = 0.03125 · 176 = 5.5 in fm_t raw units.
 let geluTableMaxRaw: Int32 = 176 << 17
 
@@ -209,12 +221,11 @@ struct FixedLinear: Sendable {
     let isFast: Bool
     let bias: [Int32]
     let rowNorm: [Double]
-    /// Eight lanes of 1 for ``dotRows4`` (kept in memory on purpose, see there).
-    let onesLanes: SIMD8<Int16>
     /// max_o ‖w_o‖ and max_o |bias_o| (raw), for a per-row bound covering every output.
     let maxRowNorm: Double
     let maxAbsBias: Int64
-    /// True when four `pmulhw` results of this weight matrix can be summed in Int16 lanes exactly.
+    /// True when four `pmulhw` results of this weight matrix can be summed in Int16 lanes exactly
+    /// (`high_sum4` of `moepack_linear_dots`).
     let highSum4: Bool
 
     /// The fast form from weights already in Int16 with ``fastWeightFrac`` fraction bits.
@@ -239,7 +250,6 @@ struct FixedLinear: Sendable {
         self.outDim = outDim; self.inDim = inDim; self.w = w; self.wideW = wideW
         self.weightFrac = weightFrac; self.bias = bias
         isFast = fast
-        onesLanes = SIMD8<Int16>(repeating: 1)
         func value(_ i: Int) -> Int64 { wideW.isEmpty ? Int64(w[i]) : Int64(wideW[i]) }
         var norms = [Double](repeating: 0, count: outDim)
         for o in 0..<outDim {
@@ -364,114 +374,15 @@ func dotReplay<Weight: FixedWidthInteger>(x: UnsafePointer<Int32>, w: UnsafePoin
     return (s.squareRoot(), small)
 }
 
-/// The 16-bit form used by the blocked linear kernel (``dotRows4``): for
+/// The 16-bit form used by the blocked linear kernel (CMoepackKernels `moepack_linear_dots`): for
 /// −2^29 ≤ x < 2^29 − 2^13 write x = a·2^14 + b (a = x >> 14, b ∈ [0, 2^14)) and set
 /// a′ = a + [b ≥ 2^13] (fits Int16 on that range) and b4 = the low 16 bits of 4b read as Int16,
 /// i.e. 4b − 2^16·[b ≥ 2^13]. Then for every Int16 w
 ///   floor(x·w / 2^14) = a·w + floor(b·w / 2^14) = a′·w + floor(b4·w / 2^16),
-/// because floor(b4·w / 2^16) = floor(b·w / 2^14) − w·[b ≥ 2^13]. Both terms are SSE2 16-bit
+/// because floor(b4·w / 2^16) = floor(b·w / 2^14) − w·[b ≥ 2^13]. Both terms are 16-bit SIMD
 /// operations: a′·w summed in pairs (`pmaddwd`) and floor(b4·w / 2^16) the signed high half
 /// (`pmulhw`), summed in pairs against ones. All sums are only needed mod 2^32 (AP_WRAP).
 @inline(__always) func inPairRange(_ v: Int32) -> Bool { v >= -(1 << 29) && v < (1 << 29) - (1 << 13) }
-
-/// Pairs of 16-bit lanes multiplied and summed into 32-bit lanes (SSE2 `pmaddwd`), wrapping.
-@inline(__always) func maddPairs(_ a: SIMD8<Int16>, _ b: SIMD8<Int16>) -> SIMD4<Int32> {
-    let p = SIMD8<Int32>(truncatingIfNeeded: a) &* SIMD8<Int32>(truncatingIfNeeded: b)
-    return p.evenHalf &+ p.oddHalf
-}
-
-/// Signed high half of 16×16-bit products, floor(a·b / 2^16) (SSE2 `pmulhw`).
-@inline(__always) func mulHigh(_ a: SIMD8<Int16>, _ b: SIMD8<Int16>) -> SIMD8<Int16> {
-    SIMD8<Int16>(truncatingIfNeeded: (SIMD8<Int32>(truncatingIfNeeded: a) &* SIMD8<Int32>(truncatingIfNeeded: b)) &>> 16)
-}
-
-/// Σ_i floor(x_i · w_i / 2^14) mod 2^32 for `rowCount` (1…4) input rows at once against one weight
-/// row, inputs given as the a′ / b4 parts of ``inPairRange`` (row r at `a + r·n`, `b4 + r·n`).
-/// `ones` must be eight lanes of 1; it is a parameter so that the optimiser keeps the
-/// `pmaddwd`-against-ones form instead of widening the high halves lane by lane. `highSum4` may be
-/// true only when every |w_i| ≤ 16380 (then four high halves sum exactly in Int16).
-@inline(never) func dotRows4(a: UnsafePointer<Int16>, b4: UnsafePointer<Int16>, w: UnsafePointer<Int16>,
-                             n: Int, rowCount: Int, ones: SIMD8<Int16>, highSum4: Bool = false) -> SIMD4<Int32> {
-    let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b4), rw = UnsafeRawPointer(w)
-    let stride = n &* 2
-    let vecEnd = n & ~7
-    var result = SIMD4<Int32>(repeating: 0)
-    if rowCount == 4 {
-        var acc0 = SIMD4<Int32>(repeating: 0), acc1 = acc0, acc2 = acc0, acc3 = acc0
-        var i = 0
-        if highSum4 {
-            // Four chunks of high halves summed in Int16 (exact, see FixedLinear.highSum4), then
-            // one `pmaddwd` against ones.
-            let end32 = n & ~31
-            while i < end32 {
-                var h0 = SIMD8<Int16>(repeating: 0), h1 = h0, h2 = h0, h3 = h0
-                for c in 0..<4 {
-                    let off = (i &+ c &* 8) &* 2
-                    let wv = rw.loadUnaligned(fromByteOffset: off, as: SIMD8<Int16>.self)
-                    var av = ra.loadUnaligned(fromByteOffset: off, as: SIMD8<Int16>.self)
-                    var bv = rb.loadUnaligned(fromByteOffset: off, as: SIMD8<Int16>.self)
-                    acc0 &+= maddPairs(av, wv); h0 &+= mulHigh(bv, wv)
-                    av = ra.loadUnaligned(fromByteOffset: off &+ stride, as: SIMD8<Int16>.self)
-                    bv = rb.loadUnaligned(fromByteOffset: off &+ stride, as: SIMD8<Int16>.self)
-                    acc1 &+= maddPairs(av, wv); h1 &+= mulHigh(bv, wv)
-                    av = ra.loadUnaligned(fromByteOffset: off &+ 2 &* stride, as: SIMD8<Int16>.self)
-                    bv = rb.loadUnaligned(fromByteOffset: off &+ 2 &* stride, as: SIMD8<Int16>.self)
-                    acc2 &+= maddPairs(av, wv); h2 &+= mulHigh(bv, wv)
-                    av = ra.loadUnaligned(fromByteOffset: off &+ 3 &* stride, as: SIMD8<Int16>.self)
-                    bv = rb.loadUnaligned(fromByteOffset: off &+ 3 &* stride, as: SIMD8<Int16>.self)
-                    acc3 &+= maddPairs(av, wv); h3 &+= mulHigh(bv, wv)
-                }
-                acc0 &+= maddPairs(h0, ones); acc1 &+= maddPairs(h1, ones)
-                acc2 &+= maddPairs(h2, ones); acc3 &+= maddPairs(h3, ones)
-                i &+= 32
-            }
-        }
-        while i < vecEnd {
-            let off = i &* 2
-            let wv = rw.loadUnaligned(fromByteOffset: off, as: SIMD8<Int16>.self)
-            var av = ra.loadUnaligned(fromByteOffset: off, as: SIMD8<Int16>.self)
-            var bv = rb.loadUnaligned(fromByteOffset: off, as: SIMD8<Int16>.self)
-            acc0 &+= maddPairs(av, wv) &+ maddPairs(mulHigh(bv, wv), ones)
-            av = ra.loadUnaligned(fromByteOffset: off &+ stride, as: SIMD8<Int16>.self)
-            bv = rb.loadUnaligned(fromByteOffset: off &+ stride, as: SIMD8<Int16>.self)
-            acc1 &+= maddPairs(av, wv) &+ maddPairs(mulHigh(bv, wv), ones)
-            av = ra.loadUnaligned(fromByteOffset: off &+ 2 &* stride, as: SIMD8<Int16>.self)
-            bv = rb.loadUnaligned(fromByteOffset: off &+ 2 &* stride, as: SIMD8<Int16>.self)
-            acc2 &+= maddPairs(av, wv) &+ maddPairs(mulHigh(bv, wv), ones)
-            av = ra.loadUnaligned(fromByteOffset: off &+ 3 &* stride, as: SIMD8<Int16>.self)
-            bv = rb.loadUnaligned(fromByteOffset: off &+ 3 &* stride, as: SIMD8<Int16>.self)
-            acc3 &+= maddPairs(av, wv) &+ maddPairs(mulHigh(bv, wv), ones)
-            i &+= 8
-        }
-        result = SIMD4(acc0.wrappedSum(), acc1.wrappedSum(), acc2.wrappedSum(), acc3.wrappedSum())
-    } else {
-        for r in 0..<rowCount {
-            var acc = SIMD4<Int32>(repeating: 0)
-            let rowOff = r &* stride
-            var i = 0
-            while i < vecEnd {
-                let off = i &* 2
-                let wv = rw.loadUnaligned(fromByteOffset: off, as: SIMD8<Int16>.self)
-                let av = ra.loadUnaligned(fromByteOffset: rowOff &+ off, as: SIMD8<Int16>.self)
-                let bv = rb.loadUnaligned(fromByteOffset: rowOff &+ off, as: SIMD8<Int16>.self)
-                acc &+= maddPairs(av, wv) &+ maddPairs(mulHigh(bv, wv), ones)
-                i &+= 8
-            }
-            result[r] = acc.wrappedSum()
-        }
-    }
-    if vecEnd < n {
-        for r in 0..<rowCount {
-            var s = result[r]
-            for i in vecEnd..<n {
-                let wi = Int32(w[i])
-                s = s &+ Int32(a[r &* n &+ i]) &* wi &+ ((Int32(b4[r &* n &+ i]) &* wi) &>> 16)
-            }
-            result[r] = s
-        }
-    }
-    return result
-}
 
 /// L2 norm (raw units) of one input row, and whether every value is in ``inPairRange``.
 ///
@@ -519,7 +430,8 @@ func dotReplay<Weight: FixedWidthInteger>(x: UnsafePointer<Int32>, w: UnsafePoin
 ///
 /// Value and wrap count of every output are decided per (row, output) exactly as by a step-by-step
 /// replay: when the bound |bias| + ‖x‖·‖w_o‖/2^14 + n + 1 on every partial sum stays below 2^31 no
-/// assignment can wrap and the wrapped sum is computed with 16-bit SIMD (four rows at a time);
+/// assignment can wrap and the wrapped sum is computed with 16-bit SIMD (CMoepackKernels, four rows
+/// at a time, bias and GELU in C when every output of the block is safe);
 /// otherwise ``dotReplay`` counts the wraps.
 func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                    output: UnsafeMutablePointer<Int32>, gelu: Bool,
@@ -532,7 +444,6 @@ func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                              wraps: &wraps, geluWraps: &geluWraps, form: form)
         return
     }
-    let ones = layer.onesLanes
     withUnsafeTemporaryAllocation(of: Int16.self, capacity: 8 * max(n, 1)) { pairBuf in
     layer.w.withUnsafeBufferPointer { wb in
         layer.bias.withUnsafeBufferPointer { bb in
@@ -561,23 +472,30 @@ func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                         for j in 0..<count {
                             splitPairRow(input + (r0 + j) * n, n: n, a: pa + j * n, b4: pb4 + j * n)
                         }
-                        for o in 0..<m {
-                            let wRow = wp + o * n
-                            let b = bb[o]
-                            let dots = dotRows4(a: pa, b4: pb4, w: wRow, n: n, rowCount: count, ones: ones,
-                                                highSum4: layer.highSum4)
-                            for j in 0..<count {
-                                // |every partial sum| ≤ |b| + Σ|x_i w_i|/2^14 + n ≤ |b| + ‖x‖‖w_o‖/2^14 + n.
-                                var v: Int32
-                                if rowSafe[j] || Double(abs(Int64(b))) + norms[j] * nb[o] / fastWeightScale + Double(n) + 1
-                                    < 2_147_483_647.0 {
-                                    v = b &+ dots[j]
-                                } else {
-                                    v = dotReplay(x: input + (r0 + j) * n, w: wRow, n: n, start: b, shift: Int64(fastWeightFrac),
-                                                  form: form, wraps: &wraps)
+                        // Dot products straight into the output rows, then bias (+ GELU) in place.
+                        let block = output + r0 * m
+                        moepack_linear_dots(simdKernels, pa, pb4, n, Int32(count), wp, m,
+                                            layer.highSum4 ? 1 : 0, block, m)
+                        if rowSafe[0] && (count < 2 || rowSafe[1]) && (count < 3 || rowSafe[2]) && (count < 4 || rowSafe[3]) {
+                            geluWraps += Int(moepack_bias_gelu(simdKernels, block, count, m, m, bb.baseAddress!,
+                                                               gelu ? geluDeltaTablePointer : nil, geluTableMaxRaw))
+                        } else {
+                            for o in 0..<m {
+                                let wRow = wp + o * n
+                                let b = bb[o]
+                                for j in 0..<count {
+                                    // |every partial sum| ≤ |b| + Σ|x_i w_i|/2^14 + n ≤ |b| + ‖x‖‖w_o‖/2^14 + n.
+                                    var v: Int32
+                                    if rowSafe[j] || Double(abs(Int64(b))) + norms[j] * nb[o] / fastWeightScale + Double(n) + 1
+                                        < 2_147_483_647.0 {
+                                        v = b &+ block[j * m + o]
+                                    } else {
+                                        v = dotReplay(x: input + (r0 + j) * n, w: wRow, n: n, start: b,
+                                                      shift: Int64(fastWeightFrac), form: form, wraps: &wraps)
+                                    }
+                                    if gelu { v = geluFm(v, &geluWraps) }
+                                    block[j * m + o] = v
                                 }
-                                if gelu { v = geluFm(v, &geluWraps) }
-                                output[(r0 + j) * m + o] = v
                             }
                         }
                     } else {

@@ -79,10 +79,14 @@ public func sweepHTML(_ r: SweepReport) -> String {
     if front.count > 1 {
         svg += "<polyline class=\"pareto\" fill=\"none\" stroke=\"#c0392b\" stroke-width=\"1.5\" points=\"" + front.map { "\(f(px(xs[$0]))),\(f(py(ys[$0])))" }.joined(separator: " ") + "\"/>\n"
     }
+    var placedLabels: [(x: Double, y: Double)] = []
     for (i, c) in r.candidates.enumerated() {
         let fill = c.pareto ? "#c0392b" : "#ffffff"
         svg += "<circle class=\"candidate\" cx=\"\(f(px(xs[i])))\" cy=\"\(f(py(ys[i])))\" r=\"5\" fill=\"\(fill)\" stroke=\"#c0392b\" stroke-width=\"1.5\"><title>\(escapeHTML(label(c))): \(String(format: "%.3f", xs[i])) \(unit), MSE \(String(format: "%.4g", c.mse))\(c.pareto ? " (Pareto)" : "")</title></circle>\n"
         let onRight = px(xs[i]) < left + (w - left - right) * 0.6
+        // A label that would overprint an earlier one is left to the point's tooltip.
+        if placedLabels.contains(where: { abs($0.x - px(xs[i])) < 120 && abs($0.y - py(ys[i])) < 11 }) { continue }
+        placedLabels.append((px(xs[i]), py(ys[i])))
         svg += "<text x=\"\(f(px(xs[i]) + (onRight ? 7 : -7)))\" y=\"\(f(py(ys[i]) - 7))\" text-anchor=\"\(onRight ? "start" : "end")\" font-size=\"10\" fill=\"#333\">\(escapeHTML(r.varied.map { c.types[$0] ?? "" }.joined(separator: " ")))</text>\n"
     }
     svg += "</svg>"

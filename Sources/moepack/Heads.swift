@@ -109,8 +109,8 @@ struct HeadsCommand: ParsableCommand {
     @Argument(help: "Checkpoint holding the decoders (decoders.<task>.*, training prefixes stripped).")
     var checkpoint: String
 
-    @Option(help: "Backbone features: .npy float32 [tokens, D] (or [n, tokens, D]) or a board's raw x (.bin).")
-    var features: String
+    @Option(help: "Backbone features: .npy float32 [tokens, D] (or [n, tokens, D]) or a board's raw x (.bin); repeatable (frames in order).")
+    var features: [String]
 
     @Option(name: .shortAndLong, help: "Output folder (several frames of features: one subfolder each).")
     var output: String
@@ -134,13 +134,14 @@ struct HeadsCommand: ParsableCommand {
         try guarded {
             let prof = try KernelProfile.load(profile)
             let config = prof.model
-            let frames = try readFeatures(features, profile: prof)
+            guard !features.isEmpty else { throw MoepackError(.usage, item: "--features", "give at least one features file") }
+            let frames = try features.flatMap { try readFeatures($0, profile: prof) }
             let frameBytes = try image.map { try FrameLoader.load(path: $0, config: config).bytes }
             let (_, heads) = try headOptions.load(checkpoint, open: checkpointOptions.open, config: config, tasks: task.isEmpty ? nil : task)
             let progress = progressReporter("heads")
             var perFrame: [(name: String, frame: [UInt8]?, outputs: [TaskOutput])] = []
             for (i, tokens) in frames.enumerated() {
-                perFrame.append((frames.count == 1 ? features : "frame\(i)", frameBytes, try heads.run(tokens: { _ in tokens }, taskMap: nil)))
+                perFrame.append((frames.count == 1 ? features[0] : "frame\(i)", frameBytes, try heads.run(tokens: { _ in tokens }, taskMap: nil)))
                 progress?(i + 1, frames.count)
             }
             let summaries = try writeTaskOutputs(perFrame, to: output)
@@ -196,7 +197,7 @@ struct HeadVerifyOptions: ParsableArguments {
     @Option(parsing: .unconditional, help: "Minimum segmentation mIoU, 0…1 (default 0.95 float, 0.85 fixed).")
     var minMiou: Double?
 
-    @Option(parsing: .unconditional, help: "Maximum depth abs-rel, ≥ 0 (default 0.02 float, 0.1 fixed).")
+    @Option(parsing: .unconditional, help: "Maximum depth abs-rel, ≥ 0 (default 0.05 float, 0.1 fixed; abs-rel divides by the reference depth, so small depths weigh heavily).")
     var maxAbsRel: Double?
 
     @Option(parsing: .unconditional, help: "Maximum normals mean angular error in degrees, 0…180 (default 1 float, 5 fixed).")

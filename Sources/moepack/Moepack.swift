@@ -29,6 +29,7 @@ struct Moepack: ParsableCommand {
             var command = try parseAsRoot()
             try command.run()
         } catch {
+            InterruptCleanup.waitIfInterrupted()
             if !(error is ExitCode), exitCode(for: error) == .validationFailure {
                 let first = message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
                 FileHandle.standardError.write(Data("moepack: error: \(first) (see --help)\n".utf8))
@@ -47,6 +48,7 @@ func guarded(_ body: () throws -> Void) throws {
     do {
         try body()
     } catch let e as MoepackError {
+        InterruptCleanup.waitIfInterrupted()
         FileHandle.standardError.write(Data("moepack: error: \(e.description)\n".utf8))
         throw ExitCode(e.exitCode)
     }

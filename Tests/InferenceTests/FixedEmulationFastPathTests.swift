@@ -3,9 +3,12 @@ import Foundation
 import MoepackCore
 import MoepackModel
 @testable import MoepackInference
+import CMoepackKernels
 
-/// The 16-bit SIMD linear kernel (``dotRows4``) and the blocked ``linearForward`` against the
-/// step-by-step replay of linear.cpp (``dotReplay``), including the edges of the a′/b4 split.
+/// The C integer kernels (CMoepackKernels: linear dot products, bias + GELU, attention Q·K and
+/// attn × V), every form this CPU runs, and the blocked ``linearForward`` against the step-by-step
+/// replay of the kernel's statements (``dotReplay``, ``geluFm``, ``mulFm``/``addFm``), including the
+/// edges of the a′/b4 split.
 final class FixedEmulationFastPathTests: XCTestCase {
     struct LCG {
         var state: UInt64
@@ -31,11 +34,25 @@ final class FixedEmulationFastPathTests: XCTestCase {
         XCTAssertFalse(inPairRange((1 << 29) - (1 << 13)))
     }
 
-    func testDotRows4EqualsReplayModulo2To32() {
+    /// The C kernel forms this CPU runs (portable always; AVX2, AVX-512 when present). A form the CPU
+    /// lacks cannot be run here and is named in the log instead.
+    static var runnableISAs: [moepack_isa] {
+        let all = [MOEPACK_ISA_PORTABLE, MOEPACK_ISA_AVX2, MOEPACK_ISA_AVX512]
+        for isa in all where moepack_kernels_cpu_supports(isa) == 0 {
+            print("CMoepackKernels: this CPU cannot run form \(isa.rawValue); its bit-identity test runs on CPUs that can")
+        }
+        return all.filter { moepack_kernels_cpu_supports($0) != 0 }
+    }
+
+    func testLinearDotsEveryFormEqualsReplayModulo2To32() {
         var rng = LCG(state: 2024)
-        for trial in 0..<300 {
-            let n = [8, 16, 24, 40, 64, 72, 96][trial % 7]
+        let isas = Self.runnableISAs
+        XCTAssertTrue(isas.contains(MOEPACK_ISA_PORTABLE))
+        for trial in 0..<240 {
+            // Widths around the 16- and 32-lane vectors and their 4-chunk blocks, with tails.
+            let n = [8, 16, 24, 40, 64, 72, 96, 127, 128, 129, 192, 200][trial % 12]
             let rowCount = 1 + trial % 4
+            let m = 1 + (trial / 4) % 5
             let smallW = trial % 3 != 0          // |w| ≤ 16380 allows the Int16 high-half sums
             var x = [Int32](repeating: 0, count: rowCount * n)
             for i in 0..<x.count {
@@ -46,7 +63,7 @@ final class FixedEmulationFastPathTests: XCTestCase {
                     x[i] = Int32(r)
                 }
             }
-            let w: [Int16] = (0..<n).map { _ in
+            let w: [Int16] = (0..<(m * n)).map { _ in
                 if rng.next() % 5 == 0 {
                     let e = Self.edgeW[Int(rng.next() % UInt64(Self.edgeW.count))]
                     return smallW ? max(-16380, min(16380, e)) : e
@@ -65,17 +82,128 @@ final class FixedEmulationFastPathTests: XCTestCase {
                     }
                 }
             }
-            for useHigh in smallW ? [false, true] : [false] {
-                let dots = dotRows4(a: a, b4: b4, w: w, n: n, rowCount: rowCount,
-                                    ones: SIMD8<Int16>(repeating: 1), highSum4: useHigh)
-                for r in 0..<rowCount {
-                    var ignored = 0
-                    let exact = x.withUnsafeBufferPointer { xb in
-                        dotReplay(x: xb.baseAddress! + r * n, w: w, n: n, start: 0, shift: 14,
-                                  form: .perProduct, wraps: &ignored)
+            let ld = m + 3                        // a row stride wider than m: columns m..<ld untouched
+            for isa in isas {
+                for useHigh in smallW ? [false, true] : [false] {
+                    var dots = [Int32](repeating: 0x5A5A_5A5A, count: rowCount * ld)
+                    moepack_linear_dots(isa, a, b4, n, Int32(rowCount), w, m, useHigh ? 1 : 0, &dots, ld)
+                    for r in 0..<rowCount {
+                        for o in 0..<m {
+                            var ignored = 0
+                            let exact = x.withUnsafeBufferPointer { xb in
+                                w.withUnsafeBufferPointer { wb in
+                                    dotReplay(x: xb.baseAddress! + r * n, w: wb.baseAddress! + o * n, n: n, start: 0,
+                                              shift: 14, form: .perProduct, wraps: &ignored)
+                                }
+                            }
+                            XCTAssertEqual(dots[r * ld + o], exact,
+                                           "form \(isa.rawValue) trial \(trial) row \(r) output \(o) highSum4 \(useHigh)")
+                        }
+                        for o in m..<ld { XCTAssertEqual(dots[r * ld + o], 0x5A5A_5A5A) }
                     }
-                    XCTAssertEqual(dots[r], exact, "trial \(trial) row \(r) highSum4 \(useHigh)")
                 }
+            }
+        }
+    }
+
+    func testBiasGeluEveryFormEqualsGeluFm() {
+        // GELU inputs at the table's steps and ends, its saturation, both signs and Int32.min
+        // (the one wrapping input), plus random values; bias added with wrap-around first.
+        var rng = LCG(state: 99)
+        var xs: [Int32] = [Int32.min, Int32.max, 0, 1, -1, geluTableMaxRaw, geluTableMaxRaw - 1, -geluTableMaxRaw,
+                           -geluTableMaxRaw + 1, 1 << 17, (1 << 17) - 1, -(1 << 17), 175 << 17, (175 << 17) + 0x1FFFF]
+        while xs.count < 64 * 9 { xs.append(Int32(truncatingIfNeeded: rng.next() << 31 | rng.next()) >> Int32(rng.next() % 8 + 3)) }
+        let m = 64, rows = xs.count / m, ld = m
+        var bias = [Int32](repeating: 0, count: m)
+        for o in 1..<m { bias[o] = Int32(truncatingIfNeeded: rng.next()) >> 6 }
+        bias[1] = Int32.max                      // wraps when added to a positive dot
+        for isa in Self.runnableISAs {
+            for useGelu in [false, true] {
+                var y = xs
+                let got = y.withUnsafeMutableBufferPointer { yb in
+                    bias.withUnsafeBufferPointer { bb in
+                        moepack_bias_gelu(isa, yb.baseAddress!, rows, m, ld, bb.baseAddress!,
+                                          useGelu ? geluDeltaTablePointer : nil, geluTableMaxRaw)
+                    }
+                }
+                var expectedWraps = 0
+                for r in 0..<rows {
+                    for o in 0..<m {
+                        var v = xs[r * ld + o] &+ bias[o]
+                        if useGelu { v = geluFm(v, &expectedWraps) }
+                        XCTAssertEqual(y[r * ld + o], v, "form \(isa.rawValue) gelu \(useGelu) row \(r) output \(o)")
+                    }
+                }
+                XCTAssertEqual(Int(got), expectedWraps, "form \(isa.rawValue) gelu \(useGelu)")
+                if useGelu { XCTAssertGreaterThan(expectedWraps, 0) }
+            }
+        }
+    }
+
+    /// attention.cpp's Q·K scores (per block of 8 dims: exact floored products summed, times
+    /// attn_scale into fm_t, added to the score) and attn × V sums, every C form against a
+    /// step-by-step Swift computation with mulFm / addFm.
+    func testAttentionKernelsEveryFormEqualScalar() {
+        var rng = LCG(state: 4242)
+        for (keys, hd, shift) in [(129, 64, 9), (37, 32, 4), (5, 8, 2), (16, 16, 0)] {
+            let blocks = hd / 8
+            // Block sums must fit fm_t (the caller's bound): values below 2^(31 − shift).
+            func value() -> Int32 { Int32(truncatingIfNeeded: rng.next() << 31 | rng.next()) >> Int32(shift + 3) }
+            let q = (0..<hd).map { _ in value() }
+            let k = (0..<(keys * hd)).map { _ in value() }
+            let scale = Int32(1 << 19) | Int32(rng.next() % 4096)
+            var expected = [Int32](repeating: 0, count: keys)
+            var expectedWraps = 0
+            for key in 0..<keys {
+                var s: Int32 = 0
+                for b in 0..<blocks {
+                    var blockSum: Int32 = 0
+                    for j in (b * 8)..<(b * 8 + 8) {
+                        blockSum &+= Int32(truncatingIfNeeded: (Int64(q[j]) * Int64(k[key * hd + j])) >> 22)
+                    }
+                    let addend = mulFm(blockSum, scale, &expectedWraps)
+                    s = addFm(Int64(s), Int64(addend), &expectedWraps)
+                }
+                expected[key] = s
+            }
+            let off: UInt32 = 0x8000_0000
+            let qu = q.map { UInt32(bitPattern: $0) ^ off }
+            var kuT = [UInt32](repeating: 0, count: hd * keys)
+            var kb9 = [UInt32](repeating: 0, count: blocks * keys)
+            var qb9 = [UInt32](repeating: 0, count: blocks)
+            for b in 0..<blocks {
+                for j in (b * 8)..<(b * 8 + 8) { qb9[b] &+= qu[j] }
+                qb9[b] <<= 9
+                for key in 0..<keys {
+                    var bs: UInt32 = 0
+                    for j in (b * 8)..<(b * 8 + 8) {
+                        let u = UInt32(bitPattern: k[key * hd + j]) ^ off
+                        kuT[j * keys + key] = u
+                        bs &+= u
+                    }
+                    kb9[b * keys + key] = bs << 9
+                }
+            }
+            // attn × V with non-negative weights a < 2^31 and V rows of stride hd + 8.
+            let ldv = hd + 8
+            let v = (0..<(keys * ldv)).map { _ in Int32(truncatingIfNeeded: rng.next() << 31 | rng.next()) }
+            let a = (0..<keys).map { _ in UInt32(rng.next() % (1 << 31)) }
+            var expectedAV = [UInt32](repeating: 0, count: hd)
+            for d in 0..<hd {
+                for key in 0..<keys {
+                    let u = UInt64(UInt32(bitPattern: v[key * ldv + d]) ^ off)
+                    expectedAV[d] &+= UInt32(truncatingIfNeeded: (u * UInt64(a[key])) >> 22)
+                }
+            }
+            for isa in Self.runnableISAs {
+                var scores = [Int32](repeating: 0, count: keys)
+                var t = [UInt32](repeating: 0, count: keys)
+                let wraps = moepack_qk_scores(isa, qu, qb9, kuT, keys, kb9, keys, hd, scale, &t, &scores)
+                XCTAssertEqual(scores, expected, "form \(isa.rawValue) keys \(keys) hd \(hd)")
+                XCTAssertEqual(Int(wraps), expectedWraps, "form \(isa.rawValue) keys \(keys) hd \(hd)")
+                var acc = [UInt32](repeating: 1, count: hd)
+                moepack_av_accumulate(isa, a, v, ldv, keys, hd, &acc)
+                XCTAssertEqual(acc, expectedAV, "form \(isa.rawValue) keys \(keys) hd \(hd)")
             }
         }
     }

@@ -1,0 +1,69 @@
+// moepack's own integer inner loops of the Edge-MoE fixed-point emulation, in three forms that give
+// the same bits: portable C, AVX2 and AVX-512 (F + BW). The form is chosen once per process (see
+// moepack_kernels_isa) from the CPU and the environment variable MOEPACK_SIMD; every sum here is
+// taken mod 2^32 (AP_WRAP), so the order of the integer additions does not change a bit.
+#ifndef MOEPACK_KERNELS_H
+#define MOEPACK_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Instruction sets the kernels exist for.
+typedef enum {
+    MOEPACK_ISA_PORTABLE = 0,
+    MOEPACK_ISA_AVX2 = 1,
+    MOEPACK_ISA_AVX512 = 2,
+} moepack_isa;
+
+/// The form this process uses, decided on the first call and never changed: MOEPACK_SIMD=portable,
+/// avx2 or avx512 when set (a form the CPU cannot run falls back to the best it can), else the best
+/// the CPU supports (`__builtin_cpu_supports`).
+moepack_isa moepack_kernels_isa(void);
+
+/// 1 when this CPU can run `isa`.
+int moepack_kernels_cpu_supports(moepack_isa isa);
+
+/// Linear layer dot products (linear.cpp `compute_linear`, fast form): for `rows` (1..4) input
+/// rows given as a' / b4 parts (row r at a + r*n, b4 + r*n; see FixedEmulationKernels.swift
+/// `inPairRange`) and `m` weight rows w[o*n .. o*n+n) (int16, 14 fraction bits),
+///   dots[r*ld + o] = sum_i a'[r][i]*w[o][i] + floor(b4[r][i]*w[o][i] / 2^16)   (mod 2^32).
+/// `high_sum4` may be nonzero only when four floor(b4*w/2^16) terms always sum within int16
+/// (every |w| <= 16380); it lets the kernels add high halves in 16-bit lanes.
+void moepack_linear_dots(moepack_isa isa, const int16_t *a, const int16_t *b4, ptrdiff_t n, int rows,
+                         const int16_t *w, ptrdiff_t m, int high_sum4, int32_t *dots, ptrdiff_t ld);
+
+/// The end of linear.cpp for outputs none of whose partial sums can wrap: y[r*ld + o] =
+/// wrap(y + bias[o]) for r < rows, o < m, then, when `table` is not NULL, gelu.cpp's GELU with
+/// `table` the 177-entry correction table (geluDeltaTable) and `table_max` its end (raw 176 << 17);
+/// the same arithmetic as geluFm in FixedEmulationKernels.swift. Returns the GELU wraps (inputs
+/// equal to INT32_MIN).
+int64_t moepack_bias_gelu(moepack_isa isa, int32_t *y, ptrdiff_t rows, ptrdiff_t m, ptrdiff_t ld,
+                          const int32_t *bias, const int32_t *table, int32_t table_max);
+
+/// Scores of one query against `keys` keys (attention.cpp `compute_q_matmul_k`), for queries
+/// whose floored products can be summed per block of 8 without leaving fm_t (the caller's bound).
+/// Inputs in unsigned-offset form (u = value + 2^31 as uint32): qu[hd]; K transposed,
+/// ku_t[j*ldk + k]; qblock9[b] = 2^9 * sum of qu over block b and kblock9_t[b*ldk + k] the same for
+/// key k (mod 2^32). Per block b of 8 dims, the block sum
+///   sum_j floor(q_j*k_j / 2^22) = sum_j floor(qu_j*ku_j / 2^22) - qblock9[b] - kblock9[b][k]  (mod 2^32)
+/// is multiplied by `scale` (fm_t raw) and floored to fm_t, then added to the score; both
+/// assignments wrap to 32 bits. Writes scores[keys]; `t` is scratch of `keys` values. Returns the
+/// number of assignments whose exact value was outside fm_t.
+int64_t moepack_qk_scores(moepack_isa isa, const uint32_t *qu, const uint32_t *qblock9,
+                          const uint32_t *ku_t, ptrdiff_t ldk, const uint32_t *kblock9_t, ptrdiff_t keys,
+                          ptrdiff_t hd, int32_t scale, uint32_t *t, int32_t *scores);
+
+/// attn x V accumulation of attention.cpp in unsigned-offset form: for weights a[k] (0 <= a < 2^31)
+/// and value rows v[k*ldv .. k*ldv+hd) (int32 fm_t raw),
+///   acc[d] = sum_k floor((v[k][d] + 2^31) * a[k] / 2^22)   (mod 2^32).
+void moepack_av_accumulate(moepack_isa isa, const uint32_t *a, const int32_t *v, ptrdiff_t ldv,
+                           ptrdiff_t keys, ptrdiff_t hd, uint32_t *acc);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

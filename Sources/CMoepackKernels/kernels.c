@@ -1,0 +1,167 @@
+// Dispatch of moepack's integer kernels (include/moepack_kernels.h): the same loops compiled for
+// portable C, AVX2 and AVX-512 (kernels_isa.h), one chosen per process.
+#include "moepack_kernels.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define MOEPACK_X86 1
+#else
+#define MOEPACK_X86 0
+#endif
+
+// Portable C: no vector primitives, the compiler's baseline target.
+#define ISA_SUFFIX portable
+#define ISA_FN
+#define ISA_VEC 0
+#include "kernels_isa.h"
+#undef ISA_SUFFIX
+#undef ISA_FN
+#undef ISA_VEC
+
+#if MOEPACK_X86
+// AVX2: 16 int16 lanes; tiles of 2 input rows x 2 weight rows (16 ymm registers).
+#define ISA_SUFFIX avx2
+#define ISA_FN __attribute__((target("avx2")))
+#define ISA_VEC 1
+#define TILE_MAX_R 2
+#define V __m256i
+#define V_LANES16 16
+#define V_LOAD(p) _mm256_loadu_si256((const __m256i *)(p))
+#define V_ZERO _mm256_setzero_si256()
+#define V_ADD32 _mm256_add_epi32
+#define V_ADD16 _mm256_add_epi16
+#define V_MADD _mm256_madd_epi16
+#define V_MULHI _mm256_mulhi_epi16
+#define V_ONES16 _mm256_set1_epi16(1)
+#define V_HSUM32 hsum_avx2
+__attribute__((target("avx2"))) static inline uint32_t hsum_avx2(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return (uint32_t)_mm_cvtsi128_si32(s);
+}
+#include "kernels_isa.h"
+#undef ISA_SUFFIX
+#undef ISA_FN
+#undef TILE_MAX_R
+#undef V
+#undef V_LANES16
+#undef V_LOAD
+#undef V_ZERO
+#undef V_ADD32
+#undef V_ADD16
+#undef V_MADD
+#undef V_MULHI
+#undef V_ONES16
+#undef V_HSUM32
+
+// AVX-512 F + BW: 32 int16 lanes; tiles of 4 input rows x 2 weight rows (32 zmm registers).
+#define ISA_SUFFIX avx512
+#define ISA_FN __attribute__((target("avx512f,avx512bw")))
+#define TILE_MAX_R 4
+#define V __m512i
+#define V_LANES16 32
+#define V_LOAD(p) _mm512_loadu_si512((const void *)(p))
+#define V_ZERO _mm512_setzero_si512()
+#define V_ADD32 _mm512_add_epi32
+#define V_ADD16 _mm512_add_epi16
+#define V_MADD _mm512_madd_epi16
+#define V_MULHI _mm512_mulhi_epi16
+#define V_ONES16 _mm512_set1_epi16(1)
+#define V_HSUM32(v) ((uint32_t)_mm512_reduce_add_epi32(v))
+#include "kernels_isa.h"
+#undef ISA_SUFFIX
+#undef ISA_FN
+#undef ISA_VEC
+#undef TILE_MAX_R
+#endif
+
+int moepack_kernels_cpu_supports(moepack_isa isa) {
+    switch (isa) {
+    case MOEPACK_ISA_PORTABLE: return 1;
+#if MOEPACK_X86
+    case MOEPACK_ISA_AVX2: return __builtin_cpu_supports("avx2");
+    case MOEPACK_ISA_AVX512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+#endif
+    default: return 0;
+    }
+}
+
+static moepack_isa choose_isa(void) {
+    const char *env = getenv("MOEPACK_SIMD");
+    moepack_isa want = MOEPACK_ISA_AVX512;
+    if (env != NULL) {
+        if (strcmp(env, "portable") == 0) want = MOEPACK_ISA_PORTABLE;
+        else if (strcmp(env, "avx2") == 0) want = MOEPACK_ISA_AVX2;
+    }
+    while (want > MOEPACK_ISA_PORTABLE && !moepack_kernels_cpu_supports(want)) want = (moepack_isa)(want - 1);
+    return want;
+}
+
+moepack_isa moepack_kernels_isa(void) {
+    // Computed once; a race between first callers computes the same value.
+    static int chosen = -1;
+    int c = __atomic_load_n(&chosen, __ATOMIC_ACQUIRE);
+    if (c < 0) {
+        c = (int)choose_isa();
+        __atomic_store_n(&chosen, c, __ATOMIC_RELEASE);
+    }
+    return (moepack_isa)c;
+}
+
+// A form this CPU cannot run is never entered: it degrades like choose_isa.
+static moepack_isa runnable(moepack_isa isa) {
+    while (isa > MOEPACK_ISA_PORTABLE && !moepack_kernels_cpu_supports(isa)) isa = (moepack_isa)(isa - 1);
+    return isa;
+}
+
+void moepack_linear_dots(moepack_isa isa, const int16_t *a, const int16_t *b4, ptrdiff_t n, int rows,
+                         const int16_t *w, ptrdiff_t m, int high_sum4, int32_t *dots, ptrdiff_t ld) {
+    switch (runnable(isa)) {
+#if MOEPACK_X86
+    case MOEPACK_ISA_AVX512: linear_dots_avx512(a, b4, n, rows, w, m, high_sum4, dots, ld); return;
+    case MOEPACK_ISA_AVX2: linear_dots_avx2(a, b4, n, rows, w, m, high_sum4, dots, ld); return;
+#endif
+    default: linear_dots_portable(a, b4, n, rows, w, m, high_sum4, dots, ld); return;
+    }
+}
+
+int64_t moepack_qk_scores(moepack_isa isa, const uint32_t *qu, const uint32_t *qblock9,
+                          const uint32_t *ku_t, ptrdiff_t ldk, const uint32_t *kblock9_t, ptrdiff_t keys,
+                          ptrdiff_t hd, int32_t scale, uint32_t *t, int32_t *scores) {
+    switch (runnable(isa)) {
+#if MOEPACK_X86
+    case MOEPACK_ISA_AVX512:
+        return qk_scores_avx512(qu, qblock9, ku_t, ldk, kblock9_t, keys, hd, scale, t, scores);
+    case MOEPACK_ISA_AVX2:
+        return qk_scores_avx2(qu, qblock9, ku_t, ldk, kblock9_t, keys, hd, scale, t, scores);
+#endif
+    default:
+        return qk_scores_portable(qu, qblock9, ku_t, ldk, kblock9_t, keys, hd, scale, t, scores);
+    }
+}
+
+void moepack_av_accumulate(moepack_isa isa, const uint32_t *a, const int32_t *v, ptrdiff_t ldv,
+                           ptrdiff_t keys, ptrdiff_t hd, uint32_t *acc) {
+    switch (runnable(isa)) {
+#if MOEPACK_X86
+    case MOEPACK_ISA_AVX512: av_accumulate_avx512(a, v, ldv, keys, hd, acc); return;
+    case MOEPACK_ISA_AVX2: av_accumulate_avx2(a, v, ldv, keys, hd, acc); return;
+#endif
+    default: av_accumulate_portable(a, v, ldv, keys, hd, acc); return;
+    }
+}
+
+int64_t moepack_bias_gelu(moepack_isa isa, int32_t *y, ptrdiff_t rows, ptrdiff_t m, ptrdiff_t ld,
+                          const int32_t *bias, const int32_t *table, int32_t table_max) {
+    switch (runnable(isa)) {
+#if MOEPACK_X86
+    case MOEPACK_ISA_AVX512: return bias_gelu_avx512(y, rows, m, ld, bias, table, table_max);
+    case MOEPACK_ISA_AVX2: return bias_gelu_avx2(y, rows, m, ld, bias, table, table_max);
+#endif
+    default: return bias_gelu_portable(y, rows, m, ld, bias, table, table_max);
+    }
+}

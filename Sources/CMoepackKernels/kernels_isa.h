@@ -1,0 +1,184 @@
+// One instruction set's form of the kernels declared in include/moepack_kernels.h. kernels.c
+// includes this file three times with ISA_SUFFIX, ISA_TARGET and the vector primitives defined for
+// portable C, AVX2 and AVX-512; the arithmetic is the same text in all three, so they differ only
+// in vector width. All sums are uint32 (mod 2^32, AP_WRAP): their order does not change a bit.
+//
+// Expected definitions: ISA_SUFFIX, ISA_FN (function attributes), and for the vector forms
+// ISA_VEC (1 when V_* exist), V (vector type), V_LANES16 (int16 lanes), V_LOAD, V_ZERO, V_ADD32,
+// V_ADD16, V_MADD (pairwise int16 products summed to int32), V_MULHI (signed high half), V_ONES16,
+// V_HSUM32.
+
+#define ISA_CAT2(a, b) a##b
+#define ISA_CAT(a, b) ISA_CAT2(a, b)
+#define ISA_NAME(name) ISA_CAT(name, ISA_SUFFIX)
+
+/// Scalar remainder of one dot product (the portable form's whole loop).
+ISA_FN static inline uint32_t ISA_NAME(dot_tail_)(const int16_t *a, const int16_t *b4, const int16_t *w,
+                                                  ptrdiff_t from, ptrdiff_t n) {
+    uint32_t s = 0;
+    for (ptrdiff_t i = from; i < n; i++) {
+        int32_t wi = w[i];
+        s += (uint32_t)((int32_t)a[i] * wi) + (uint32_t)(((int32_t)b4[i] * wi) >> 16);
+    }
+    return s;
+}
+
+#if ISA_VEC
+/// NR input rows x NO weight rows (NR, NO constants after inlining): res[o*NR + r].
+ISA_FN static inline __attribute__((always_inline)) void
+ISA_NAME(tile_)(const int16_t *a, const int16_t *b4, ptrdiff_t n, const int16_t *w, const int NR, const int NO,
+                int high_sum4, uint32_t *res) {
+    V acc[TILE_MAX_R][2], h[TILE_MAX_R][2], wv[2];
+    const V ones = V_ONES16;
+    for (int r = 0; r < NR; r++) for (int o = 0; o < NO; o++) acc[r][o] = V_ZERO;
+    ptrdiff_t i = 0;
+    if (high_sum4) {
+        // Four chunks of high halves summed in int16 lanes (exact by the caller's bound), then one
+        // pairwise sum against ones.
+        const ptrdiff_t end = n - n % (4 * V_LANES16);
+        for (; i < end; i += 4 * V_LANES16) {
+            for (int r = 0; r < NR; r++) for (int o = 0; o < NO; o++) h[r][o] = V_ZERO;
+            for (int c = 0; c < 4; c++) {
+                const ptrdiff_t off = i + c * V_LANES16;
+                for (int o = 0; o < NO; o++) wv[o] = V_LOAD(w + o * n + off);
+                for (int r = 0; r < NR; r++) {
+                    const V av = V_LOAD(a + r * n + off), bv = V_LOAD(b4 + r * n + off);
+                    for (int o = 0; o < NO; o++) {
+                        acc[r][o] = V_ADD32(acc[r][o], V_MADD(av, wv[o]));
+                        h[r][o] = V_ADD16(h[r][o], V_MULHI(bv, wv[o]));
+                    }
+                }
+            }
+            for (int r = 0; r < NR; r++) for (int o = 0; o < NO; o++) acc[r][o] = V_ADD32(acc[r][o], V_MADD(h[r][o], ones));
+        }
+    }
+    for (; i + V_LANES16 <= n; i += V_LANES16) {
+        for (int o = 0; o < NO; o++) wv[o] = V_LOAD(w + o * n + i);
+        for (int r = 0; r < NR; r++) {
+            const V av = V_LOAD(a + r * n + i), bv = V_LOAD(b4 + r * n + i);
+            for (int o = 0; o < NO; o++)
+                acc[r][o] = V_ADD32(acc[r][o], V_ADD32(V_MADD(av, wv[o]), V_MADD(V_MULHI(bv, wv[o]), ones)));
+        }
+    }
+    for (int r = 0; r < NR; r++)
+        for (int o = 0; o < NO; o++)
+            res[o * NR + r] = V_HSUM32(acc[r][o]) + ISA_NAME(dot_tail_)(a + r * n, b4 + r * n, w + o * n, i, n);
+}
+#endif
+
+ISA_FN static void ISA_NAME(linear_dots_)(const int16_t *a, const int16_t *b4, ptrdiff_t n, int rows,
+                                          const int16_t *w, ptrdiff_t m, int high_sum4, int32_t *dots,
+                                          ptrdiff_t ld) {
+#if ISA_VEC
+    ptrdiff_t o = 0;
+    uint32_t res[2 * TILE_MAX_R];
+    for (; o + 2 <= m; o += 2) {
+        const int16_t *wo = w + o * n;
+        int r = 0;
+        for (; r + TILE_MAX_R <= rows; r += TILE_MAX_R) {
+            ISA_NAME(tile_)(a + r * n, b4 + r * n, n, wo, TILE_MAX_R, 2, high_sum4, res);
+            for (int rr = 0; rr < TILE_MAX_R; rr++) {
+                dots[(r + rr) * ld + o] = (int32_t)res[rr];
+                dots[(r + rr) * ld + o + 1] = (int32_t)res[TILE_MAX_R + rr];
+            }
+        }
+        for (; r < rows; r++) {
+            ISA_NAME(tile_)(a + r * n, b4 + r * n, n, wo, 1, 2, high_sum4, res);
+            dots[r * ld + o] = (int32_t)res[0];
+            dots[r * ld + o + 1] = (int32_t)res[1];
+        }
+    }
+    for (; o < m; o++) {
+        for (int r = 0; r < rows; r++) {
+            ISA_NAME(tile_)(a + r * n, b4 + r * n, n, w + o * n, 1, 1, high_sum4, res);
+            dots[r * ld + o] = (int32_t)res[0];
+        }
+    }
+#else
+    (void)high_sum4;
+    for (ptrdiff_t o = 0; o < m; o++)
+        for (int r = 0; r < rows; r++)
+            dots[r * ld + o] = (int32_t)ISA_NAME(dot_tail_)(a + r * n, b4 + r * n, w + o * n, 0, n);
+#endif
+}
+
+ISA_FN static int64_t ISA_NAME(bias_gelu_)(int32_t *y, ptrdiff_t rows, ptrdiff_t m, ptrdiff_t ld,
+                                           const int32_t *bias, const int32_t *table, int32_t table_max) {
+    int64_t wraps = 0;
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        int32_t *row = y + r * ld;
+        if (table == NULL) {
+            for (ptrdiff_t o = 0; o < m; o++) row[o] = (int32_t)((uint32_t)row[o] + (uint32_t)bias[o]);
+            continue;
+        }
+        for (ptrdiff_t o = 0; o < m; o++) {
+            const int32_t x = (int32_t)((uint32_t)row[o] + (uint32_t)bias[o]);
+            // geluFm (FixedEmulationKernels.swift): relu(x) - delta, delta interpolated in the
+            // table at |x| in steps of 1/32 (2^17 raw); |x| >= table_max: relu; x = INT32_MIN: 0, a wrap.
+            const int32_t relu = x < 0 ? 0 : x;
+            const int32_t ax = x < 0 ? (int32_t)(0u - (uint32_t)x) : x;
+            int32_t yv;
+            if (x == INT32_MIN) {
+                wraps++;
+                yv = 0;
+            } else if (ax >= table_max) {
+                yv = relu;
+            } else {
+                const int32_t index = ax >> 17;
+                const int64_t t = (int64_t)(ax & 0x1FFFF) << 5;
+                const int64_t lo = table[index], hi = table[index + 1];
+                yv = (int32_t)((int64_t)relu - (lo + ((t * (hi - lo)) >> 22)));
+            }
+            row[o] = yv;
+        }
+    }
+    return wraps;
+}
+
+// The attention kernels are plain loops over independent lanes (keys, or head dims), compiled once
+// per instruction set: integer arithmetic, so the vectoriser's choices cannot change a bit.
+
+ISA_FN static int64_t ISA_NAME(qk_scores_)(const uint32_t *qu, const uint32_t *qblock9,
+                                           const uint32_t *ku_t, ptrdiff_t ldk, const uint32_t *kblock9_t,
+                                           ptrdiff_t keys, ptrdiff_t hd, int32_t scale, uint32_t *t,
+                                           int32_t *scores) {
+    // ku_t is K transposed: element (j, key) at ku_t[j*ldk + key]; kblock9_t is [blocks][ldk].
+    int64_t wraps = 0;
+    for (ptrdiff_t k = 0; k < keys; k++) scores[k] = 0;
+    for (ptrdiff_t b = 0; b < hd / 8; b++) {
+        for (ptrdiff_t k = 0; k < keys; k++) t[k] = 0;
+        for (ptrdiff_t j = b * 8; j < b * 8 + 8; j++) {
+            const uint64_t q = qu[j];
+            const uint32_t *kj = ku_t + j * ldk;
+            for (ptrdiff_t k = 0; k < keys; k++) t[k] += (uint32_t)((q * (uint64_t)kj[k]) >> 22);
+        }
+        // The block sum (fits fm_t by the caller's bound) times attn_scale assigned to fm_t, then
+        // added to the score, each assignment wrapped and counted (mulFm, addFm).
+        const uint32_t *kb = kblock9_t + b * ldk;
+        const uint32_t qb = qblock9[b];
+        for (ptrdiff_t k = 0; k < keys; k++) {
+            const int32_t blk = (int32_t)(t[k] - qb - kb[k]);
+            const int64_t p = ((int64_t)blk * (int64_t)scale) >> 22;
+            wraps += (p < INT32_MIN) | (p > INT32_MAX);
+            const int64_t s = (int64_t)scores[k] + (int64_t)(int32_t)(uint32_t)p;
+            wraps += (s < INT32_MIN) | (s > INT32_MAX);
+            scores[k] = (int32_t)(uint32_t)s;
+        }
+    }
+    return wraps;
+}
+
+ISA_FN static void ISA_NAME(av_accumulate_)(const uint32_t *a, const int32_t *v, ptrdiff_t ldv, ptrdiff_t keys,
+                                            ptrdiff_t hd, uint32_t *acc) {
+    for (ptrdiff_t d = 0; d < hd; d++) acc[d] = 0;
+    for (ptrdiff_t k = 0; k < keys; k++) {
+        const uint64_t ak = a[k];
+        const int32_t *vk = v + k * ldv;
+        for (ptrdiff_t d = 0; d < hd; d++)
+            acc[d] += (uint32_t)((((uint64_t)((uint32_t)vk[d] ^ 0x80000000u)) * ak) >> 22);
+    }
+}
+
+#undef ISA_NAME
+#undef ISA_CAT
+#undef ISA_CAT2
