@@ -60,8 +60,8 @@ public enum HostFolder {
             }
             return r
         }
-        guard let input = m.buffers.first(where: { $0.role == "input" }),
-              let output = m.buffers.first(where: { $0.role == "output" }) else {
+        guard let input = m.buffers.first(where: { $0.role == .input }),
+              let output = m.buffers.first(where: { $0.role == .output }) else {
             throw MoepackError(.badInput, file: "manifest.json", "no input (images) or output (x) buffer")
         }
         let c = m.model
@@ -94,7 +94,7 @@ public enum HostFolder {
         d.lists["args"] = m.buffers.map { b in
             ["name": b.name, "offset": String(b.offset), "bytes": String(b.bytes),
              "reg": b.register.map { literal($0) } ?? "0xFFFFFFFF", "reg_py": b.register.map { literal($0) } ?? "None",
-             "role": b.role, "role_upper": b.role.uppercased(), "type": b.type, "ctype": b.ctype,
+             "role": b.role.rawValue, "role_upper": b.role.rawValue.uppercased(), "type": b.type, "ctype": b.ctype,
              "element_bytes": String(b.element_bytes), "shape": b.shape.map(String.init).joined(separator: ", ")]
         }
         d.lists["gates"] = gates.sorted { $0.task < $1.task }.map {

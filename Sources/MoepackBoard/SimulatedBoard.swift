@@ -241,15 +241,15 @@ public final class SimulatedBoard {
             throw fault("reload_one_time_weights", "first ap_start with reload_one_time_weights = 0: the patch embedding and the constants (attn_scale, norm_eps) were never loaded")
         }
         let args = try argumentRanges(numImages: numImages)
-        readRanges = args.filter { ["weight", "input"].contains($0.role) }.map { ($0.name, $0.range) }
+        readRanges = args.filter { [.weight, .input].contains($0.role) }.map { ($0.name, $0.range) }
         if numImages > 0 { try checkVisible() }
 
         var arrays: [String: RawArray] = [:]
-        for a in args where a.role == "weight" { arrays[a.name] = try rawArray(a) }
+        for a in args where a.role == .weight { arrays[a.name] = try rawArray(a) }
         if reload { onChip = (arrays["patch_embed_weights"]!, arrays["patch_embed_bias"]!) }
         arrays["patch_embed_weights"] = onChip!.weights
         arrays["patch_embed_bias"] = onChip!.bias
-        let images = args.first { $0.role == "input" }!, x = args.first { $0.role == "output" }!
+        let images = args.first { $0.role == .input }!, x = args.first { $0.role == .output }!
         let frameBytes = images.range.count / max(numImages, 1), xBytes = x.range.count / max(numImages, 1)
         var outputs: [(Int, [Int32])] = []
         if numImages > 0 {
@@ -282,7 +282,7 @@ public final class SimulatedBoard {
         storeReg("CTRL", Self.apDone | Self.apIdle)
     }
 
-    struct Argument { let name: String; let role: String; let type: FixedType; let shape: [Int]; let range: Range<Int> }
+    struct Argument { let name: String; let role: KernelArgumentRole; let type: FixedType; let shape: [Int]; let range: Range<Int> }
 
     /// Every pointer argument's byte range in the DMA buffer, from its registers: inside the buffer
     /// and not overlapping another.
@@ -293,7 +293,7 @@ public final class SimulatedBoard {
             let type = try profile.fixedType(b.type)
             var shape = b.shape
             // images[] and x[] are indexed by image: num_images of them.
-            if b.role == "input" || b.role == "output" { shape[0] = max(numImages, 1) }
+            if b.role == .input || b.role == .output { shape[0] = max(numImages, 1) }
             let bytes = shape.reduce(1, *) * type.containerBytes
             let address = pointer(register)
             let end = address.addingReportingOverflow(UInt64(bytes))

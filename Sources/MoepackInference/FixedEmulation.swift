@@ -191,7 +191,11 @@ public final class FixedBackbone: Sendable {
         }
         let nMoE = c.moeBlocks.count, nDense = c.denseBlocks.count
 
-        func get(_ name: String, _ shape: [Int], minFirst: Bool = false) throws -> (raw: [Int32], type: FixedType) {
+        /// Argument `arg` with its C shape from the argument table; `minFirst` accepts a longer first
+        /// axis (the kernel's `max(n, 1)` for per-block arrays).
+        func get(_ arg: KernelArgument, minFirst: Bool = false) throws -> (raw: [Int32], type: FixedType) {
+            let name = arg.name
+            guard let shape = arg.shape(c) else { throw MoepackError(.mismatch, item: name, "no shape for this model") }
             guard let a = arrays.arrays[name] else { throw MoepackError(.mismatch, item: name, "kernel array missing") }
             let shapeOK: Bool
             if minFirst {
@@ -221,34 +225,34 @@ public final class FixedBackbone: Sendable {
             FixedLinear(outDim: out, inDim: n, raw: w, type: wt, bias: bias, general: forceGeneral)
         }
 
-        let pw = try get("patch_embed_weights", [D, C, p, p])
+        let pw = try get(.patch_embed_weights)
         patchWeights = pw.raw
         patchFrac = pw.type.fractionBits
         patchFast = !forceGeneral && FixedEmulation.patchFast(pw.type)
-        let pb = try get("patch_embed_bias", [D])
+        let pb = try get(.patch_embed_bias)
         patchBias = toFm(pb.raw[...], pb.type)
-        let pe = try get("pos_embed", [T, D])
+        let pe = try get(.pos_embed)
         posEmbed = pe.raw
-        let (attnW, attnWT) = try get("attn_weights", [L, 4, D, D])
-        let (attnB, attnBT) = try get("attn_bias", [L, 4, D])
-        let (normW, normWT) = try get("norm_weights", [L, 2, D])
-        let (normB, normBT) = try get("norm_bias", [L, 2, D])
+        let (attnW, attnWT) = try get(.attn_weights)
+        let (attnB, attnBT) = try get(.attn_bias)
+        let (normW, normWT) = try get(.norm_weights)
+        let (normB, normBT) = try get(.norm_bias)
         normFrac = normWT.fractionBits
         let none = (raw: [Int32](), type: FixedEmulation.fastLinearWeight)
         var gate = none, m1 = none, mb1 = none, m2 = none, mb2 = none
         if nMoE > 0 {
-            gate = try get("moe_w_gate", [nMoE, E, D], minFirst: true)
-            m1 = try get("moe_weights_l1", [nMoE, E, He, D], minFirst: true)
-            mb1 = try get("moe_bias_l1", [nMoE, E, He], minFirst: true)
-            m2 = try get("moe_weights_l2", [nMoE, E, D, He], minFirst: true)
-            mb2 = try get("moe_bias_l2", [nMoE, E, D], minFirst: true)
+            gate = try get(.moe_w_gate, minFirst: true)
+            m1 = try get(.moe_weights_l1, minFirst: true)
+            mb1 = try get(.moe_bias_l1, minFirst: true)
+            m2 = try get(.moe_weights_l2, minFirst: true)
+            mb2 = try get(.moe_bias_l2, minFirst: true)
         }
         var v1 = none, vb1 = none, v2 = none, vb2 = none
         if nDense > 0 {
-            v1 = try get("vit_weights_l1", [nDense, Hm, D], minFirst: true)
-            vb1 = try get("vit_bias_l1", [nDense, Hm], minFirst: true)
-            v2 = try get("vit_weights_l2", [nDense, D, Hm], minFirst: true)
-            vb2 = try get("vit_bias_l2", [nDense, D], minFirst: true)
+            v1 = try get(.vit_weights_l1, minFirst: true)
+            vb1 = try get(.vit_bias_l1, minFirst: true)
+            v2 = try get(.vit_weights_l2, minFirst: true)
+            vb2 = try get(.vit_bias_l2, minFirst: true)
         }
 
         var built: [Layer] = []

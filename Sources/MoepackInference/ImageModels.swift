@@ -29,7 +29,7 @@ extension PackedImage {
     public func rawArray(_ name: String) throws -> RawArray {
         let t = try type(of: name)
         let bytes = try raw(name)
-        let shape = manifest.buffer(name)?.shape ?? KernelTensors.shape(of: name, config: manifest.model) ?? [bytes.count / t.containerBytes]
+        let shape = manifest.buffer(name)?.shape ?? KernelArgument(name: name)?.shape(manifest.model) ?? [bytes.count / t.containerBytes]
         return RawArray(raw: Self.ints(bytes, type: t), shape: shape,
                         fracBits: t.fractionBits, width: t.width, signed: t.signed)
     }
@@ -56,16 +56,17 @@ extension PackedImage {
     /// - Throws: ``MoepackError`` when a buffer is missing or the task is not in the image.
     public func kernelArrays(task: Int? = nil) throws -> KernelArrays {
         var arrays: [String: RawArray] = [:]
-        for name in KernelTensors.arrayNames { arrays[name] = try rawArray(name) }
+        for arg in KernelArgument.weights { arrays[arg.name] = try rawArray(arg.name) }
         let want = task ?? manifest.task
         if let gates = manifest.task_gates, !gates.isEmpty {
             guard let g = gates.first(where: { $0.task == want }) else {
                 throw MoepackError(.usage, file: directory, item: "--task", "task \(want) is not in this image (packed: \(gates.map { String($0.task) }.joined(separator: ",")))")
             }
-            let t = try type(of: "moe_w_gate")
-            var a = arrays["moe_w_gate"]!
+            let gate = KernelArgument.moe_w_gate.name
+            let t = try type(of: gate)
+            var a = arrays[gate]!
             a.raw = Self.ints(try raw(offset: g.offset, count: g.bytes), type: t)
-            arrays["moe_w_gate"] = a
+            arrays[gate] = a
         } else if want != manifest.task {
             throw MoepackError(.usage, file: directory, item: "--task", "task \(want) is not in this image (packed: \(manifest.task); pack with --task all for every task)")
         }

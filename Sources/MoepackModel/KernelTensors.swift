@@ -44,12 +44,8 @@ public final class KernelTensors: @unchecked Sendable {
     public let folds: FoldOptions
     public var config: M3ViTConfig { checkpoint.config }
 
-    /// The kernel array names in `ViT_compute` argument order.
-    public static let arrayNames = [
-        "patch_embed_weights", "patch_embed_bias", "pos_embed", "attn_weights", "attn_bias", "moe_w_gate",
-        "moe_weights_l1", "moe_bias_l1", "moe_weights_l2", "moe_bias_l2", "vit_weights_l1", "vit_bias_l1",
-        "vit_weights_l2", "vit_bias_l2", "norm_weights", "norm_bias",
-    ]
+    /// The weight arguments' names in `ViT_compute` argument order (``KernelArgument/weights``).
+    public static var arrayNames: [String] { KernelArgument.weights.map(\.name) }
 
     private var cacheName: String?
     private var cacheValues: [Float] = []
@@ -75,42 +71,15 @@ public final class KernelTensors: @unchecked Sendable {
     /// C shape of a kernel array for this model (one task's gates for `moe_w_gate`).
     public func shape(of array: String) -> [Int]? { Self.shape(of: array, config: config) }
 
-    /// C shape of kernel array `array` for a model of configuration `c`, or nil for unknown names.
-    /// The M³ViT tensor of block `block` behind kernel MLP array `array` (`moe_weights_l1` →
-    /// `blocks.N.mlp.experts.htoh4.weight`, `vit_bias_l2` → `blocks.N.mlp.fc2.bias`); nil for other arrays.
-    public static func mlpTensor(of array: String, block: Int) -> String? {
-        mlpArrays[array].map { "blocks.\(block).mlp.\($0.suffix)" }
+    /// C shape of kernel array `array` for a model of configuration `c` (``KernelArgument/shape(_:)``),
+    /// or nil for unknown names and profile-sized scratch.
+    public static func shape(of array: String, config c: M3ViTConfig) -> [Int]? {
+        KernelArgument(name: array)?.shape(c)
     }
 
-    /// Kernel MLP arrays → (M³ViT tensor after `blocks.N.mlp.`, whether it lives in the MoE blocks).
-    static let mlpArrays: [String: (suffix: String, moe: Bool)] = [
-        "moe_weights_l1": ("experts.htoh4.weight", true), "moe_bias_l1": ("experts.htoh4.bias", true),
-        "moe_weights_l2": ("experts.h4toh.weight", true), "moe_bias_l2": ("experts.h4toh.bias", true),
-        "vit_weights_l1": ("fc1.weight", false), "vit_bias_l1": ("fc1.bias", false),
-        "vit_weights_l2": ("fc2.weight", false), "vit_bias_l2": ("fc2.bias", false),
-    ]
-
-    public static func shape(of array: String, config c: M3ViTConfig) -> [Int]? {
-        let d = c.embedDim
-        let nMoE = c.moeBlocks.count, nDense = c.denseBlocks.count
-        switch array {
-        case "patch_embed_weights": return [d, c.inChans, c.patchSize, c.patchSize]
-        case "patch_embed_bias": return [d]
-        case "pos_embed": return [c.tokens, d]
-        case "attn_weights": return [c.depth, 4, d, d]
-        case "attn_bias": return [c.depth, 4, d]
-        case "moe_w_gate": return [nMoE, c.experts, d]
-        case "moe_weights_l1": return [nMoE, c.experts, c.expertHidden, d]
-        case "moe_bias_l1": return [nMoE, c.experts, c.expertHidden]
-        case "moe_weights_l2": return [nMoE, c.experts, d, c.expertHidden]
-        case "moe_bias_l2": return [nMoE, c.experts, d]
-        case "vit_weights_l1": return [nDense, c.mlpHidden, d]
-        case "vit_bias_l1": return [nDense, c.mlpHidden]
-        case "vit_weights_l2": return [nDense, d, c.mlpHidden]
-        case "vit_bias_l2": return [nDense, d]
-        case "norm_weights", "norm_bias": return [c.depth, 2, d]
-        default: return nil
-        }
+    /// The M³ViT tensor of block `block` behind kernel MLP array `array` (``KernelArgument/mlpTensor(block:)``).
+    public static func mlpTensor(of array: String, block: Int) -> String? {
+        KernelArgument(name: array)?.mlpTensor(block: block)
     }
 
     private func read(_ canonical: String) throws -> [Float] {
@@ -132,49 +101,54 @@ public final class KernelTensors: @unchecked Sendable {
     /// - Parameter task: which task's gate goes into `moe_w_gate`.
     /// - Throws: ``MoepackError`` for unknown arrays, missing tensors, NaN/Inf, task out of range.
     public func forEachPart(of array: String, task: Int = 0, _ body: (KernelPart) throws -> Void) throws {
+        guard let arg = KernelArgument(name: array), arg.role == .weight else {
+            throw MoepackError(.unsupported, item: array, "no such kernel array (known: \(Self.arrayNames.joined(separator: ", ")))")
+        }
+        try forEachPart(of: arg, task: task, body)
+    }
+
+    /// ``forEachPart(of:task:_:)`` for a typed argument, following its ``KernelArgumentSource``.
+    public func forEachPart(of arg: KernelArgument, task: Int = 0, _ body: (KernelPart) throws -> Void) throws {
         let c = config, d = c.embedDim
         let folded = checkpoint.naming == .edgeMoE
-        switch array {
-        case "patch_embed_weights":
-            try body(KernelPart(name: "patch_embed.proj.weight", values: try patchEmbed().weight))
-        case "patch_embed_bias":
-            try body(KernelPart(name: "patch_embed.proj.bias", values: try patchEmbed().bias))
-        case "pos_embed":
+        switch arg.source {
+        case .patchEmbed(let kind):
+            let pe = try patchEmbed()
+            try body(KernelPart(name: "patch_embed.proj.\(kind.rawValue)", values: kind == .weight ? pe.weight : pe.bias))
+        case .posEmbed:
             var pos = try read("pos_embed")
             if !folded {
                 let cls = try checkpoint.read("cls_token")
                 for j in 0..<d { pos[j] = Float(Double(pos[j]) + Double(cls[j])) }
             }
             try body(KernelPart(name: folded ? "pos_embed" : "pos_embed+cls_token", values: pos))
-        case "attn_weights", "attn_bias":
-            let kind = array == "attn_weights" ? "weight" : "bias"
+        case .attention(let kind):
             for i in 0..<c.depth {
                 for (p, tag) in ["q", "k", "v"].enumerated() {
-                    try body(KernelPart(name: "blocks.\(i).attn.qkv.\(kind)[\(tag)]",
-                                        values: try rows("blocks.\(i).attn.qkv.\(kind)", p, of: 3)))
+                    try body(KernelPart(name: "blocks.\(i).attn.qkv.\(kind.rawValue)[\(tag)]",
+                                        values: try rows("blocks.\(i).attn.qkv.\(kind.rawValue)", p, of: 3)))
                 }
-                try body(KernelPart(name: "blocks.\(i).attn.proj.\(kind)", values: try read("blocks.\(i).attn.proj.\(kind)")))
+                try body(KernelPart(name: "blocks.\(i).attn.proj.\(kind.rawValue)", values: try read("blocks.\(i).attn.proj.\(kind.rawValue)")))
             }
-        case "moe_w_gate":
+        case .gate:
             for i in c.moeBlocks {
                 try body(try gate(block: i, task: task))
             }
-        case _ where Self.mlpArrays[array] != nil:
+        case .mlp(_, let blocks):
             // One M³ViT tensor per MoE (expert arrays) or dense (ViT MLP arrays) block, as stored.
-            for i in Self.mlpArrays[array]!.moe ? c.moeBlocks : c.denseBlocks {
-                let canonical = Self.mlpTensor(of: array, block: i)!
+            for i in blocks.blocks(c) {
+                let canonical = arg.mlpTensor(block: i)!
                 try body(KernelPart(name: canonical, values: try read(canonical)))
             }
-        case "norm_weights", "norm_bias":
-            let kind = array == "norm_weights" ? "weight" : "bias"
+        case .norm(let kind):
             for i in 0..<c.depth {
                 for n in ["norm1", "norm2"] {
-                    let canonical = "blocks.\(i).\(n).\(kind)"
+                    let canonical = "blocks.\(i).\(n).\(kind.rawValue)"
                     try body(KernelPart(name: canonical, values: try read(canonical)))
                 }
             }
-        default:
-            throw MoepackError(.unsupported, item: array, "no such kernel array (known: \(Self.arrayNames.joined(separator: ", ")))")
+        case .none:
+            throw MoepackError(.unsupported, item: arg.name, "not made from the checkpoint (\(arg.role.rawValue))")
         }
     }
 
@@ -252,58 +226,43 @@ extension BackboneWeights {
     /// - Throws: ``MoepackError`` `.mismatch` when an array is missing or has the wrong element count.
     public init(kernelArrays a: [String: [Float]], config c: M3ViTConfig, task: Int,
                 allGates: [[[Float]]]? = nil) throws {
-        let d = c.embedDim
-        func get(_ name: String, _ count: Int) throws -> [Float] {
-            guard let v = a[name] else { throw MoepackError(.badInput, item: name, "missing kernel array") }
-            guard v.count == count else {
-                throw MoepackError(.mismatch, item: name, "\(v.count) elements, expected \(count)")
+        func get(_ arg: KernelArgument) throws -> [Float] {
+            guard let v = a[arg.name] else { throw MoepackError(.badInput, item: arg.name, "missing kernel array") }
+            guard let count = arg.elementCount(c), v.count == count else {
+                throw MoepackError(.mismatch, item: arg.name, "\(v.count) elements, expected \(arg.elementCount(c).map(String.init) ?? "a valid shape")")
             }
             return v
         }
-        let nMoE = c.moeBlocks.count, nDense = c.denseBlocks.count
-        let pw = try get("patch_embed_weights", d * c.inChans * c.patchSize * c.patchSize)
-        let pb = try get("patch_embed_bias", d)
-        let pos = try get("pos_embed", c.tokens * d)
-        let aw = try get("attn_weights", c.depth * 4 * d * d)
-        let ab = try get("attn_bias", c.depth * 4 * d)
-        let gate = try get("moe_w_gate", nMoE * c.experts * d)
-        let m1 = try get("moe_weights_l1", nMoE * c.experts * c.expertHidden * d)
-        let mb1 = try get("moe_bias_l1", nMoE * c.experts * c.expertHidden)
-        let m2 = try get("moe_weights_l2", nMoE * c.experts * d * c.expertHidden)
-        let mb2 = try get("moe_bias_l2", nMoE * c.experts * d)
-        let v1 = try get("vit_weights_l1", nDense * c.mlpHidden * d)
-        let vb1 = try get("vit_bias_l1", nDense * c.mlpHidden)
-        let v2 = try get("vit_weights_l2", nDense * d * c.mlpHidden)
-        let vb2 = try get("vit_bias_l2", nDense * d)
-        let nw = try get("norm_weights", c.depth * 2 * d)
-        let nb = try get("norm_bias", c.depth * 2 * d)
-        func slice(_ v: [Float], _ index: Int, _ n: Int) -> [Float] { Array(v[(index * n)..<((index + 1) * n)]) }
+        /// Logical tensor `slot` of block entry `entry` of `arg` (one Q/K/V/proj, one norm, one expert array entry).
+        func part(_ arg: KernelArgument, _ values: [Float], _ entry: Int, slot: Int = 0) -> [Float] {
+            let n = arg.elementsPerBlock(c)! / arg.spec.slots
+            let i = entry * arg.spec.slots + slot
+            return Array(values[(i * n)..<((i + 1) * n)])
+        }
+        var v: [KernelArgument: [Float]] = [:]
+        for arg in KernelArgument.weights { v[arg] = try get(arg) }
         var blocks: [BlockWeights] = []
         for i in 0..<c.depth {
             let mlp: MLPWeights
             if let m = c.moeBlocks.firstIndex(of: i) {
-                let ed = c.experts * d, eh = c.experts * c.expertHidden * d
-                let gates: [[Float]]
-                if let allGates {
-                    gates = allGates.map { $0[m] }
-                } else {
-                    gates = [slice(gate, m, ed)]
-                }
-                mlp = .moe(gates: gates, w1: slice(m1, m, eh), b1: slice(mb1, m, c.experts * c.expertHidden),
-                           w2: slice(m2, m, eh), b2: slice(mb2, m, ed))
+                let gates: [[Float]] = allGates.map { $0.map { $0[m] } } ?? [part(.moe_w_gate, v[.moe_w_gate]!, m)]
+                mlp = .moe(gates: gates, w1: part(.moe_weights_l1, v[.moe_weights_l1]!, m), b1: part(.moe_bias_l1, v[.moe_bias_l1]!, m),
+                           w2: part(.moe_weights_l2, v[.moe_weights_l2]!, m), b2: part(.moe_bias_l2, v[.moe_bias_l2]!, m))
             } else {
                 let k = c.denseBlocks.firstIndex(of: i)!
-                mlp = .dense(fc1Weight: slice(v1, k, c.mlpHidden * d), fc1Bias: slice(vb1, k, c.mlpHidden),
-                             fc2Weight: slice(v2, k, d * c.mlpHidden), fc2Bias: slice(vb2, k, d))
+                mlp = .dense(fc1Weight: part(.vit_weights_l1, v[.vit_weights_l1]!, k), fc1Bias: part(.vit_bias_l1, v[.vit_bias_l1]!, k),
+                             fc2Weight: part(.vit_weights_l2, v[.vit_weights_l2]!, k), fc2Bias: part(.vit_bias_l2, v[.vit_bias_l2]!, k))
             }
+            let aw = v[.attn_weights]!, ab = v[.attn_bias]!, nw = v[.norm_weights]!, nb = v[.norm_bias]!
             blocks.append(BlockWeights(
-                norm1Weight: slice(nw, 2 * i, d), norm1Bias: slice(nb, 2 * i, d),
-                norm2Weight: slice(nw, 2 * i + 1, d), norm2Bias: slice(nb, 2 * i + 1, d),
-                qWeight: slice(aw, 4 * i, d * d), kWeight: slice(aw, 4 * i + 1, d * d),
-                vWeight: slice(aw, 4 * i + 2, d * d), projWeight: slice(aw, 4 * i + 3, d * d),
-                qBias: slice(ab, 4 * i, d), kBias: slice(ab, 4 * i + 1, d),
-                vBias: slice(ab, 4 * i + 2, d), projBias: slice(ab, 4 * i + 3, d), mlp: mlp))
+                norm1Weight: part(.norm_weights, nw, i, slot: 0), norm1Bias: part(.norm_bias, nb, i, slot: 0),
+                norm2Weight: part(.norm_weights, nw, i, slot: 1), norm2Bias: part(.norm_bias, nb, i, slot: 1),
+                qWeight: part(.attn_weights, aw, i, slot: 0), kWeight: part(.attn_weights, aw, i, slot: 1),
+                vWeight: part(.attn_weights, aw, i, slot: 2), projWeight: part(.attn_weights, aw, i, slot: 3),
+                qBias: part(.attn_bias, ab, i, slot: 0), kBias: part(.attn_bias, ab, i, slot: 1),
+                vBias: part(.attn_bias, ab, i, slot: 2), projBias: part(.attn_bias, ab, i, slot: 3), mlp: mlp))
         }
+        let pw = v[.patch_embed_weights]!, pb = v[.patch_embed_bias]!, pos = v[.pos_embed]!
         self.init(config: c, patchEmbedWeight: pw, patchEmbedBias: pb, posEmbed: pos, blocks: blocks,
                   task: allGates == nil ? 0 : task)
     }

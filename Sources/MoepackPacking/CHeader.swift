@@ -29,7 +29,7 @@ public enum CHeader {
         s += "\n"
         for b in m.buffers {
             let n = macro(b.name)
-            s += "/* \(b.name): \(b.type) = \(b.ctype) [\(b.shape.map(String.init).joined(separator: "]["))], \(b.role) */\n"
+            s += "/* \(b.name): \(b.type) = \(b.ctype) [\(b.shape.map(String.init).joined(separator: "]["))], \(b.role.rawValue) */\n"
             s += "#define MOEPACK_\(n)_OFFSET 0x\(String(b.offset, radix: 16, uppercase: true))u\n"
             s += "#define MOEPACK_\(n)_BYTES \(b.bytes)u\n"
             if let r = b.register { s += "#define MOEPACK_\(n)_REG 0x\(String(r, radix: 16, uppercase: true))u\n" }

@@ -166,7 +166,7 @@ public enum ImageValidation {
                 ("element_bytes", "\(b.element_bytes)", "\(p.type.containerBytes)"),
                 ("shape", shapeString(b.shape), shapeString(p.buffer.shape)),
                 ("register", b.register.map(String.init) ?? "none", p.buffer.register.map(String.init) ?? "none"),
-                ("role", b.role, p.buffer.role),
+                ("role", b.role.rawValue, p.buffer.role.rawValue),
             ]
             for (key, got, want) in checks where got != want {
                 throw bad("buffers.\(b.name).\(key)", "\(got), the profile gives \(want)")
@@ -182,7 +182,7 @@ public enum ImageValidation {
         if let i = got.indices.first(where: { got[$0] != expected[$0] }) {
             throw bad("expert_records[\(i)]", "block \(got[i].block) expert \(got[i].expert) at \(got[i].offset) (\(got[i].bytes) bytes; parts \(got[i].w1), \(got[i].b1), \(got[i].w2), \(got[i].b2)), the layout gives block \(expected[i].block) expert \(expected[i].expert) at \(expected[i].offset) (\(expected[i].bytes) bytes; parts \(expected[i].w1), \(expected[i].b1), \(expected[i].w2), \(expected[i].b2))")
         }
-        let expectedTypes = plan.expertLayout.map { el in Dictionary(uniqueKeysWithValues: zip(expertArrayNames, el.partTypes.map(\.baseDescription))) }
+        let expectedTypes = plan.expertLayout?.partTypeNames
         guard m.expert_types == expectedTypes else {
             throw bad("expert_types", "\(m.expert_types.map { "\($0.sorted { $0.key < $1.key })" } ?? "none"), the profile gives \(expectedTypes.map { "\($0.sorted { $0.key < $1.key })" } ?? "none")")
         }

@@ -79,7 +79,7 @@ public struct Manifest: Sendable, Codable, Equatable {
         public var element_bytes: Int
         public var shape: [Int]
         public var register: Int?
-        public var role: String
+        public var role: KernelArgumentRole
         public var sha256: String
     }
     public struct ExpertRecord: Sendable, Codable, Equatable {

@@ -103,7 +103,7 @@ public final class PackedImage: @unchecked Sendable {
 
     /// The element type of buffer `name` (base spelling from the manifest, Vitis default modes).
     public func type(of name: String) throws -> FixedType {
-        let isExpert = ["moe_weights_l1", "moe_bias_l1", "moe_weights_l2", "moe_bias_l2"].contains(name)
+        let isExpert = KernelArgument(name: name).map(KernelArgument.experts.contains) ?? false
         if isExpert, manifest.buffer(name) == nil, let ctype = manifest.expert_types?[name] {
             do { return try FixedType(parsing: ctype) } catch {
                 throw MoepackError(.badInput, file: directory, item: name, "bad type '\(ctype)'")
@@ -119,24 +119,31 @@ public final class PackedImage: @unchecked Sendable {
     /// In an expert-major image the four expert arrays are gathered back from the expert records.
     public func raw(_ name: String) throws -> ArraySlice<UInt8> {
         if let b = manifest.buffer(name) { return bytes[b.offset..<(b.offset + b.bytes)] }
-        if let recs = manifest.expert_records, let k = ["moe_weights_l1", "moe_bias_l1", "moe_weights_l2", "moe_bias_l2"].firstIndex(of: name) {
+        if let recs = manifest.expert_records, let arg = KernelArgument(name: name), let k = KernelArgument.experts.firstIndex(of: arg) {
             let c = manifest.model
             let eb = try type(of: name).containerBytes
-            let counts = [c.expertHidden * c.embedDim, c.expertHidden, c.embedDim * c.expertHidden, c.embedDim]
+            let count = arg.elementsPerExpert(c)!
             var out = [UInt8]()
-            out.reserveCapacity(recs.count * counts[k] * eb)
+            out.reserveCapacity(recs.count * count * eb)
             for block in c.moeBlocks {
                 for e in 0..<c.experts {
                     guard let r = recs.first(where: { $0.block == block && $0.expert == e }) else {
                         throw MoepackError(.badInput, file: directory, item: "expert_records", "no record for block \(block) expert \(e)")
                     }
                     let start = [r.w1, r.b1, r.w2, r.b2][k]
-                    out += try raw(offset: start, count: counts[k] * eb)
+                    out += try raw(offset: start, count: count * eb)
                 }
             }
             return out[...]
         }
         throw MoepackError(.badInput, file: directory, item: name, "no such buffer in the manifest")
+    }
+
+    /// DDR bytes of one expert's w1, b1, w2 and b2 (``KernelArgument/experts`` order), each in its own
+    /// element type's container: what the MoE schedule fetches per visited expert.
+    /// - Throws: ``MoepackError`` when the image lacks an expert array's type.
+    public func expertPartBytes() throws -> [Int] {
+        try KernelArgument.experts.map { $0.elementsPerExpert(manifest.model)! * (try type(of: $0.name)).containerBytes }
     }
 
     /// Raw bytes at an absolute range of the image (for expert records and task gates).
@@ -160,10 +167,10 @@ public final class PackedImage: @unchecked Sendable {
     /// Dequantized gates of every packed task: [task][moeBlock][E·D]. Single-task images give one task.
     public func allTaskGates() throws -> [[[Float]]] {
         let c = manifest.model
-        let per = c.experts * c.embedDim
-        let t = try type(of: "moe_w_gate")
+        let per = KernelArgument.moe_w_gate.elementsPerBlock(c)!
+        let t = try type(of: KernelArgument.moe_w_gate.name)
         func split(_ v: [Float]) -> [[Float]] { (0..<c.moeBlocks.count).map { Array(v[($0 * per)..<(($0 + 1) * per)]) } }
-        guard let gates = manifest.task_gates, !gates.isEmpty else { return [split(try dequantized("moe_w_gate"))] }
+        guard let gates = manifest.task_gates, !gates.isEmpty else { return [split(try dequantized(KernelArgument.moe_w_gate.name))] }
         return try gates.sorted { $0.task < $1.task }.map { g in
             let r = try raw(offset: g.offset, count: g.bytes)
             let n = g.bytes / t.containerBytes
@@ -177,7 +184,7 @@ public final class PackedImage: @unchecked Sendable {
     /// - Throws: ``MoepackError`` when a buffer is missing, or the task is not in the image.
     public func backboneWeights(task: Int? = nil) throws -> BackboneWeights {
         var arrays: [String: [Float]] = [:]
-        for name in KernelTensors.arrayNames { arrays[name] = try dequantized(name) }
+        for arg in KernelArgument.weights { arrays[arg.name] = try dequantized(arg.name) }
         let gates = try allTaskGates()
         let packedTasks = manifest.task_gates?.map(\.task).sorted() ?? [manifest.task]
         let want = task ?? manifest.task

@@ -18,9 +18,16 @@ public struct KernelProfile: Sendable, Codable, Equatable {
         /// Element type name, a key of ``KernelProfile/types`` (e.g. `wt_linear_t`).
         public var type: String
         /// `weight` (filled by pack), `input` (frame slot), `output` (x), `scratch`.
-        public var role: String
+        public var role: KernelArgumentRole
         /// s_axi_control offset of the pointer's low word (`NAME_1`); the high word follows at +4.
         public var register: Int?
+
+        public init(name: String, shape: [Int], type: String, role: KernelArgumentRole, register: Int?) {
+            self.name = name; self.shape = shape; self.type = type; self.role = role; self.register = register
+        }
+
+        /// The kernel argument this buffer is (nil for a name the argument table does not know).
+        public var argument: KernelArgument? { KernelArgument(name: name) }
     }
 
     public var format: String
@@ -125,10 +132,52 @@ public struct KernelProfile: Sendable, Codable, Equatable {
                 throw MoepackError(.badInput, file: file, item: b.name, "bad shape \(shapeString(b.shape))")
             }
             _ = try fixedType(b.type, file: file)
-            guard ["weight", "input", "output", "scratch"].contains(b.role) else {
-                throw MoepackError(.badInput, file: file, item: b.name, "role '\(b.role)' is not weight|input|output|scratch")
+            // A buffer named after a kernel argument is that argument: its role and, where the model
+            // dimensions give one, its C shape are the argument table's.
+            if let arg = b.argument {
+                guard b.role == arg.role else {
+                    throw MoepackError(.badInput, file: file, item: b.name, "role '\(b.role.rawValue)', the kernel's \(b.name) is '\(arg.role.rawValue)'")
+                }
+                if let want = arg.shape(model), want != b.shape {
+                    throw MoepackError(.badInput, file: file, item: b.name, "shape \(shapeString(b.shape)), the model gives \(shapeString(want))")
+                }
             }
         }
+    }
+
+    /// This profile with element type `typeName` spelled `spelling` (`pack --type NAME=TYPE`): every
+    /// buffer declared with that type name takes the new type. The spelling is a base type
+    /// (`ap_fixed<W,I>` / `ap_ufixed<W,I>`); conversion modes come from `--quantization`/`--overflow`.
+    /// - Throws: ``MoepackError`` `.usage` naming the type when the profile has no such type name, or
+    ///   the spelling does not parse or carries modes.
+    public func overriding(type typeName: String, with spelling: String) throws -> KernelProfile {
+        guard types[typeName] != nil else {
+            throw MoepackError(.usage, item: "--type", "no element type '\(typeName)' in profile \(name) (types: \(types.keys.sorted().joined(separator: ", ")))")
+        }
+        let t: FixedType
+        do { t = try FixedType(parsing: spelling) } catch let e as MoepackError {
+            throw MoepackError(.usage, item: "--type", "\(typeName)=\(spelling): \(e.message)")
+        }
+        guard t == FixedType(width: t.width, integerBits: t.integerBits, signed: t.signed) else {
+            throw MoepackError(.usage, item: "--type", "\(typeName)=\(spelling): give the type as ap_fixed<W,I> or ap_ufixed<W,I>; conversion modes come from --quantization and --overflow")
+        }
+        var p = self
+        p.types[typeName] = t.baseDescription
+        return p
+    }
+
+    /// ``overriding(type:with:)`` for each `NAME=TYPE` of `assignments`, in order.
+    /// - Throws: ``MoepackError`` `.usage` naming the assignment that is not `NAME=TYPE` or is refused.
+    public func overriding(typeAssignments assignments: [String]) throws -> KernelProfile {
+        var p = self
+        for a in assignments {
+            guard let eq = a.firstIndex(of: "="), eq != a.startIndex, a.index(after: eq) != a.endIndex else {
+                throw MoepackError(.usage, item: "--type", "'\(a)' is not NAME=TYPE (e.g. 'wt_linear_t=ap_fixed<8,1>')")
+            }
+            p = try p.overriding(type: String(a[..<eq]).trimmingCharacters(in: .whitespaces),
+                                 with: String(a[a.index(after: eq)...]))
+        }
+        return p
     }
 
     /// The s_axi_control map must be plausible: every offset word-aligned in 0…0xFFFC, and no two

@@ -101,12 +101,12 @@ public func minimumIntegerBits(min lo: Double, max hi: Double, width: Int, signe
 public func suggestTypes(kernel: KernelTensors, profile: KernelProfile, task: Int,
                          headroomBits: Int = 0) throws -> [TypeSuggestion] {
     var order: [String] = []
-    for b in profile.buffers where b.role == "weight" && !order.contains(b.type) { order.append(b.type) }
+    for b in profile.buffers where b.role == .weight && !order.contains(b.type) { order.append(b.type) }
     var out: [TypeSuggestion] = []
     for typeName in order {
         let base = try profile.fixedType(typeName)
-        let buffers = profile.buffers.filter { $0.role == "weight" && $0.type == typeName }.map(\.name)
-        let activationBuffers = profile.buffers.filter { $0.role != "weight" && $0.type == typeName }.map(\.name)
+        let buffers = profile.buffers.filter { $0.role == .weight && $0.type == typeName }.map(\.name)
+        let activationBuffers = profile.buffers.filter { $0.role != .weight && $0.type == typeName }.map(\.name)
         let current = base.with(quantization: .AP_RND_CONV, overflow: .AP_SAT)
 
         // Pass 1: range and current-type error.
@@ -245,4 +245,28 @@ public func renderSuggestions(_ suggestions: [TypeSuggestion]) -> String {
     lines.append("SQNR over every tensor of the type, AP_RND_CONV + AP_SAT. Same word length; the profile is not changed.")
     lines.append("headroom = the suggested type's largest value ÷ the largest weight (or its most negative ÷ the most negative weight, the smaller). The fewest integer bits fit this checkpoint only: another checkpoint of the model may need more (--headroom-bits 1 doubles every range).")
     return lines.joined(separator: "\n") + "\n"
+}
+
+/// The `--type NAME=TYPE` assignments that apply the suggestions that change a type, in order.
+public func typeAssignments(_ suggestions: [TypeSuggestion]) -> [String] {
+    suggestions.filter(\.changes).map { "\($0.typeName)=\($0.suggested)" }
+}
+
+/// The `moepack pack` command line that packs `checkpoint` with the suggested types
+/// (`moepack pack CKPT [ARGS…] --type 'NAME=TYPE' … -o DIR`), each word quoted for a POSIX shell
+/// where needed; nil when no suggestion changes a type.
+/// - Parameter arguments: options to repeat before the `--type`s (profile, folds, state_dict key).
+public func packCommandLine(checkpoint: String, suggestions: [TypeSuggestion], arguments: [String] = []) -> String? {
+    let types = typeAssignments(suggestions)
+    guard !types.isEmpty else { return nil }
+    let words = ["moepack", "pack", checkpoint] + arguments + types.flatMap { ["--type", $0] } + ["-o", "DIR"]
+    return words.map(shellQuoted).joined(separator: " ")
+}
+
+/// `word` as one POSIX shell word: unchanged when it holds only characters no shell treats
+/// specially, else in single quotes (a `'` inside written `'\''`).
+public func shellQuoted(_ word: String) -> String {
+    let plain = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./:=@%+,")
+    if !word.isEmpty, word.allSatisfy(plain.contains) { return word }
+    return "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
 }

@@ -22,20 +22,15 @@ public struct MoEBlockFetch: Sendable, Codable, Equatable {
 
 /// The DDR traffic of the MoE schedule for one frame's routing through `image`.
 ///
-/// Each part is sized with its own element type's DDR container (moe_weights_l1 [He][D],
-/// moe_bias_l1 [He], moe_weights_l2 [D][He], moe_bias_l2 [D]), so narrower weights shrink the
+/// Each part is sized with its own element type's DDR container (``PackedImage/expertPartBytes()``:
+/// moe_weights_l1 [He][D], moe_bias_l1 [He], moe_weights_l2 [D][He], moe_bias_l2 [D]), so narrower weights shrink the
 /// traffic even when the biases keep their width.
 /// - Parameters:
 ///   - routing: the MoE blocks' routing, in layer order (``FrameResult/routing``).
 ///   - burstBytes: AXI burst length in bytes (256-bit beats × 16 = 512 on the published build).
 /// - Throws: ``MoepackError`` when the image lacks one of the expert arrays' types.
 public func moeScheduleFetch(routing: [MoERouting], image: PackedImage, burstBytes: Int = 512) throws -> [MoEBlockFetch] {
-    let c = image.manifest.model
-    let D = c.embedDim, He = c.expertHidden
-    let counts = [He * D, He, D * He, D]
-    let parts = try zip(["moe_weights_l1", "moe_bias_l1", "moe_weights_l2", "moe_bias_l2"], counts).map { name, n in
-        n * (try image.type(of: name)).containerBytes
-    }
+    let parts = try image.expertPartBytes()
     let perExpert = parts.reduce(0, +)
     let burstsPerExpert = parts.map { ($0 + burstBytes - 1) / burstBytes }.reduce(0, +)
     return routing.map { route in

@@ -49,7 +49,8 @@ struct CheckpointOptions: ParsableArguments {
 
 struct ProfileOptions: ParsableArguments {
     @Option(help: "Hardware profile: a built-in name (\(KernelProfile.builtinNames.joined(separator: ", "))) or a profile JSON file.")
-    var profile: String = "edge-moe-zcu102"
+    var profile: String = Self.defaultProfile
+    static let defaultProfile = "edge-moe-zcu102"
 
     @Option(help: "Read control-register offsets from a Vivado .hwh file instead of the profile's.")
     var hwh: String?
@@ -109,6 +110,9 @@ struct Pack: ParsableCommand {
     @Flag(help: "Also record the SHA-256 of the whole checkpoint file in the manifest (source.sha256, as sha256sum prints it; a folder: its files in name order, each as name, NUL, bytes). Reads every byte, optimizer state included; by default only the tensors used are read, and fingerprinted in source.tensors.")
     var sourceSha256 = false
 
+    @Option(name: .customLong("type"), help: ArgumentHelp("Override one of the profile's element types, e.g. 'wt_linear_t=ap_fixed<8,1>' (repeatable); the manifest records the profile so changed.", valueName: "NAME=TYPE"))
+    var types: [String] = []
+
     @Flag(help: "Print nothing but warnings and errors.")
     var quiet = false
 
@@ -124,7 +128,7 @@ struct Pack: ParsableCommand {
                 }
                 reportWriter = try AtomicFileWriter(path: report)
             }
-            let profile = try profileOptions.load()
+            let profile = try profileOptions.load().overriding(typeAssignments: types)
             try FixedEmulation.supports(profile: profile)
             let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
             let backbone = try BackboneCheckpoint(source: source, expected: profile.model)
@@ -168,7 +172,7 @@ func packSummary(_ r: PackResult, output: String) -> String {
     let m = r.manifest
     var s = "packed \(m.source.path) (\(m.source.container)) → \(output)/ddr.bin: \(m.image.bytes) bytes, \(m.buffers.count) buffers, profile \(m.profile), task \(m.task), \(m.quantization.mode)/\(m.quantization.overflow)\n"
     var byRole: [String: (count: Int, bytes: Int)] = [:]
-    for b in m.buffers { byRole[b.role, default: (0, 0)].count += 1; byRole[b.role, default: (0, 0)].bytes += b.bytes }
+    for b in m.buffers { byRole[b.role.rawValue, default: (0, 0)].count += 1; byRole[b.role.rawValue, default: (0, 0)].bytes += b.bytes }
     s += "  buffers: " + ["weight", "input", "output", "scratch"].compactMap { role in
         byRole[role].map { "\(role) \(String(format: "%.2f", Double($0.bytes) / 1_048_576)) MiB in \($0.count)" }
     }.joined(separator: ", ") + " (each 4096-byte aligned)\n"

@@ -101,8 +101,27 @@ struct Suggest: ParsableCommand {
     @Option(parsing: .unconditional, help: "Integer bits added to every suggestion beyond the fewest that hold this checkpoint's values (each doubles the range and the LSB), for checkpoints yet to come.")
     var headroomBits: Int = 0
 
-    @Flag(help: "JSON output.")
+    @Flag(help: "JSON output: suggestions, the --type assignments and the pack command line that applies them.")
     var json = false
+
+    struct SuggestOutput: Encodable {
+        var suggestions: [TypeSuggestion]
+        /// `NAME=TYPE` for each type that changes (the values of `pack --type`).
+        var types: [String]
+        /// `moepack pack …` applying them, nil when nothing changes.
+        var command: String?
+    }
+
+    /// The options of this run that `pack` needs too, repeated in the suggested command line.
+    var packArguments: [String] {
+        var a: [String] = []
+        if profileOptions.profile != ProfileOptions.defaultProfile { a += ["--profile", profileOptions.profile] }
+        if let hwh = profileOptions.hwh { a += ["--hwh", hwh] }
+        if let key = checkpointOptions.key { a += ["--key", key] }
+        if !checkpointOptions.mean.isEmpty { a += ["--mean"] + checkpointOptions.mean.map { "\($0)" } }
+        if !checkpointOptions.std.isEmpty { a += ["--std"] + checkpointOptions.std.map { "\($0)" } }
+        return a
+    }
 
     func run() throws {
         try guarded {
@@ -114,10 +133,12 @@ struct Suggest: ParsableCommand {
             let kernel = try KernelTensors(checkpoint: try BackboneCheckpoint(source: source, expected: profile.model),
                                            folds: checkpointOptions.folds)
             let s = try suggestTypes(kernel: kernel, profile: profile, task: task, headroomBits: headroomBits)
+            let command = packCommandLine(checkpoint: checkpoint, suggestions: s, arguments: packArguments)
             if json {
-                try printJSON(s)
+                try printJSON(SuggestOutput(suggestions: s, types: typeAssignments(s), command: command))
             } else {
-                print(renderSuggestions(s))
+                print(renderSuggestions(s), terminator: "")
+                print(command.map { "apply (DIR: the output folder): \($0)" } ?? "apply: nothing to change")
             }
         }
     }

@@ -50,7 +50,7 @@ final class LayoutTests: XCTestCase {
             }
         }
         // The kernel arrays reassembled from the records are the kernel layout's.
-        for name in expertArrayNames { XCTAssertEqual(Array(try em.raw(name)), Array(try kernel.raw(name)), name) }
+        for name in KernelArgument.experts.map(\.name) { XCTAssertEqual(Array(try em.raw(name)), Array(try kernel.raw(name)), name) }
         // Dense weights keep the kernel layout.
         XCTAssertEqual(em.manifest.buffer("vit_weights_l1")?.sha256, kernel.manifest.buffer("vit_weights_l1")?.sha256)
         XCTAssertTrue(em.check().ok)

@@ -33,7 +33,7 @@ final class PackingFixtureTests: XCTestCase {
     func testTinyCheckpointMatchesPythonKernelArrays() throws {
         for (prefix, q, o) in [("kernel_", Quantization.AP_RND_CONV, Overflow.AP_SAT), ("kernel_trn_wrap_", .AP_TRN, .AP_WRAP)] {
             let image = try packTiny(tinyFixtures.appendingPathComponent("model.pth").path, quantization: q, overflow: o)
-            for b in image.manifest.buffers where b.role == "weight" {
+            for b in image.manifest.buffers where b.role == .weight {
                 let ext = b.element_bytes == 4 ? "i32" : "i16"
                 let expected = try readRawInts(tinyFixtures.appendingPathComponent("\(prefix)\(b.name).\(ext)").path, elementBytes: b.element_bytes)
                 let got = littleEndianInts(try image.raw(b.name), elementBytes: b.element_bytes)
@@ -53,7 +53,7 @@ final class PackingFixtureTests: XCTestCase {
             do { image = try packTiny(path) } catch let e as MoepackError where e.kind == .unsupported {
                 throw XCTSkip("\(other): \(e)")
             }
-            for b in reference.manifest.buffers where b.role == "weight" {
+            for b in reference.manifest.buffers where b.role == .weight {
                 XCTAssertEqual(image.manifest.buffer(b.name)?.sha256, b.sha256, "\(other): \(b.name)")
             }
             // Tensor digests are of the decoded float32 values: the container does not change them.
@@ -108,7 +108,7 @@ final class PackingFixtureTests: XCTestCase {
     func testEdgeMoEFolderOfTinyModel() throws {
         let reference = try packTiny(tinyFixtures.appendingPathComponent("model.pth").path)
         let image = try packTiny(tinyFixtures.appendingPathComponent("edge-moe").path)
-        for b in reference.manifest.buffers where b.role == "weight" {
+        for b in reference.manifest.buffers where b.role == .weight {
             let a = littleEndianInts(try reference.raw(b.name), elementBytes: b.element_bytes)
             let c = littleEndianInts(try image.raw(b.name), elementBytes: b.element_bytes)
             XCTAssertTrue(zip(a, c).allSatisfy { abs($0 - $1) <= 1 }, b.name)
@@ -181,7 +181,7 @@ final class RealEdgeMoETests: XCTestCase {
             let r = try pack(kernel: k, options: PackOptions(profile: profile, quantization: truncWrap ? .AP_TRN : .AP_RND_CONV,
                                                              overflow: truncWrap ? .AP_WRAP : .AP_SAT), outputDirectory: out)
             let image = try PackedImage(directory: out)
-            for b in r.manifest.buffers where b.role == "weight" {
+            for b in r.manifest.buffers where b.role == .weight {
                 let t = try FixedType(parsing: b.ctype)
                 let want = expected[b.name]!.map { referenceRaw($0, width: t.width, integerBits: t.integerBits, truncWrap: truncWrap) }
                 let got = littleEndianInts(try image.raw(b.name), elementBytes: b.element_bytes)

@@ -118,8 +118,12 @@ final class ProfileTests: XCTestCase {
         XCTAssertEqual(refusal { $0.registers["debug_id"] = 0xD8 }, "p.json: 'moe_weights_l1_2': register offset 216 is also debug_id's")
         XCTAssertEqual(refusal { $0.registers["debug_id"] = -4 }, "p.json: 'debug_id': register offset -4 is not a word-aligned offset in 0…0xFFFC")
         XCTAssertEqual(refusal { $0.alignment = 1 << 62 }, "p.json: 'alignment': 4611686018427387904 is not a power of two in 1…2^30")
-        XCTAssertEqual(refusal { p in for i in p.buffers.indices where p.buffers[i].role == "scratch" { p.buffers[i].shape = [1 << 30, 1 << 30] } },
-                       "edge-moe-zcu102: 'tmp1': the image would exceed 1099511627776 bytes")
+        // Scratch sized by the kernel's tiling (no shape from the model dimensions): only the plan bounds it.
+        XCTAssertEqual(refusal { p in for i in p.buffers.indices where p.buffers[i].role == .scratch && p.buffers[i].argument?.shape(p.model) == nil { p.buffers[i].shape = [1 << 30, 1 << 30] } },
+                       "edge-moe-zcu102: 'tmp_hidden': the image would exceed 1099511627776 bytes")
+        // Scratch whose shape the model gives is checked against it when the profile is validated.
+        XCTAssertEqual(refusal { p in for i in p.buffers.indices where p.buffers[i].role == .scratch { p.buffers[i].shape = [1 << 30, 1 << 30] } },
+                       "p.json: 'tmp1': shape [1073741824,1073741824], the model gives [129,192]")
     }
 
     func testBadProfileRefused() throws {
@@ -192,7 +196,7 @@ final class PackTests: XCTestCase {
         XCTAssertTrue(image.check().ok)
         XCTAssertEqual(r.manifest.task, 1)
         let k = try KernelTensors(checkpoint: try BackboneCheckpoint(source: src, expected: try tinyProfile().model))
-        for b in r.manifest.buffers where b.role == "weight" {
+        for b in r.manifest.buffers where b.role == .weight {
             let t = try FixedType(parsing: b.ctype)
             let expected = try k.array(b.name, task: 1).map { referenceRaw($0, width: t.width, integerBits: t.integerBits, truncWrap: false) }
             XCTAssertEqual(littleEndianInts(try image.raw(b.name), elementBytes: b.element_bytes), expected, b.name)
