@@ -227,7 +227,7 @@ public final class SimulatedBoard {
                 if maxRuns == nil && runs > 0 { return }
                 throw MoepackError(.io, item: "CTRL", "no ap_start within \(idleTimeout) s (\(runs) run(s) done)")
             }
-            usleep(50)
+            usleep(100)
         }
     }
 

@@ -63,6 +63,18 @@ final class CHostTests: XCTestCase {
         let v = try S.moepack(["verify", img, "--board-output", dir + "/out.bin", "--image", dir + "/frame0.bin", "--image", dir + "/frame1.bin", "--task", "1"])
         XCTAssertEqual(v.status, 0, v.stdout + v.stderr)
         XCTAssertTrue(v.stdout.contains("576/576 elements identical, largest error 0 LSB"), v.stdout)
+        // One LSB off in the second image, token 5, channel 7: named, exit 1; within --max-lsb 1 it passes.
+        var off = raw
+        off[288 + 5 * 32 + 7] &+= 1
+        try Data(off.flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) }).write(to: URL(fileURLWithPath: dir + "/off.bin"))
+        let frames = ["--image", dir + "/frame0.bin", "--image", dir + "/frame1.bin", "--task", "1"]
+        let bad = try S.moepack(["verify", img, "--board-output", dir + "/off.bin"] + frames)
+        XCTAssertEqual(bad.status, 1, bad.stdout + bad.stderr)
+        XCTAssertTrue(bad.stdout.contains("575/576 elements identical, largest error 1 LSB"), bad.stdout)
+        XCTAssertTrue(bad.stdout.contains("first difference: image 1, token 5, channel 7: board \(off[288 + 5 * 32 + 7]), emulation \(raw[288 + 5 * 32 + 7])"), bad.stdout)
+        let within = try S.moepack(["verify", img, "--board-output", dir + "/off.bin", "--max-lsb", "1", "--json"] + frames)
+        XCTAssertEqual(within.status, 0, within.stdout + within.stderr)
+        XCTAssertTrue(within.stdout.contains("\"max_error_lsb\" : 1"), within.stdout)
         // Task 0's gates give another output: the --task pointer switch reached the board.
         XCTAssertNotEqual(values(raw[0..<288]), try fixedReference(dir + "/frame0.bin", task: 0))
     }
@@ -149,22 +161,25 @@ final class CHostTests: XCTestCase {
     }
 
     func testStartBeforeCopyIsCaught() throws {
-        try S.edit(host + "/moepack_host.c", replacing: """
+        // ap_start first, the copy and the write-back only after the wait: the kernel starts on
+        // memory that holds nothing of the image.
+        try assertBoardFault(hostChange: ("""
             copy_inputs(&dma, image, frames, o.n_frames, &p);
             udmabuf_sync(o.sysfs, 0, p.used, 1);
-        """, with: "")
-        try S.edit(host + "/moepack_host.c", replacing: "    wait_done(&ctrl, o.timeout);\n", with: """
-            copy_inputs(&dma, image, frames, o.n_frames, &p);
-            udmabuf_sync(o.sysfs, 0, p.used, 1);
-            wait_done(&ctrl, o.timeout);
 
-        """)
-        try make()
-        let (h, sim) = try runOnBoard(["--image", dir + "/frame0.bin", "-o", dir + "/out.bin"], hostTimeout: "2")
-        XCTAssertEqual(sim.status, 2, sim.stderr)
-        // Seen either at ap_start (nothing visible yet) or when the late sync arrives during the run.
-        XCTAssertTrue(sim.stderr.contains("never made visible to the device before ap_start") || sim.stderr.contains("the host started the kernel before copying its data"), sim.stderr)
-        XCTAssertEqual(h.status, 1, h.stderr)
+            /* 3. Pointers and scalars, start, poll. */
+            double t0 = now();
+            program_registers(&ctrl, &dma, &p, o.n_frames, o.debug_id);
+            start_kernel(&ctrl);
+            wait_done(&ctrl, o.timeout);
+        """, """
+            double t0 = now();
+            program_registers(&ctrl, &dma, &p, o.n_frames, o.debug_id);
+            start_kernel(&ctrl);
+            wait_done(&ctrl, o.timeout);
+            copy_inputs(&dma, image, frames, o.n_frames, &p);
+            udmabuf_sync(o.sysfs, 0, p.used, 1);
+        """), boardSays: "were never made visible to the device before ap_start (no sync_for_device/flush, or ap_start before the copy)")
     }
 
     func testEditedManifestIsRefusedBeforeTheDevice() throws {
