@@ -218,12 +218,17 @@ public func sweep(kernel: KernelTensors, profile: KernelProfile, axes: [SweepAxi
                        tasks: tasks, varied: axes.map(\.typeName), candidates: candidates)
 }
 
+/// Held while a candidate is packed (see ``measureCandidate``).
+private let sweepPackLock = NSLock()
+
 func measureCandidate(kernel: KernelTensors, profile: KernelProfile, types: [String: FixedType], frames: [NamedFrame],
                       tasks: [Int], reference: [[ForwardResult]], referenceHeads: [[TaskOutput]], directory: String,
                       options: SweepOptions) throws -> SweepCandidate {
     let packOptions = PackOptions(profile: profile, allTasks: tasks.count > 1,
                                   quantization: options.quantization, overflow: options.overflow)
-    let packed = try pack(kernel: kernel, options: packOptions, outputDirectory: directory)
+    // Packing is serialised: candidates share one checkpoint reader (its read observer, the
+    // kernel tensors' cache, libhdf5) that is not meant for concurrent packs; emulation stays parallel.
+    let packed = try sweepPackLock.withLock { try pack(kernel: kernel, options: packOptions, outputDirectory: directory) }
     let image = try PackedImage(directory: directory)
     let models = try tasks.map { try ImageModel(image: image, mode: .fixed, task: $0) }
     var mse = 0.0, cosine = 0.0, worstCosine = 1.0, moeBytes = 0.0, overflow = 0

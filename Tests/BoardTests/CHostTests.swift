@@ -51,6 +51,10 @@ final class CHostTests: XCTestCase {
         XCTAssertEqual(h.status, 0, h.stderr)
         XCTAssertEqual(sim.status, 0, sim.stderr)
         XCTAssertTrue(sim.stderr.contains("num_images 2, reload_one_time_weights 1, debug_id 0"), sim.stderr)
+        XCTAssertFalse(sim.stderr.contains("ignored"), sim.stderr)
+        // The last sync request (x: 2 × 9 × 32 int32) whole in the file standing for the attribute,
+        // not written over the longer first one (the whole image).
+        XCTAssertEqual(try String(contentsOfFile: dir + "/udmabuf0/sync_size", encoding: .utf8), "2304")
         let raw = try S.int32s(dir + "/out.bin")
         XCTAssertEqual(raw.count, 2 * 9 * 32)
         XCTAssertEqual(values(raw[0..<288]), try fixedReference(dir + "/frame0.bin", task: 1))
@@ -237,10 +241,45 @@ final class CHostTests: XCTestCase {
         try make()
         for (args, says) in [([String](), "give at least one --image"), (["--image", dir + "/frame0.bin"], "give -o OUT.bin"),
                              (["--image", dir + "/frame0.bin", "-o", "x", "--task", "7"], "task 7 is not in this image (packed: 0,1"),
-                             (["--bogus", "1"], "--bogus: unknown option")] {
+                             (["--bogus", "1"], "--bogus: unknown option"),
+                             // The tiny model has 4 layers: no layer 250, no step 0, nothing past 32 bits.
+                             (["--image", dir + "/frame0.bin", "-o", "x", "--debug-id", "4000"], "--debug-id: 4000 is not 0, 256 or layer*16+k with layer < 4"),
+                             (["--image", dir + "/frame0.bin", "-o", "x", "--debug-id", "16"], "--debug-id: 16 is not 0, 256"),
+                             (["--image", dir + "/frame0.bin", "-o", "x", "--debug-id", "99999999999"], "--debug-id: 99999999999 is not 0, 256")] {
             let h = try S.run(host + "/moepack_host", args)
             XCTAssertEqual(h.status, 64, args.joined(separator: " ") + h.stderr)
             assertOneLine(h.stderr, contains: says)
         }
+    }
+
+    func testUnwritableOutputIsRefusedBeforeTheDevice() throws {
+        try make()
+        // No board files exist: the output check must come first.
+        let h = try S.run(host + "/moepack_host", ["--image", dir + "/frame0.bin", "-o", dir + "/no-such-folder/out.bin", "--timeout", "1"] + S.boardArgs(dir))
+        XCTAssertEqual(h.status, 1, h.stderr)
+        assertOneLine(h.stderr, contains: "no-such-folder/out.bin: cannot create the output beside it")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/devmem"), "the device was touched")
+    }
+
+    func testForgottenInvalidateOfXIsCaught() throws {
+        try S.edit(host + "/moepack_host.c", replacing: "    udmabuf_sync(o.sysfs, p.x, x_bytes, 0);\n", with: "\n")
+        try make()
+        let (h, sim) = try runOnBoard(["--image", dir + "/frame0.bin", "-o", dir + "/out.bin"])
+        XCTAssertEqual(h.status, 0, h.stderr)
+        XCTAssertEqual(sim.status, 0, sim.stderr)
+        // The CPU still holds x's stale lines: what the host wrote out is not the kernel's x.
+        let v = try S.moepack(["verify", img, "--board-output", dir + "/out.bin", "--image", dir + "/frame0.bin"])
+        XCTAssertEqual(v.status, 1, v.stdout + v.stderr)
+        XCTAssertTrue(v.stdout.contains("FAIL"), v.stdout)
+    }
+
+    func testBoardRefusesUndefinedDebugIDRegister() throws {
+        try S.edit(host + "/moepack_host.c", replacing: "write_reg(c, MOEPACK_REG_DEBUG_ID, debug_id);", with: "write_reg(c, MOEPACK_REG_DEBUG_ID, 4000 + 0 * debug_id);")
+        try make()
+        let (h, sim) = try runOnBoard(["--image", dir + "/frame0.bin", "-o", dir + "/out.bin"], hostTimeout: "2")
+        XCTAssertEqual(sim.status, 64, sim.stderr)
+        assertOneLine(sim.stderr, contains: "'debug_id': 4000 is not 0, 256 or layer*16+k with layer < 4")
+        XCTAssertEqual(h.status, 1, h.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out.bin"))
     }
 }
