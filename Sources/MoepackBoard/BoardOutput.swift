@@ -51,7 +51,13 @@ public struct BoardOutput: Sendable {
             let stored = Array(bytes[h.headerBytes..<(h.headerBytes + h.dataByteCount)])
             switch h.dtype {
             case .float32:
-                return BoardOutput(values: .float(try h.decodeFloat32(stored)), images: count / perImage)
+                let values = try h.decodeFloat32(stored)
+                // The board writes fm_t containers: NaN or Inf cannot come from it and would
+                // compare as neither identical nor a finite error.
+                if let k = values.firstIndex(where: { !$0.isFinite }) {
+                    throw MoepackError(.badInput, file: path, "non-finite value \(values[k]) at image \(k / perImage), token \(k % perImage / dim), channel \(k % dim): not a board output")
+                }
+                return BoardOutput(values: .float(values), images: count / perImage)
             case .int32:
                 let le = try h.toLittleEndianCOrder(stored)
                 return BoardOutput(values: .raw(Self.int32s(le[...])), images: count / perImage)
@@ -103,7 +109,7 @@ public enum BoardCheck {
     public static func compare(image: PackedImage, frames: [(name: String, bytes: [UInt8])], output: BoardOutput, outputName: String,
                                debugID: Int, task: Int?, maxLSB: Double) throws -> BoardComparison {
         let c = image.manifest.model
-        let point = DebugPoint(debugID: debugID, depth: c.depth)
+        let point = try DebugPoint(validating: debugID, depth: c.depth, item: "--debug-id")
         let backbone = try FixedBackbone(arrays: try image.kernelArrays(task: task))
         let fm = try image.type(of: "x")
         let scale = Double(1 << fm.fractionBits)
@@ -151,12 +157,15 @@ public enum BoardCheck {
 
     /// One line per comparison for the terminal.
     public static func render(_ r: BoardComparison) -> String {
-        var s = "\(r.output) vs the emulation of \(r.frame) at debug_id \(r.debug_id) (\(r.point)): \(r.identical)/\(r.elements) elements identical, largest error \(Int(r.max_error_lsb)) LSB\n"
+        var s = "\(r.output) vs the emulation of \(r.frame) at debug_id \(r.debug_id) (\(r.point)): \(r.identical)/\(r.elements) elements identical, largest error \(whole(r.max_error_lsb)) LSB\n"
         s += "MSE: \(r.mse)\nMAE: \(r.mae)\n"
         if let d = r.first_difference {
-            s += "first difference: image \(d.image), token \(d.token), channel \(d.channel): board \(d.board == d.board.rounded() ? String(Int64(d.board)) : String(d.board)), emulation \(d.expected) (raw fm_t)\n"
+            s += "first difference: image \(d.image), token \(d.token), channel \(d.channel): board \(whole(d.board)), emulation \(d.expected) (raw fm_t)\n"
         }
-        s += r.passed ? (r.identical == r.elements ? "PASS: identical" : "PASS: within \(Int(r.max_lsb_allowed)) LSB") : "FAIL"
+        s += r.passed ? (r.identical == r.elements ? "PASS: identical" : "PASS: within \(whole(r.max_lsb_allowed)) LSB") : "FAIL"
         return s
     }
+
+    /// A whole number without a fraction, anything else (huge, non-finite) as Double prints it.
+    static func whole(_ v: Double) -> String { Int64(exactly: v).map(String.init) ?? String(v) }
 }

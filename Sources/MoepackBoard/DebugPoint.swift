@@ -32,6 +32,18 @@ public enum DebugPoint: Sendable, Equatable {
         }
     }
 
+    /// Decodes a `debug_id` the kernel defines for a model of `depth` layers (the depth is the
+    /// manifest's): 0, 256, or `layer·16 + k` with `layer < depth` and k in 1…12.
+    /// - Throws: ``MoepackError`` `.usage` naming `item` for any other value (the kernel would run
+    ///   everything and the comparison would be with the wrong point).
+    public init(validating debugID: Int, depth: Int, item: String = "debug_id") throws {
+        let point = DebugPoint(debugID: debugID, depth: depth)
+        guard point != .none || debugID == 0 else {
+            throw MoepackError(.usage, item: item, "\(debugID) is not 0, \(Self.patchEmbeddingID) or layer*\(Self.stride)+k with layer < \(depth) (the model's depth) and k in 1...\(Self.lastStep)")
+        }
+        self = point
+    }
+
     /// `debug_id` returning with layer `layer`'s output in x.
     public static func layerOutputID(_ layer: Int) -> Int { layer * stride + lastStep }
 

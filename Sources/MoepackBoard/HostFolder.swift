@@ -90,6 +90,8 @@ public enum HostFolder {
             "reg_ctrl": literal(try reg("CTRL")), "reg_num_images": literal(try reg("num_images")),
             "reg_reload": literal(try reg("reload_one_time_weights")), "reg_debug_id": literal(try reg("debug_id")),
             "gate_arg": gateArg,
+            "debug_patch_embedding": String(DebugPoint.patchEmbeddingID), "debug_stride": String(DebugPoint.stride),
+            "debug_last_step": String(DebugPoint.lastStep),
         ]
         d.lists["args"] = m.buffers.map { b in
             ["name": b.name, "offset": String(b.offset), "bytes": String(b.bytes),

@@ -40,8 +40,8 @@ public struct BoardFiles: Sendable {
 /// copies `[sync_offset, sync_offset + sync_size)` (whole 64-byte Cortex-A53 cache lines) from the
 /// CPU's view to memory, `sync_for_cpu` the other way. (With the u-dma-buf driver these are sysfs
 /// attributes; here they are FIFOs, so the board sees each request, in order, before it looks at
-/// ap_start.) The result `x` is written to memory and to the CPU's view (the CPU holds no lines of
-/// `x` once the host wrote them back before ap_start).
+/// ap_start.) The result `x` is written to memory only: the CPU may still hold lines of `x`, so a
+/// host sees it only after sync_for_cpu (a host that forgets that invalidate reads stale `x`).
 ///
 /// **Faults** (one line each, the run is refused and ap_done never comes, as a hung kernel): a pointer
 /// outside the DMA buffer, two arguments overlapping, input or weight bytes never made visible to the
@@ -85,7 +85,19 @@ public final class SimulatedBoard {
         guard files.dmaPhys % 4096 == 0, files.dmaBytes > 0 else {
             throw MoepackError(.usage, item: "--dma-phys", "0x\(String(files.dmaPhys, radix: 16)) is not page-aligned (or the buffer is empty)")
         }
+        let dmaEnd = files.dmaPhys.addingReportingOverflow(UInt64(files.dmaBytes))
+        guard !dmaEnd.overflow else {
+            throw MoepackError(.usage, item: "--dma-phys", "0x\(String(files.dmaPhys, radix: 16)) + \(files.dmaBytes) bytes passes the end of the 64-bit address space")
+        }
+        let needed = try Self.argumentBytes(profile)
+        guard files.dmaBytes >= needed else {
+            throw MoepackError(.usage, item: "--dma-bytes", "\(files.dmaBytes) bytes cannot hold the kernel's arguments for one image (\(needed) bytes)")
+        }
         let range = Int(profile.control?.range ?? 0x1_0000)
+        let ctrlEnd = files.ctrlBase.addingReportingOverflow(UInt64(range))
+        guard !ctrlEnd.overflow, ctrlEnd.partialValue <= UInt64(Int.max) else {
+            throw MoepackError(.usage, item: "--ctrl-base", "0x\(String(files.ctrlBase, radix: 16)) + the \(range)-byte s_axi_control block is past the largest file offset of \(files.devmem)")
+        }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let mapBase = files.ctrlBase & ~UInt64(page - 1)
         let skip = Int(files.ctrlBase - mapBase)
@@ -164,22 +176,24 @@ public final class SimulatedBoard {
             // its byte is gone (FIONREAD) may then write the next request's attributes.
             while ioctl(s.fd, UInt(FIONREAD), &pending) == 0, pending > 0 {
                 let (offset, size) = (attribute("sync_offset"), attribute("sync_size"))
+                let valid = offset >= 0 && size >= 0 && offset <= files.dmaBytes && size <= files.dmaBytes - offset
+                let start = offset / Self.lineBytes * Self.lineBytes
+                let end = valid ? min(files.dmaBytes, (offset + size + Self.lineBytes - 1) / Self.lineBytes * Self.lineBytes) : 0
+                // sync_for_cpu is done before its byte is taken: a host that waits until the byte is
+                // gone then reads the fresh x (an extra invalidate for a stray byte is harmless).
+                if !s.toDevice, valid, start < end {
+                    memory.withUnsafeBytes { m in _ = memcpy(cpu + start, m.baseAddress! + start, end - start) }
+                }
                 guard read(s.fd, &byte, 1) == 1 else { break }
                 guard byte == UInt8(ascii: "1") else { continue }   // newlines and other bytes
-                guard offset >= 0, size >= 0, offset <= files.dmaBytes, size <= files.dmaBytes - offset else {
+                guard valid else {
                     log("board-sim: warning: sync request [\(offset), +\(size)) outside the \(files.dmaBytes)-byte buffer ignored")
                     continue
                 }
-                let start = offset / Self.lineBytes * Self.lineBytes
-                let end = min(files.dmaBytes, (offset + size + Self.lineBytes - 1) / Self.lineBytes * Self.lineBytes)
-                guard start < end else { continue }
-                if s.toDevice {
-                    memory.withUnsafeMutableBytes { m in _ = memcpy(m.baseAddress! + start, cpu + start, end - start) }
-                    for l in (start / Self.lineBytes)..<(end / Self.lineBytes) { visible[l] = true }
-                    synced.append(start..<end)
-                } else {
-                    memory.withUnsafeBytes { m in _ = memcpy(cpu + start, m.baseAddress! + start, end - start) }
-                }
+                guard start < end, s.toDevice else { continue }
+                memory.withUnsafeMutableBytes { m in _ = memcpy(m.baseAddress! + start, cpu + start, end - start) }
+                for l in (start / Self.lineBytes)..<(end / Self.lineBytes) { visible[l] = true }
+                synced.append(start..<end)
             }
         }
         return synced
@@ -213,7 +227,7 @@ public final class SimulatedBoard {
                 if maxRuns == nil && runs > 0 { return }
                 throw MoepackError(.io, item: "CTRL", "no ap_start within \(idleTimeout) s (\(runs) run(s) done)")
             }
-            usleep(50)
+            usleep(100)
         }
     }
 
@@ -236,7 +250,7 @@ public final class SimulatedBoard {
         let c = profile.model
         let numImages = Int(scalar("num_images"))
         let reload = scalar("reload_one_time_weights") & 1 != 0
-        let debug = DebugPoint(debugID: Int(scalar("debug_id")), depth: c.depth)
+        let debug = try DebugPoint(validating: Int(scalar("debug_id")), depth: c.depth)
         guard reload || onChip != nil else {
             throw fault("reload_one_time_weights", "first ap_start with reload_one_time_weights = 0: the patch embedding and the constants (attn_scale, norm_eps) were never loaded")
         }
@@ -274,12 +288,20 @@ public final class SimulatedBoard {
         for (offset, raw) in outputs {
             raw.withUnsafeBytes { src in
                 memory.withUnsafeMutableBytes { m in _ = memcpy(m.baseAddress! + offset, src.baseAddress!, src.count) }
-                _ = memcpy(cpu + offset, src.baseAddress!, src.count)
             }
         }
         runs += 1
         log("board-sim: run \(runs): num_images \(numImages), reload_one_time_weights \(reload ? 1 : 0), debug_id \(scalar("debug_id")), \(String(format: "%.3f", Date().timeIntervalSince(started))) s")
         storeReg("CTRL", Self.apDone | Self.apIdle)
+    }
+
+    /// Bytes of every pointer argument for one image (the smallest DMA buffer a run can use).
+    static func argumentBytes(_ profile: KernelProfile) throws -> Int {
+        try profile.buffers.filter { $0.register != nil }.reduce(0) { sum, b in
+            var shape = b.shape
+            if b.role == .input || b.role == .output { shape[0] = 1 }
+            return sum + shape.reduce(1, *) * (try profile.fixedType(b.type)).containerBytes
+        }
     }
 
     struct Argument { let name: String; let role: KernelArgumentRole; let type: FixedType; let shape: [Int]; let range: Range<Int> }

@@ -12,8 +12,11 @@ public final class AtomicFileWriter {
     public private(set) var bytesWritten = 0
 
     /// Creates `<dir>/.<name>.tmp-<pid>-<n>`.
-    /// - Throws: ``MoepackError`` `.io` when the folder is not writable.
+    /// - Throws: ``MoepackError`` `.usage` when `path` exists and is not a regular file (a device,
+    ///   FIFO, socket or folder, directly or through a symbolic link: the rename would replace the
+    ///   node itself); `.io` when the folder is not writable.
     public init(path: String) throws {
+        try refuseNonRegularDestination(path)
         self.path = path
         let url = URL(fileURLWithPath: path)
         let dir = url.deletingLastPathComponent().path
@@ -137,7 +140,7 @@ public final class StagedDirectory {
         let parent = url.deletingLastPathComponent().path
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: destination, isDirectory: &isDir), !isDir.boolValue {
-            throw MoepackError(.io, file: destination, "exists and is not a folder")
+            throw MoepackError(.usage, file: destination, "exists and is not a folder: choose a folder or a new name for the output")
         }
         if !FileManager.default.fileExists(atPath: parent) {
             throw MoepackError(.io, file: destination, "parent folder \(parent) does not exist")
@@ -226,6 +229,25 @@ public final class StagedDirectory {
         }
         InterruptCleanup.unregister(staging)
     }
+}
+
+/// Refuses an output path that exists and is not a regular file (followed through symbolic links).
+/// Outputs are renamed into place, which would replace a device node such as `/dev/full` or a FIFO
+/// with a plain file instead of writing to it.
+/// - Throws: ``MoepackError`` `.usage` naming `path` and what it is.
+func refuseNonRegularDestination(_ path: String) throws {
+    var st = stat()
+    guard stat(path, &st) == 0 else { return }
+    let kind: String
+    switch st.st_mode & S_IFMT {
+    case S_IFREG: return
+    case S_IFDIR: kind = "a folder"
+    case S_IFCHR, S_IFBLK: kind = "a device"
+    case S_IFIFO: kind = "a FIFO"
+    case S_IFSOCK: kind = "a socket"
+    default: kind = "a special file"
+    }
+    throw MoepackError(.usage, file: path, "exists and is \(kind), not a regular file: moepack renames a finished file into place; choose a new name for the output")
 }
 
 /// Whether `path` is a folder itself (a symbolic link to one is not).

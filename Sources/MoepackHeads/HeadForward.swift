@@ -195,7 +195,7 @@ public struct TaskHeads: Sendable {
     public let heads: [TaskHead]
 
     /// Reads and folds the decoders (only now are their tensors read).
-    /// - Parameters: `tasks`: names to load (default all, in checkpoint order).
+    /// - Parameters: `tasks`: names to load (default all, in task order).
     public init(checkpoint: TaskHeadsCheckpoint, imageHeight: Int, imageWidth: Int, patch: Int = 16,
                 tasks: [String]? = nil, twoConvUpsampling: TwoConvUpsampling = .one) throws {
         let names = tasks ?? checkpoint.heads.map(\.task)

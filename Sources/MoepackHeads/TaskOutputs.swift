@@ -56,14 +56,20 @@ public enum TaskMap {
         return map
     }
 
-    /// Decoder i gets task i's backbone output; an image holding one task feeds every decoder from it.
+    /// Each decoder gets the backbone output of its task index (``TaskHeadInfo/index``: M³ViT's task
+    /// list, not the file's key order); an image holding one task feeds every decoder from it.
     /// `overrides` (from ``parse(_:heads:imageTasks:)``) win.
-    /// - Throws: ``MoepackError`` `.usage` when decoder i's task is not in an image of several tasks.
+    /// - Throws: ``MoepackError`` `.usage` when decoder i's task is not in an image of several tasks, or
+    ///   its index is a guess (``TaskIndexSource/unordered``) and `overrides` do not name it.
     public static func resolve(heads: [TaskHeadInfo], imageTasks: [Int], overrides: [String: Int] = [:]) throws -> [String: Int] {
         var map: [String: Int] = [:]
         for h in heads {
             if let t = overrides[h.task] { map[h.task] = t; continue }
             if imageTasks.count == 1 { map[h.task] = imageTasks[0]; continue }
+            if h.indexSource == .unordered {
+                let names = heads.map(\.task)
+                throw MoepackError(.usage, item: "--task-map", "decoders \(names.joined(separator: ", ")) are not M³ViT's task names and the checkpoint's container keeps no order, so which task's gates feed '\(h.task)' is ambiguous; name every decoder's task, e.g. --task-map \(names.enumerated().map { "\($1)=\($0)" }.joined(separator: ","))")
+            }
             guard imageTasks.contains(h.index) else {
                 throw MoepackError(.usage, item: "--task-map", "decoder '\(h.task)' is task \(h.index), which is not in the image (packed: \(imageTasks.map(String.init).joined(separator: ","))); name its task with --task-map \(h.task)=N")
             }

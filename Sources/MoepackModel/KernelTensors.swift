@@ -1,3 +1,4 @@
+import Foundation
 import MoepackCore
 import MoepackCheckpoint
 
@@ -47,8 +48,10 @@ public final class KernelTensors: @unchecked Sendable {
     /// The weight arguments' names in `ViT_compute` argument order (``KernelArgument/weights``).
     public static var arrayNames: [String] { KernelArgument.weights.map(\.name) }
 
-    private var cacheName: String?
-    private var cacheValues: [Float] = []
+    /// The last tensor read (Q, K, V and proj slice one qkv tensor in turn). Guarded by `cacheLock`:
+    /// `sweep` packs several candidates from one instance at once.
+    private var cache: (name: String, values: [Float])?
+    private let cacheLock = NSLock()
 
     /// - Throws: ``MoepackError`` when mean/std do not have one value per input channel or std has a 0.
     public init(checkpoint: BackboneCheckpoint, folds: FoldOptions = FoldOptions()) throws {
@@ -83,10 +86,9 @@ public final class KernelTensors: @unchecked Sendable {
     }
 
     private func read(_ canonical: String) throws -> [Float] {
-        if cacheName == canonical { return cacheValues }
+        if let hit = cacheLock.withLock({ cache?.name == canonical ? cache?.values : nil }) { return hit }
         let v = try checkpoint.read(canonical)
-        cacheName = canonical
-        cacheValues = v
+        cacheLock.withLock { cache = (canonical, v) }
         return v
     }
 

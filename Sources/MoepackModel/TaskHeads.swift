@@ -62,9 +62,11 @@ public enum TwoConvUpsampling: Int, Sendable, Codable, CaseIterable {
 public struct TaskHeadInfo: Sendable, Equatable {
     /// Task name as in `decoders.<task>.` (e.g. `semseg`, `depth`).
     public var task: String
-    /// Task index: position in the checkpoint's decoder order (the config's task list, which also
-    /// indexes the gates).
+    /// Task index (which gate set of the backbone belongs to this decoder): position in M³ViT's task
+    /// list (``M3ViTTaskOrder``) when every decoder name is in it, else in the checkpoint's stored order.
     public var index: Int
+    /// Where ``index`` comes from.
+    public var indexSource: TaskIndexSource = .taskList
     /// `num_conv`: 4 or 2.
     public var numConv: Int
     /// Output channels (classes for segmentation, 1 for depth, 3 for normals).
@@ -77,10 +79,39 @@ public struct TaskHeadInfo: Sendable, Equatable {
     public var conv0Kernel: Int
 }
 
+/// Where a decoder's task index comes from.
+public enum TaskIndexSource: Sendable, Equatable {
+    /// M³ViT's task list (``M3ViTTaskOrder``): every decoder name is a known task.
+    case taskList
+    /// The order the decoders were stored in a pickle (`torch.save` keeps the state_dict's insertion order).
+    case storedOrder
+    /// Unknown names in a container that keeps no order (safetensors sorts its keys; HDF5 and .npz
+    /// list by name): the index is a guess, and a task map must name it.
+    case unordered
+}
+
+/// M³ViT's task order: `utils/config.py` `parse_task_dictionary` appends each included task in this
+/// order to `TASKS.NAMES`, which orders both the decoders and the gates (Cityscapes: semseg, depth;
+/// PASCAL-Context: semseg, human_parts, sal, normals, edge; NYUD: semseg, normals, edge, depth).
+public enum M3ViTTaskOrder {
+    public static let names = ["semseg", "human_parts", "sal", "normals", "edge", "depth"]
+
+    /// Task indices for `decoders` found in a `container`: by the task list when every name is in it,
+    /// else stored order for a pickle, else stored order marked ``TaskIndexSource/unordered``.
+    public static func indices(of decoders: [String], container: String) -> [(index: Int, source: TaskIndexSource)] {
+        if decoders.allSatisfy(names.contains) {
+            let sorted = decoders.sorted { names.firstIndex(of: $0)! < names.firstIndex(of: $1)! }
+            return decoders.map { (sorted.firstIndex(of: $0)!, .taskList) }
+        }
+        let pickled = ["pytorch-zip", "pytorch-legacy", "expert-parallel-folder"].contains(container)
+        return decoders.indices.map { ($0, pickled ? .storedOrder : .unordered) }
+    }
+}
+
 /// The decoders of a checkpoint, located by name without reading any data.
 public final class TaskHeadsCheckpoint: @unchecked Sendable {
     public let source: any TensorSource
-    /// Decoders in stored order (= task index).
+    /// Decoders in task order (``TaskHeadInfo/index``).
     public let heads: [TaskHeadInfo]
     /// Decoder-relative name → source name, per task.
     private let names: [String: [String: String]]
@@ -107,9 +138,12 @@ public final class TaskHeadsCheckpoint: @unchecked Sendable {
                                "no task decoders in this checkpoint (expected M³ViT's 'decoders.<task>.conv_0.weight', …)")
         }
         names = map
+        let indices = M3ViTTaskOrder.indices(of: order, container: source.container)
         heads = try order.enumerated().map { i, task in
-            try Self.describe(task: task, index: i, names: map[task]!, source: source)
-        }
+            var h = try Self.describe(task: task, index: indices[i].index, names: map[task]!, source: source)
+            h.indexSource = indices[i].source
+            return h
+        }.sorted { $0.index < $1.index }
     }
 
     /// The decoder for a task name.

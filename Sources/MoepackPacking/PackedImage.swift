@@ -45,6 +45,28 @@ public final class PackedImage: @unchecked Sendable {
                 throw MoepackError(.badInput, file: (directory as NSString).appendingPathComponent(m.header?.file ?? ""), item: "header.sha256", "missing, or its SHA-256 differs from the manifest's (edited?)")
             }
         }
+        try checkHeaderRecord()
+    }
+
+    /// The manifest's modes and task against what its header (`moepack_ddr.h`, covered by
+    /// `header.sha256`) recorded at pack time: the element types do not carry the conversion modes,
+    /// so a manifest edited to another valid mode with its digest recomputed is caught here. Skipped
+    /// when the header's digest differs (reported by the digest checks instead).
+    /// - Throws: ``MoepackError`` `.badInput` naming `manifest.json` and the field.
+    func checkHeaderRecord() throws {
+        guard let h = manifest.header else { return }
+        let path = (directory as NSString).appendingPathComponent(h.file)
+        guard let data = FileManager.default.contents(atPath: path), hex(SHA256.hash(data: data)) == h.sha256 else { return }
+        let file = (directory as NSString).appendingPathComponent("manifest.json")
+        guard let rec = CHeader.record(in: String(decoding: data, as: UTF8.self)) else {
+            throw MoepackError(.badInput, file: path, item: "header", "records no quantization modes and task (not written by moepack?)")
+        }
+        let m = manifest
+        for (field, mine, theirs) in [("quantization.mode", m.quantization.mode, rec.mode),
+                                      ("quantization.overflow", m.quantization.overflow, rec.overflow),
+                                      ("task", String(m.task), String(rec.task))] where mine != theirs {
+            throw MoepackError(.badInput, file: file, item: field, "\(mine), but \(h.file) (covered by header.sha256) records \(theirs) from the pack (edited manifest?)")
+        }
     }
 
     /// Result of ``check()``: buffers whose SHA-256 differs from the manifest.

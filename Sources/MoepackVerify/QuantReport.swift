@@ -116,6 +116,14 @@ public enum QuantReport {
 
     // MARK: sections
 
+    /// The tasks whose gates the image holds: every task of a `--task all` pack (``Manifest/task_gates``),
+    /// with the one loaded in `moe_w_gate` at start named.
+    static func taskLine(_ m: Manifest) -> String {
+        guard let gates = m.task_gates, !gates.isEmpty else { return "\(m.task) (gates in moe_w_gate)" }
+        let tasks = gates.map(\.task).sorted().map(String.init).joined(separator: ", ")
+        return "all \(gates.count) tasks (\(tasks)): each task's gates in its task_gates region; task \(m.task) loaded in moe_w_gate"
+    }
+
     static func header(_ h: inout HTMLBuilder, _ m: Manifest, _ rows: [TensorRow]) {
         h.raw("<header>\n<h1>Quantization report</h1>\n<table class=\"kv\">\n")
         func kv(_ k: String, _ v: String, mono: Bool = false) {
@@ -127,7 +135,7 @@ public enum QuantReport {
         if let f = m.source.sha256 { kv("source file sha256", f, mono: true) }
         kv("image", "\(m.image.file), \(m.image.bytes) bytes, sha256 \(m.image.sha256)", mono: true)
         kv("modes", "\(m.quantization.mode), \(m.quantization.overflow)")
-        kv("task", "\(m.task) (gates in moe_w_gate)")
+        kv("task", taskLine(m))
         let c = m.model
         kv("model", "D=\(c.embedDim), \(c.depth) blocks, \(c.heads) heads, MoE blocks \(c.moeBlocks.map(String.init).joined(separator: ",")) × \(c.experts) experts (top-\(c.topK)), \(c.tokens) tokens")
         let over = rows.filter(\.overflowing)

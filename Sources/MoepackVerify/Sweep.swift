@@ -120,7 +120,9 @@ public struct SweepOptions: Sendable {
 }
 
 /// The candidates' type tables: the product of the axes, first axis slowest.
-/// - Throws: `MoepackError(.usage)` for a type name the profile does not declare or named twice.
+/// A type listed twice in one axis counts once.
+/// - Throws: `MoepackError(.usage)` for a type name the profile does not declare or named twice, or
+///   more than ``maximumSweepCandidates`` candidates.
 public func sweepCandidates(profile: KernelProfile, axes: [SweepAxis]) throws -> [[String: FixedType]] {
     var seen = Set<String>()
     for a in axes {
@@ -131,12 +133,24 @@ public func sweepCandidates(profile: KernelProfile, axes: [SweepAxis]) throws ->
             throw MoepackError(.usage, item: "--vary", "'\(a.typeName)' is varied twice")
         }
     }
+    // The same type listed twice (in any spelling of it) is one candidate.
+    let lists = axes.map { a in
+        (a.typeName, a.types.reduce(into: [FixedType]()) { kept, t in if !kept.contains(t) { kept.append(t) } })
+    }
+    let count = lists.reduce(1) { $0.multipliedReportingOverflow(by: $1.1.count).partialValue }
+    guard count <= maximumSweepCandidates, lists.allSatisfy({ $0.1.count <= maximumSweepCandidates }) else {
+        throw MoepackError(.usage, item: "--vary", "\(lists.map { String($0.1.count) }.joined(separator: " × ")) candidates, more than \(maximumSweepCandidates): sweep fewer types at once")
+    }
     var out: [[String: FixedType]] = [[:]]
-    for a in axes {
-        out = out.flatMap { partial in a.types.map { t in partial.merging([a.typeName: t]) { $1 } } }
+    for (name, types) in lists {
+        out = out.flatMap { partial in types.map { t in partial.merging([name: t]) { $1 } } }
     }
     return out
 }
+
+/// Most candidates one `moepack sweep` runs: each packs and emulates a whole image (seconds to minutes
+/// at full size), so a larger product of `--vary` lists is a typo more often than a plan.
+public let maximumSweepCandidates = 256
 
 /// The profile of each candidate (its types replaced), each checked with
 /// ``FixedEmulation/supports(profile:)``.
@@ -204,12 +218,17 @@ public func sweep(kernel: KernelTensors, profile: KernelProfile, axes: [SweepAxi
                        tasks: tasks, varied: axes.map(\.typeName), candidates: candidates)
 }
 
+/// Held while a candidate is packed (see ``measureCandidate``).
+private let sweepPackLock = NSLock()
+
 func measureCandidate(kernel: KernelTensors, profile: KernelProfile, types: [String: FixedType], frames: [NamedFrame],
                       tasks: [Int], reference: [[ForwardResult]], referenceHeads: [[TaskOutput]], directory: String,
                       options: SweepOptions) throws -> SweepCandidate {
     let packOptions = PackOptions(profile: profile, allTasks: tasks.count > 1,
                                   quantization: options.quantization, overflow: options.overflow)
-    let packed = try pack(kernel: kernel, options: packOptions, outputDirectory: directory)
+    // Packing is serialised: candidates share one checkpoint reader (its read observer, the
+    // kernel tensors' cache, libhdf5) that is not meant for concurrent packs; emulation stays parallel.
+    let packed = try sweepPackLock.withLock { try pack(kernel: kernel, options: packOptions, outputDirectory: directory) }
     let image = try PackedImage(directory: directory)
     let models = try tasks.map { try ImageModel(image: image, mode: .fixed, task: $0) }
     var mse = 0.0, cosine = 0.0, worstCosine = 1.0, moeBytes = 0.0, overflow = 0

@@ -10,6 +10,7 @@ func verifyBoardOutput(directory: String, output: String, frames frameOptions: F
                        debugID: Int, maxLSB: Double, json: Bool) throws {
     let image = try PackedImage(directory: directory)
     let c = image.manifest.model
+    _ = try DebugPoint(validating: debugID, depth: c.depth, item: "--debug-id")
     let frames = try frameOptions.load(config: c).map { (name: $0.name, bytes: $0.frame.bytes) }
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: output, isDirectory: &isDir) else {

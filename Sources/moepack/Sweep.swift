@@ -65,6 +65,9 @@ struct Sweep: ParsableCommand {
             options.quantization = quantization
             options.overflow = overflow
             options.checkpointPath = checkpoint
+            // Candidates are packed inside the output's staging folder: removed with it, and a run
+            // killed with SIGKILL leaves it to the next run's stale-staging cleanup, not in /tmp.
+            if let staged { options.workDirectory = staged.staging }
             if let heads {
                 let (ck, decoders) = try headOptions.load(heads, open: checkpointOptions.open, config: profile.model)
                 options.heads = decoders
@@ -72,8 +75,10 @@ struct Sweep: ParsableCommand {
                 let overrides = try taskMap.map { try TaskMap.parse($0, heads: ck.heads, imageTasks: tasks) } ?? [:]
                 options.taskMap = try TaskMap.resolve(heads: ck.heads, imageTasks: tasks, overrides: overrides)
             }
+            let count = try sweepCandidates(profile: profile, axes: axes).count
+            note("moepack: sweep: \(count) candidate(s) × \(inputs.count) frame(s) × \(max(profile.model.tasks, 1)) task(s), \(min(options.parallel, count)) at a time")
             let report = try sweep(kernel: kernel, profile: profile, axes: axes, frames: inputs, options: options,
-                                   progress: progressReporter("sweep: candidates"))
+                                   progress: progressReporter("sweep: candidates") ?? periodicProgress("moepack: sweep: candidates done"))
             if let staged {
                 let enc = JSONEncoder()
                 enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
@@ -88,5 +93,19 @@ struct Sweep: ParsableCommand {
                 if let output { print("  page: \((output as NSString).appendingPathComponent("sweep.html"))") }
             }
         }
+    }
+}
+
+/// Progress for a log (stderr not a terminal): one line `label k/n` at most every `interval` seconds
+/// and at the end, so a long unattended run shows it is alive without flooding the log.
+func periodicProgress(_ label: String, interval: TimeInterval = 5) -> @Sendable (Int, Int) -> Void {
+    let last = NSLock(), start = Date()
+    nonisolated(unsafe) var printed = start
+    return { done, total in
+        last.lock(); defer { last.unlock() }
+        let now = Date()
+        guard done == total || now.timeIntervalSince(printed) >= interval else { return }
+        printed = now
+        note("\(label) \(done)/\(total) (\(Int(now.timeIntervalSince(start))) s)")
     }
 }

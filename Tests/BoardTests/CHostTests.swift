@@ -51,6 +51,10 @@ final class CHostTests: XCTestCase {
         XCTAssertEqual(h.status, 0, h.stderr)
         XCTAssertEqual(sim.status, 0, sim.stderr)
         XCTAssertTrue(sim.stderr.contains("num_images 2, reload_one_time_weights 1, debug_id 0"), sim.stderr)
+        XCTAssertFalse(sim.stderr.contains("ignored"), sim.stderr)
+        // The last sync request (x: 2 × 9 × 32 int32) whole in the file standing for the attribute,
+        // not written over the longer first one (the whole image).
+        XCTAssertEqual(try String(contentsOfFile: dir + "/udmabuf0/sync_size", encoding: .utf8), "2304")
         let raw = try S.int32s(dir + "/out.bin")
         XCTAssertEqual(raw.count, 2 * 9 * 32)
         XCTAssertEqual(values(raw[0..<288]), try fixedReference(dir + "/frame0.bin", task: 1))
@@ -59,6 +63,18 @@ final class CHostTests: XCTestCase {
         let v = try S.moepack(["verify", img, "--board-output", dir + "/out.bin", "--image", dir + "/frame0.bin", "--image", dir + "/frame1.bin", "--task", "1"])
         XCTAssertEqual(v.status, 0, v.stdout + v.stderr)
         XCTAssertTrue(v.stdout.contains("576/576 elements identical, largest error 0 LSB"), v.stdout)
+        // One LSB off in the second image, token 5, channel 7: named, exit 1; within --max-lsb 1 it passes.
+        var off = raw
+        off[288 + 5 * 32 + 7] &+= 1
+        try Data(off.flatMap { withUnsafeBytes(of: $0.littleEndian, Array.init) }).write(to: URL(fileURLWithPath: dir + "/off.bin"))
+        let frames = ["--image", dir + "/frame0.bin", "--image", dir + "/frame1.bin", "--task", "1"]
+        let bad = try S.moepack(["verify", img, "--board-output", dir + "/off.bin"] + frames)
+        XCTAssertEqual(bad.status, 1, bad.stdout + bad.stderr)
+        XCTAssertTrue(bad.stdout.contains("575/576 elements identical, largest error 1 LSB"), bad.stdout)
+        XCTAssertTrue(bad.stdout.contains("first difference: image 1, token 5, channel 7: board \(off[288 + 5 * 32 + 7]), emulation \(raw[288 + 5 * 32 + 7])"), bad.stdout)
+        let within = try S.moepack(["verify", img, "--board-output", dir + "/off.bin", "--max-lsb", "1", "--json"] + frames)
+        XCTAssertEqual(within.status, 0, within.stdout + within.stderr)
+        XCTAssertTrue(within.stdout.contains("\"max_error_lsb\" : 1"), within.stdout)
         // Task 0's gates give another output: the --task pointer switch reached the board.
         XCTAssertNotEqual(values(raw[0..<288]), try fixedReference(dir + "/frame0.bin", task: 0))
     }
@@ -145,22 +161,25 @@ final class CHostTests: XCTestCase {
     }
 
     func testStartBeforeCopyIsCaught() throws {
-        try S.edit(host + "/moepack_host.c", replacing: """
+        // ap_start first, the copy and the write-back only after the wait: the kernel starts on
+        // memory that holds nothing of the image.
+        try assertBoardFault(hostChange: ("""
             copy_inputs(&dma, image, frames, o.n_frames, &p);
             udmabuf_sync(o.sysfs, 0, p.used, 1);
-        """, with: "")
-        try S.edit(host + "/moepack_host.c", replacing: "    wait_done(&ctrl, o.timeout);\n", with: """
-            copy_inputs(&dma, image, frames, o.n_frames, &p);
-            udmabuf_sync(o.sysfs, 0, p.used, 1);
-            wait_done(&ctrl, o.timeout);
 
-        """)
-        try make()
-        let (h, sim) = try runOnBoard(["--image", dir + "/frame0.bin", "-o", dir + "/out.bin"], hostTimeout: "2")
-        XCTAssertEqual(sim.status, 2, sim.stderr)
-        // Seen either at ap_start (nothing visible yet) or when the late sync arrives during the run.
-        XCTAssertTrue(sim.stderr.contains("never made visible to the device before ap_start") || sim.stderr.contains("the host started the kernel before copying its data"), sim.stderr)
-        XCTAssertEqual(h.status, 1, h.stderr)
+            /* 3. Pointers and scalars, start, poll. */
+            double t0 = now();
+            program_registers(&ctrl, &dma, &p, o.n_frames, o.debug_id);
+            start_kernel(&ctrl);
+            wait_done(&ctrl, o.timeout);
+        """, """
+            double t0 = now();
+            program_registers(&ctrl, &dma, &p, o.n_frames, o.debug_id);
+            start_kernel(&ctrl);
+            wait_done(&ctrl, o.timeout);
+            copy_inputs(&dma, image, frames, o.n_frames, &p);
+            udmabuf_sync(o.sysfs, 0, p.used, 1);
+        """), boardSays: "were never made visible to the device before ap_start (no sync_for_device/flush, or ap_start before the copy)")
     }
 
     func testEditedManifestIsRefusedBeforeTheDevice() throws {
@@ -222,10 +241,45 @@ final class CHostTests: XCTestCase {
         try make()
         for (args, says) in [([String](), "give at least one --image"), (["--image", dir + "/frame0.bin"], "give -o OUT.bin"),
                              (["--image", dir + "/frame0.bin", "-o", "x", "--task", "7"], "task 7 is not in this image (packed: 0,1"),
-                             (["--bogus", "1"], "--bogus: unknown option")] {
+                             (["--bogus", "1"], "--bogus: unknown option"),
+                             // The tiny model has 4 layers: no layer 250, no step 0, nothing past 32 bits.
+                             (["--image", dir + "/frame0.bin", "-o", "x", "--debug-id", "4000"], "--debug-id: 4000 is not 0, 256 or layer*16+k with layer < 4"),
+                             (["--image", dir + "/frame0.bin", "-o", "x", "--debug-id", "16"], "--debug-id: 16 is not 0, 256"),
+                             (["--image", dir + "/frame0.bin", "-o", "x", "--debug-id", "99999999999"], "--debug-id: 99999999999 is not 0, 256")] {
             let h = try S.run(host + "/moepack_host", args)
             XCTAssertEqual(h.status, 64, args.joined(separator: " ") + h.stderr)
             assertOneLine(h.stderr, contains: says)
         }
+    }
+
+    func testUnwritableOutputIsRefusedBeforeTheDevice() throws {
+        try make()
+        // No board files exist: the output check must come first.
+        let h = try S.run(host + "/moepack_host", ["--image", dir + "/frame0.bin", "-o", dir + "/no-such-folder/out.bin", "--timeout", "1"] + S.boardArgs(dir))
+        XCTAssertEqual(h.status, 1, h.stderr)
+        assertOneLine(h.stderr, contains: "no-such-folder/out.bin: cannot create the output beside it")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/devmem"), "the device was touched")
+    }
+
+    func testForgottenInvalidateOfXIsCaught() throws {
+        try S.edit(host + "/moepack_host.c", replacing: "    udmabuf_sync(o.sysfs, p.x, x_bytes, 0);\n", with: "\n")
+        try make()
+        let (h, sim) = try runOnBoard(["--image", dir + "/frame0.bin", "-o", dir + "/out.bin"])
+        XCTAssertEqual(h.status, 0, h.stderr)
+        XCTAssertEqual(sim.status, 0, sim.stderr)
+        // The CPU still holds x's stale lines: what the host wrote out is not the kernel's x.
+        let v = try S.moepack(["verify", img, "--board-output", dir + "/out.bin", "--image", dir + "/frame0.bin"])
+        XCTAssertEqual(v.status, 1, v.stdout + v.stderr)
+        XCTAssertTrue(v.stdout.contains("FAIL"), v.stdout)
+    }
+
+    func testBoardRefusesUndefinedDebugIDRegister() throws {
+        try S.edit(host + "/moepack_host.c", replacing: "write_reg(c, MOEPACK_REG_DEBUG_ID, debug_id);", with: "write_reg(c, MOEPACK_REG_DEBUG_ID, 4000 + 0 * debug_id);")
+        try make()
+        let (h, sim) = try runOnBoard(["--image", dir + "/frame0.bin", "-o", dir + "/out.bin"], hostTimeout: "2")
+        XCTAssertEqual(sim.status, 64, sim.stderr)
+        assertOneLine(sim.stderr, contains: "'debug_id': 4000 is not 0, 256 or layer*16+k with layer < 4")
+        XCTAssertEqual(h.status, 1, h.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out.bin"))
     }
 }

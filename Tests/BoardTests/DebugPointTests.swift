@@ -1,5 +1,6 @@
 import XCTest
 import MoepackBoard
+import MoepackCore
 import MoepackInference
 
 /// debug_id decoding against the early returns of ViT_compute.cpp (sharc-lab/Edge-MoE).
@@ -21,5 +22,20 @@ final class DebugPointTests: XCTestCase {
         XCTAssertEqual(DebugPoint(debugID: 3 * 16 + 13, depth: depth), .none)
         XCTAssertEqual(DebugPoint(debugID: 12 * 16 + 12, depth: depth), .none)
         XCTAssertEqual(DebugPoint.layerOutputID(11), 188)
+    }
+
+    /// Only the ids ViT_compute.cpp returns early at (and 0) are accepted; the rule uses the depth.
+    func testValidatingRefusesIDsTheKernelDoesNotDefine() throws {
+        XCTAssertEqual(try DebugPoint(validating: 0, depth: 4), .none)
+        XCTAssertEqual(try DebugPoint(validating: 256, depth: 4), .patchEmbedding)
+        XCTAssertEqual(try DebugPoint(validating: 3 * 16 + 12, depth: 4), .step(layer: 3, step: 12))
+        XCTAssertEqual(try DebugPoint(validating: 1, depth: 4), .step(layer: 0, step: 1))
+        for id in [16, 3 * 16 + 13, 4 * 16 + 1, 4000, 99_999_999_999, -1] {
+            XCTAssertThrowsError(try DebugPoint(validating: id, depth: 4), "\(id)") { e in
+                let m = e as? MoepackError
+                XCTAssertEqual(m?.kind, .usage)
+                XCTAssertTrue(m?.description.contains("\(id) is not 0, 256 or layer*16+k with layer < 4") ?? false, "\(e)")
+            }
+        }
     }
 }

@@ -132,6 +132,13 @@ final class PYNQDriverTests: XCTestCase {
         h = try driver(["--image", dir + "/frame.bin", "--task", "5", "-o", dir + "/out.npy"])
         XCTAssertEqual(h.status, 64, h.stderr)
         XCTAssertTrue(h.stderr.contains("task 5 is not in this image (packed: 0,1"), h.stderr)
+        // debug_id values the kernel does not define for a 4-layer model (layer 250; k = 0; past 32 bits).
+        for id in ["4000", "16", "99999999999"] {
+            h = try driver(["--image", dir + "/frame.bin", "--debug-id", id, "-o", dir + "/out.npy"])
+            XCTAssertEqual(h.status, 64, h.stderr)
+            XCTAssertEqual(h.stderr.split(separator: "\n").count, 1, h.stderr)
+            XCTAssertTrue(h.stderr.contains("--debug-id: \(id) is not 0, 256 or layer*16+k with layer < 4"), h.stderr)
+        }
         let sim = try S.startBoard(dir, idleTimeout: 0.2)
         _ = sim.wait(timeout: 10)
         // A board whose kernel never answers: the cache requests succeed (plain files), ap_done never comes.

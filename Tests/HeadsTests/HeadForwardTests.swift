@@ -31,10 +31,11 @@ final class HeadForwardTests: XCTestCase {
     func testTinyHeadsMatchPyTorch() throws {
         let source = try openCheckpoint(Self.headsDir.appendingPathComponent("tiny_heads.pth").path)
         let ck = try TaskHeadsCheckpoint(source: source)
-        XCTAssertEqual(ck.heads.map(\.task), ["semseg", "depth", "normals", "edge"])
-        XCTAssertEqual(ck.heads.map(\.numConv), [4, 4, 2, 2])
-        XCTAssertEqual(ck.heads.map(\.outChannels), [7, 1, 3, 1])
-        XCTAssertEqual(ck.heads.map(\.conv0Kernel), [3, 3, 3, 1])
+        // Stored semseg, depth, normals, edge; task order is M³ViT's list (depth last).
+        XCTAssertEqual(ck.heads.map(\.task), ["semseg", "normals", "edge", "depth"])
+        XCTAssertEqual(ck.heads.map(\.numConv), [4, 2, 2, 4])
+        XCTAssertEqual(ck.heads.map(\.outChannels), [7, 3, 1, 1])
+        XCTAssertEqual(ck.heads.map(\.conv0Kernel), [3, 3, 1, 3])
         XCTAssertEqual(ck.heads.map(\.channels), [16, 16, 16, 16])
         let features = try Self.floats(Self.headsDir.appendingPathComponent("tiny_features.f32"))
         let upsampling: [String: TwoConvUpsampling] = ["normals": .one, "edge": .two]
@@ -90,6 +91,48 @@ final class HeadForwardTests: XCTestCase {
         t.removeAll { $0.0 == dropping }
         if let adding { t.append((adding, [3, ch, 1, 1], .init(repeating: 0, count: 3 * ch))) }
         return MemorySource(path: "heads.pth", tensors: t)
+    }
+
+    /// Decoders `tasks` (each a copy of ``memoryHead``) with keys sorted as safetensors stores them.
+    static func memoryHeads(_ tasks: [String], container: String) -> MemorySource {
+        let one = memoryHead().entries.map(\.name)
+        let values = memoryHead()
+        var t: [(String, [Int], [Float])] = []
+        for task in tasks {
+            for n in one {
+                let e = values.entries.first { $0.name == n }!
+                t.append((n.replacingOccurrences(of: ".semseg.", with: ".\(task)."), e.shape, try! values.readFloat32(n)))
+            }
+        }
+        return MemorySource(path: "heads.\(container)", container: container, tensors: t.sorted { $0.0 < $1.0 })
+    }
+
+    /// Issue 13: task indices follow M³ViT's task list (utils/config.py: semseg before depth), not the
+    /// key order of the file; a safetensors export lists `decoders.depth.*` first.
+    func testTaskIndicesFollowM3ViTTaskListNotKeyOrder() throws {
+        let ck = try TaskHeadsCheckpoint(source: Self.memoryHeads(["depth", "semseg"], container: "safetensors"))
+        XCTAssertEqual(ck.heads.map(\.task), ["semseg", "depth"])
+        XCTAssertEqual(ck.heads.map(\.index), [0, 1])
+        XCTAssertEqual(try TaskMap.resolve(heads: ck.heads, imageTasks: [0, 1]), ["semseg": 0, "depth": 1])
+        let pascal = try TaskHeadsCheckpoint(source: Self.memoryHeads(["edge", "human_parts", "normals", "sal", "semseg"], container: "safetensors"))
+        XCTAssertEqual(pascal.heads.map(\.task), ["semseg", "human_parts", "sal", "normals", "edge"])
+        XCTAssertEqual(pascal.heads.map(\.index), [0, 1, 2, 3, 4])
+    }
+
+    /// Unknown decoder names: a pickle's stored order is kept; an order-less container needs --task-map.
+    func testUnknownDecoderNamesInAnOrderlessContainerNeedATaskMap() throws {
+        let pickled = try TaskHeadsCheckpoint(source: Self.memoryHeads(["zeta", "alpha"], container: "pytorch-zip"))
+        XCTAssertEqual(pickled.heads.map(\.indexSource), [.storedOrder, .storedOrder])
+        let st = try TaskHeadsCheckpoint(source: Self.memoryHeads(["zeta", "alpha"], container: "safetensors"))
+        XCTAssertEqual(st.heads.map(\.indexSource), [.unordered, .unordered])
+        XCTAssertThrowsError(try TaskMap.resolve(heads: st.heads, imageTasks: [0, 1])) { e in
+            let m = e as! MoepackError
+            XCTAssertEqual(m.kind, .usage)
+            XCTAssertTrue(m.description.contains("--task-map"), m.description)
+            XCTAssertTrue(m.description.contains("ambiguous"), m.description)
+        }
+        XCTAssertEqual(try TaskMap.resolve(heads: st.heads, imageTasks: [0, 1], overrides: ["zeta": 0, "alpha": 1]), ["zeta": 0, "alpha": 1])
+        XCTAssertEqual(try TaskMap.resolve(heads: st.heads, imageTasks: [1]), ["zeta": 1, "alpha": 1])
     }
 
     func testCompleteMemoryHeadIsAccepted() throws {

@@ -83,17 +83,18 @@ final class HeadsCLITests: XCTestCase {
     func testRunWithHeadsFeedsEachDecoderItsTask() throws {
         let frame = "Tests/Fixtures/tiny/frame.u8"
         XCTAssertEqual(try moepack(["pack", "Tests/Fixtures/tiny/model.pth", "-o", dir + "/img", "--profile", "tiny-test", "--task", "all"]).status, 0)
-        // Decoders 2 and 3 (normals, edge) have no gates in a two-task image: refused, named.
+        // Tasks follow M³ViT's list (semseg, normals, edge, depth): edge (2) and depth (3) have no
+        // gates in a two-task image: refused, named.
         let refused = try moepack(["run", dir + "/img", "--image", frame, "--heads", "Tests/Fixtures/heads/tiny_heads.pth", "-o", dir + "/h"])
         XCTAssertEqual(refused.status, 64, refused.stderr)
-        XCTAssertTrue(refused.stderr.contains("decoder 'normals' is task 2, which is not in the image"), refused.stderr)
+        XCTAssertTrue(refused.stderr.contains("decoder 'edge' is task 2, which is not in the image"), refused.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/h"))
 
         let r = try moepack(["run", dir + "/img", "--image", frame, "--heads", "Tests/Fixtures/heads/tiny_heads.pth",
-                             "--task-map", "normals=0,edge=1", "--two-conv-upsampling", "2", "-o", dir + "/h"])
+                             "--task-map", "edge=1,depth=0", "--two-conv-upsampling", "2", "-o", dir + "/h"])
         XCTAssertEqual(r.status, 0, r.stderr)
         // The same decoders on each task's backbone output, run separately, give the same values.
-        for (task, t) in [("semseg", 0), ("depth", 1), ("normals", 0), ("edge", 1)] {
+        for (task, t) in [("semseg", 0), ("normals", 1), ("edge", 1), ("depth", 0)] {
             XCTAssertEqual(try moepack(["run", dir + "/img", "--image", frame, "--task", "\(t)", "-o", dir + "/x\(t).npy"]).status, 0)
             let one = try moepack(["heads", "Tests/Fixtures/heads/tiny_heads.pth", "--features", dir + "/x\(t).npy", "--profile", "tiny-test",
                                    "--task", task, "--two-conv-upsampling", "2", "-o", dir + "/s-\(task)"])
@@ -106,25 +107,44 @@ final class HeadsCLITests: XCTestCase {
         }
     }
 
+    /// Issue 13: a safetensors export sorts its keys (depth, edge, normals, semseg); the decoders must
+    /// still get M³ViT's task order (semseg 0, normals 1), giving the .pth's outputs bit for bit.
+    func testSafetensorsExportFeedsTheSameTasksAsThePth() throws {
+        let frame = "Tests/Fixtures/tiny/frame.u8", pth = "Tests/Fixtures/heads/tiny_heads.pth", st = dir + "/heads.safetensors"
+        XCTAssertEqual(try moepack(["pack", "Tests/Fixtures/tiny/model.pth", "-o", dir + "/img", "--profile", "tiny-test", "--task", "all"]).status, 0)
+        let e = try moepack(["export", pth, "-o", st, "--all", "--quiet"])
+        XCTAssertEqual(e.status, 0, e.stderr)
+        for (h, out) in [(pth, "/a"), (st, "/b")] {
+            let r = try moepack(["run", dir + "/img", "--image", frame, "--heads", h, "--task-map", "edge=1,depth=0",
+                                 "--two-conv-upsampling", "2", "-o", dir + out])
+            XCTAssertEqual(r.status, 0, r.stderr)
+            XCTAssertTrue(r.stdout.contains("semseg: [7,32,64] float32 from task 0's backbone output"), r.stdout)
+            XCTAssertTrue(r.stdout.contains("normals: [3,32,64] float32 from task 1's backbone output"), r.stdout)
+        }
+        for task in ["semseg", "normals", "edge", "depth"] {
+            XCTAssertEqual(try npy(dir + "/a/\(task).npy").1, try npy(dir + "/b/\(task).npy").1, task)
+        }
+    }
+
     func testVerifyHeadsReportsEachTaskAndFailsBelowThresholds() throws {
         let frame = "Tests/Fixtures/tiny/frame.u8", ckpt = "Tests/Fixtures/tiny/model.pth"
         XCTAssertEqual(try moepack(["pack", ckpt, "-o", dir + "/img", "--profile", "tiny-test", "--task", "all"]).status, 0)
         let base = ["verify", dir + "/img", "--checkpoint", ckpt, "--image", frame, "--heads", "Tests/Fixtures/heads/tiny_heads.pth",
-                    "--task-map", "normals=0,edge=1", "--mode", "fixed"]
+                    "--task-map", "edge=1,depth=0", "--mode", "fixed"]
         let r = try moepack(base + ["--json", "--min-miou", "0", "--min-pixel-agreement", "0", "--max-abs-rel", "1e9", "--max-angular-error", "180"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
         let heads = try XCTUnwrap(json["heads"] as? [String: Any])
         let tasks = try XCTUnwrap(heads["tasks"] as? [[String: Any]])
-        XCTAssertEqual(tasks.map { $0["task"] as? String }, ["semseg", "depth", "normals", "edge"])
-        XCTAssertEqual(tasks.map { $0["kind"] as? String }, ["segmentation", "depth", "normals", "grey"])
-        XCTAssertEqual(tasks.map { $0["backbone_task"] as? Int }, [0, 1, 0, 1])
+        XCTAssertEqual(tasks.map { $0["task"] as? String }, ["semseg", "normals", "edge", "depth"])
+        XCTAssertEqual(tasks.map { $0["kind"] as? String }, ["segmentation", "normals", "grey", "depth"])
+        XCTAssertEqual(tasks.map { $0["backbone_task"] as? Int }, [0, 1, 1, 0])
         let agreement = try XCTUnwrap(tasks[0]["pixel_agreement"] as? Double)
         XCTAssertTrue((0...1).contains(agreement))
         XCTAssertNotNil(tasks[0]["miou"] as? Double)
-        XCTAssertNotNil(tasks[1]["abs_rel"] as? Double)
-        XCTAssertNotNil(tasks[1]["rmse"] as? Double)
-        XCTAssertNotNil(tasks[2]["mean_angular_error_deg"] as? Double)
+        XCTAssertNotNil(tasks[3]["abs_rel"] as? Double)
+        XCTAssertNotNil(tasks[3]["rmse"] as? Double)
+        XCTAssertNotNil(tasks[1]["mean_angular_error_deg"] as? Double)
         // The fixed path moves depth a little: abs-rel 0 is out of reach, so exit 1 naming the task.
         let strict = try moepack(base + ["--max-abs-rel", "0"])
         XCTAssertEqual(strict.status, 1, strict.stderr)

@@ -31,7 +31,7 @@ final class TaskReportPageTests: XCTestCase {
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let r = try run(bin, ["pack", "Tests/Fixtures/tiny/model.pth", "-o", dir + "/img", "--profile", "tiny-test", "--task", "all",
                               "--image", "Tests/Fixtures/tiny/frame.u8", "--report", dir + "/report.html",
-                              "--heads", "Tests/Fixtures/heads/tiny_heads.pth", "--task-map", "normals=0,edge=1"])
+                              "--heads", "Tests/Fixtures/heads/tiny_heads.pth", "--task-map", "edge=1,depth=0"])
         XCTAssertEqual(r.status, 0, r.stderr)
         let html = try String(contentsOfFile: dir + "/report.html", encoding: .utf8)
         XCTAssertEqual(count("<section id=\"tasks\">", in: html), 1)

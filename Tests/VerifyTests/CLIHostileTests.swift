@@ -230,4 +230,30 @@ final class CLIHostileTests: XCTestCase {
             XCTAssertEqual(r.stderrLines, [line], args.joined(separator: " "))
         }
     }
+
+    /// An output path that exists and is not a regular file (a FIFO, a symbolic link to a device) is
+    /// refused in one line with exit 64 and left as it is: renaming a finished file into place would
+    /// replace the node itself (`run -o /dev/full` used to leave a plain file there).
+    func testNonRegularOutputDestinationIsRefusedAndKept() throws {
+        let tmp = try tempDir()
+        let fifo = tmp + "/fifo", link = tmp + "/null-link"
+        XCTAssertEqual(mkfifo(fifo, 0o644), 0)
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: "/dev/null")
+        let cases: [([String], String)] = [
+            (["export", fx("tiny_lean.pth"), "-o", fifo, "--quiet"], fifo),
+            (["export", fx("tiny_lean.pth"), "-o", link, "--quiet"], link),
+            (["pack", fx("tiny_lean.pth"), "-o", fifo, "--profile", "tiny-test", "--quiet"], fifo),
+        ]
+        for (args, dest) in cases {
+            let r = try moepack(args)
+            XCTAssertEqual(r.status, 64, args.joined(separator: " ") + ": " + r.stderr)
+            XCTAssertEqual(r.stderrLines.count, 1, r.stderr)
+            XCTAssertTrue(r.stderr.hasPrefix("moepack: error: \(dest): exists and is "), r.stderr)
+        }
+        var st = stat()
+        XCTAssertEqual(lstat(fifo, &st), 0)
+        XCTAssertEqual(st.st_mode & S_IFMT, S_IFIFO, "the FIFO was replaced")
+        XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: link), "/dev/null")
+        XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: tmp)), ["fifo", "null-link"])
+    }
 }

@@ -73,6 +73,12 @@ extension CLIHostileTests {
             ("base", "buffer ctype", "'buffers.attn_weights.ctype': ap_fixed<16,3>, the profile gives ap_fixed<16,2>", buffer("attn_weights", "ctype", "ap_fixed<16,3>")),
             ("base", "quantization mode", "'quantization.mode': 'AP_NEAREST' is not an ap_fixed quantization mode",
              { m in var q = m["quantization"] as! [String: Any]; q["mode"] = "AP_NEAREST"; m["quantization"] = q }),
+            // Valid values the layout cannot see: the header (under header.sha256) recorded the pack's.
+            ("base", "quantization mode AP_TRN", "'quantization.mode': AP_TRN, but moepack_ddr.h (covered by header.sha256) records AP_RND_CONV",
+             { m in var q = m["quantization"] as! [String: Any]; q["mode"] = "AP_TRN"; m["quantization"] = q }),
+            ("base", "overflow mode AP_WRAP", "'quantization.overflow': AP_WRAP, but moepack_ddr.h (covered by header.sha256) records AP_SAT",
+             { m in var q = m["quantization"] as! [String: Any]; q["overflow"] = "AP_WRAP"; m["quantization"] = q }),
+            ("base", "task 0 → 1", "'task': 1, but moepack_ddr.h (covered by header.sha256) records 0", { $0["task"] = 1 }),
             ("base", "layout", "'buffers': 25 buffers, the profile and layout give 22", { $0["layout"] = "expert-major" }),
             ("base", "image outside the folder", "'image.file': '../other/ddr.bin' is not a plain file name inside the image folder",
              { m in var i = m["image"] as! [String: Any]; i["file"] = "../other/ddr.bin"; m["image"] = i }),

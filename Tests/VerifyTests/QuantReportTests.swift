@@ -106,6 +106,17 @@ final class QuantReportTests: XCTestCase {
         XCTAssertEqual(escapeHTML("a<b>&\"c'"), "a&lt;b&gt;&amp;&quot;c&#39;")
     }
 
+    /// A `--task all` image holds every task's gates: the header says so instead of naming task 0 only.
+    func testTaskLineNamesEveryTaskOfAnAllTasksPack() {
+        var m = threeTensorManifest()
+        XCTAssertTrue(QuantReport.html(manifest: m, routing: nil).contains("<th>task</th><td>1 (gates in moe_w_gate)</td>"))
+        m.task = 0
+        m.task_gates = [.init(task: 0, offset: 4096, bytes: 64), .init(task: 1, offset: 8192, bytes: 64)]
+        let html = QuantReport.html(manifest: m, routing: nil)
+        XCTAssertTrue(html.contains("<th>task</th><td>all 2 tasks (0, 1): each task&#39;s gates in its task_gates region; task 0 loaded in moe_w_gate</td>"), html)
+        XCTAssertFalse(html.contains("0 (gates in moe_w_gate)"))
+    }
+
     func testRoutingHeatmapCells() {
         // 2 experts × 3 tokens, top-1: token 0 → expert 1 (0.75), token 1 → expert 0 (0.5), token 2 → expert 1 (1).
         let rt = RoutingHeatmap(tasks: [0, 1], blocks: [1], experts: 2, tokens: 3,

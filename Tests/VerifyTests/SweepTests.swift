@@ -47,6 +47,24 @@ final class SweepTests: XCTestCase {
             try SweepAxis(parsing: "wt_bias_t=ap_fixed<8,3>"), try SweepAxis(parsing: "wt_bias_t=ap_fixed<9,3>")]))
     }
 
+    /// A type listed twice (in another spelling of it) is one candidate; more than the documented
+    /// maximum is refused before any work, naming --vary.
+    func testDuplicateCandidatesMergedAndTooManyRefused() throws {
+        let profile = try KernelProfile.load("tiny-test")
+        let c = try sweepCandidates(profile: profile, axes: [
+            try SweepAxis(parsing: "wt_linear_t=ap_fixed<8,1>,ap_fixed<12,2>,ap_fixed<8,1,AP_TRN,AP_WRAP>,ap_fixed<12,2>")])
+        XCTAssertEqual(c.map { $0["wt_linear_t"]!.width }, [8, 12])
+        func list(_ n: Int) -> String { (0..<n).map { "ap_fixed<\(8 + $0),2>" }.joined(separator: ",") }
+        let axes = [try SweepAxis(parsing: "wt_linear_t=" + list(17)), try SweepAxis(parsing: "wt_bias_t=" + list(17))]
+        XCTAssertEqual(maximumSweepCandidates, 256)
+        XCTAssertThrowsError(try sweepCandidates(profile: profile, axes: axes)) { e in
+            XCTAssertEqual((e as? MoepackError)?.kind, .usage)
+            XCTAssertEqual((e as? MoepackError)?.item, "--vary")
+            XCTAssertTrue((e as? MoepackError)?.message.contains("17 × 17 candidates, more than 256") ?? false, "\(e)")
+        }
+        XCTAssertEqual(try sweepCandidates(profile: profile, axes: [axes[0], try SweepAxis(parsing: "wt_bias_t=" + list(15))]).count, 255)
+    }
+
     func testParetoFront() {
         func c(_ bytes: Double, _ mse: Double) -> SweepCandidate {
             SweepCandidate(types: [:], image_bytes: 0, moe_bytes_per_frame: bytes, mse: mse, cosine: 1, worst_cosine: 1,
@@ -138,8 +156,11 @@ final class SweepTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: parent) }
         let base = ["sweep", "Tests/Fixtures/tiny/model.pth", "--profile", "tiny-test", "--image", "Tests/Fixtures/tiny/frame.u8"]
-        let (s, out, _) = try run(base + ["--vary", "wt_linear_t=ap_fixed<8,1>,ap_fixed<10,2>,ap_fixed<12,2>", "-o", parent + "/out", "--json"])
+        let (s, out, err) = try run(base + ["--vary", "wt_linear_t=ap_fixed<8,1>,ap_fixed<10,2>,ap_fixed<12,2>,ap_fixed<8,1>", "-o", parent + "/out", "--json"])
         XCTAssertEqual(s, 0)
+        // Not a terminal: a start line and the final count on stderr (the duplicate type counted once).
+        XCTAssertTrue(err.hasPrefix("moepack: sweep: 3 candidate(s) × 1 frame(s) × 2 task(s)"), err)
+        XCTAssertTrue(err.contains("moepack: sweep: candidates done 3/3"), err)
         let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(out.utf8)) as? [String: Any])
         XCTAssertEqual((json["candidates"] as? [Any])?.count, 3)
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: parent + "/out").sorted(), ["sweep.html", "sweep.json"])
@@ -173,12 +194,12 @@ final class SweepHeadsTests: XCTestCase {
         let heads = try TaskHeads(checkpoint: ck, imageHeight: profile.model.imageHeight, imageWidth: profile.model.imageWidth)
         var options = SweepOptions()
         options.heads = heads
-        options.taskMap = try TaskMap.resolve(heads: ck.heads, imageTasks: [0, 1], overrides: ["normals": 0, "edge": 1])
+        options.taskMap = try TaskMap.resolve(heads: ck.heads, imageTasks: [0, 1], overrides: ["edge": 1, "depth": 0])
         let report = try sweep(kernel: kernel, profile: profile,
                                axes: [try SweepAxis(parsing: "wt_linear_t=ap_fixed<8,1>,ap_fixed<16,2>")],
                                frames: [frame], options: options)
         let published = try XCTUnwrap(report.candidates.last)
-        XCTAssertEqual(published.task_agreement.map(\.task), ["semseg", "depth", "normals", "edge"])
+        XCTAssertEqual(published.task_agreement.map(\.task), ["semseg", "normals", "edge", "depth"])
         XCTAssertNotNil(published.task_agreement[0].pixel_agreement)
         XCTAssertNil(published.task_agreement[1].pixel_agreement)
 

@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -132,15 +133,33 @@ static int read_attr(const char *dir, const char *name, char *out, size_t cap)
     return 0;
 }
 
+/* A sysfs write returns once the driver acted on it. A FIFO standing for the attribute (a simulated
+ * board) returns at once: wait until the reader took the bytes, so the sync is done before we go on. */
+static void wait_taken(int fd, const char *path)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode)) return;
+    const struct timespec pause = {0, 100000};
+    for (int i = 0; i < 100000; i++) {   /* 10 s */
+        int pending = 0;
+        if (ioctl(fd, FIONREAD, &pending) != 0 || pending == 0) return;
+        nanosleep(&pause, NULL);
+    }
+    die(EXIT_IO, "%s: the request was not taken within 10 s (is the board running?)", path);
+}
+
 static void write_attr(const char *dir, const char *name, const char *value)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     /* O_NONBLOCK: never wait for a reader (harmless on sysfs). */
-    int fd = open(path, O_WRONLY | O_NONBLOCK);
+    /* O_TRUNC: a regular file standing for the attribute (board-sim) then holds this whole value,
+     * not its head over a longer old one (harmless on sysfs). */
+    int fd = open(path, O_WRONLY | O_NONBLOCK | O_TRUNC);
     if (fd < 0) die(EXIT_IO, "%s: cannot open for writing: %s (is u-dma-buf loaded?)", path, strerror(errno));
     size_t n = strlen(value);
     if (write(fd, value, n) != (ssize_t)n) die(EXIT_IO, "%s: write failed: %s", path, strerror(errno));
+    wait_taken(fd, path);
     close(fd);
 }
 
@@ -180,6 +199,18 @@ static uint64_t parse_u64(const char *flag, const char *s)
     return (uint64_t)v;
 }
 
+/* A debug_id the kernel defines for this model (see MOEPACK_DEBUG_*); anything else would run
+ * everything while the caller expects an early return. */
+static unsigned parse_debug_id(const char *flag, const char *s)
+{
+    uint64_t id = parse_u64(flag, s);
+    uint64_t layer = id / MOEPACK_DEBUG_STRIDE, k = id % MOEPACK_DEBUG_STRIDE;
+    if (!(id == 0 || id == MOEPACK_DEBUG_PATCH_EMBEDDING || (layer < MOEPACK_DEPTH && k >= 1 && k <= MOEPACK_DEBUG_LAST_STEP)))
+        die(EXIT_USAGE, "%s: %s is not 0, %u or layer*%u+k with layer < %d (the model's depth) and k in 1...%u", flag, s,
+            MOEPACK_DEBUG_PATCH_EMBEDDING, MOEPACK_DEBUG_STRIDE, MOEPACK_DEPTH, MOEPACK_DEBUG_LAST_STEP);
+    return (unsigned)id;
+}
+
 static void parse_options(int argc, char **argv, options_t *o)
 {
     memset(o, 0, sizeof *o);
@@ -207,7 +238,7 @@ static void parse_options(int argc, char **argv, options_t *o)
             if (o->n_frames == MAX_FRAMES) die(EXIT_USAGE, "--image: at most %d frames", MAX_FRAMES);
             o->frames[o->n_frames++] = v;
         } else if (!strcmp(a, "--task")) o->task = (int)parse_u64(a, v);
-        else if (!strcmp(a, "--debug-id")) o->debug_id = (unsigned)parse_u64(a, v);
+        else if (!strcmp(a, "--debug-id")) o->debug_id = parse_debug_id(a, v);
         else if (!strcmp(a, "--timeout")) {
             char *end;
             o->timeout = strtod(v, &end);
@@ -443,6 +474,18 @@ static void wait_done(ctrl_t *c, double timeout)
     }
 }
 
+/* The output can be created beside its final name: checked before ap_start, so a bad -o never
+ * costs a run. */
+static void check_output_writable(const char *path)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp-%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, 0644);
+    if (fd < 0) die(EXIT_IO, "%s: cannot create the output beside it: %s", path, strerror(errno));
+    close(fd);
+    unlink(tmp);
+}
+
 static void write_output(const char *path, const uint8_t *data, size_t n)
 {
     char tmp[4200];
@@ -480,6 +523,7 @@ int main(int argc, char **argv)
             die(EXIT_REFUSED, "%s: %zu bytes, a frame is %u (write it with `moepack image FRAME -o FRAME.bin`)", o.frames[i], n, MOEPACK_FRAME_BYTES);
     }
     placement_t p = place(o.n_frames, o.task);
+    check_output_writable(o.output);
 
     /* 2. The image and frames into the DMA buffer, written back from the CPU cache to memory. */
     dma_t dma;

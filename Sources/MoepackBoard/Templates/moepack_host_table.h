@@ -17,6 +17,11 @@
 #define MOEPACK_MANIFEST_SHA256 "{{manifest_sha256}}"
 #define MOEPACK_TASK {{task}}
 #define MOEPACK_DEPTH {{depth}}
+/* debug_id values the kernel defines: 0, this one (after the patch embedding), or
+ * layer * STRIDE + k with layer < MOEPACK_DEPTH and 1 <= k <= LAST_STEP. */
+#define MOEPACK_DEBUG_PATCH_EMBEDDING {{debug_patch_embedding}}u
+#define MOEPACK_DEBUG_STRIDE {{debug_stride}}u
+#define MOEPACK_DEBUG_LAST_STEP {{debug_last_step}}u
 
 /* One frame in the images layout ({{pixel_ctype}} [{{channels}}][{{height}}][{{width}}]) and one x
  * ({{fm_ctype}} [{{tokens}}][{{dim}}] in {{fm_bytes}}-byte little-endian containers). */

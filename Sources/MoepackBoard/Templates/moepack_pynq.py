@@ -54,7 +54,8 @@ GATES = {
 {{#gates}}    {{task}}: ({{offset}}, {{bytes}}),
 {{/gates}}}
 GATE_ARG = "{{gate_arg}}"
-LAYER_OUTPUT_STEP, DEBUG_STRIDE = 12, 16
+LAYER_OUTPUT_STEP, DEBUG_STRIDE = {{debug_last_step}}, {{debug_stride}}
+DEBUG_PATCH_EMBEDDING = {{debug_patch_embedding}}
 
 
 class Refused(Exception):
@@ -296,8 +297,10 @@ def parse(argv):
     a = p.parse_args(argv)
     if not a.timeout > 0:
         error("--timeout must be a positive number of seconds")
-    if a.debug_id < 0 or a.debug_id > 0xFFFFFFFF:
-        error("--debug-id must be a 32-bit register value")
+    if not (a.debug_id in (0, DEBUG_PATCH_EMBEDDING) or (
+            0 < a.debug_id and a.debug_id // DEBUG_STRIDE < DEPTH and 1 <= a.debug_id % DEBUG_STRIDE <= LAYER_OUTPUT_STEP)):
+        error("--debug-id: %d is not 0, %d or layer*%d+k with layer < %d (the model's depth) and k in 1...%d"
+              % (a.debug_id, DEBUG_PATCH_EMBEDDING, DEBUG_STRIDE, DEPTH, LAYER_OUTPUT_STEP))
     if a.task is not None and a.task not in GATES:
         error("--task: task %d is not in this image (packed: %s; pack with --task all for every task)" % (a.task, ",".join(map(str, sorted(GATES)))))
     if a.bisect and len(a.image) != 1:
