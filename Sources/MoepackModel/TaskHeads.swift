@@ -98,12 +98,12 @@ public enum M3ViTTaskOrder {
 
     /// Task indices for `decoders` found in a `container`: by the task list when every name is in it,
     /// else stored order for a pickle, else stored order marked ``TaskIndexSource/unordered``.
-    public static func indices(of decoders: [String], container: String) -> [(index: Int, source: TaskIndexSource)] {
+    public static func indices(of decoders: [String], container: CheckpointContainer) -> [(index: Int, source: TaskIndexSource)] {
         if decoders.allSatisfy(names.contains) {
             let sorted = decoders.sorted { names.firstIndex(of: $0)! < names.firstIndex(of: $1)! }
             return decoders.map { (sorted.firstIndex(of: $0)!, .taskList) }
         }
-        let pickled = ["pytorch-zip", "pytorch-legacy", "expert-parallel-folder"].contains(container)
+        let pickled: Bool = [.pytorchZip, .pytorchLegacy, .expertParallelFolder].contains(container)
         return decoders.indices.map { ($0, pickled ? .storedOrder : .unordered) }
     }
 }

@@ -94,7 +94,7 @@ final class HeadForwardTests: XCTestCase {
     }
 
     /// Decoders `tasks` (each a copy of ``memoryHead``) with keys sorted as safetensors stores them.
-    static func memoryHeads(_ tasks: [String], container: String) -> MemorySource {
+    static func memoryHeads(_ tasks: [String], container: CheckpointContainer) -> MemorySource {
         let one = memoryHead().entries.map(\.name)
         let values = memoryHead()
         var t: [(String, [Int], [Float])] = []
@@ -110,20 +110,20 @@ final class HeadForwardTests: XCTestCase {
     /// Issue 13: task indices follow M³ViT's task list (utils/config.py: semseg before depth), not the
     /// key order of the file; a safetensors export lists `decoders.depth.*` first.
     func testTaskIndicesFollowM3ViTTaskListNotKeyOrder() throws {
-        let ck = try TaskHeadsCheckpoint(source: Self.memoryHeads(["depth", "semseg"], container: "safetensors"))
+        let ck = try TaskHeadsCheckpoint(source: Self.memoryHeads(["depth", "semseg"], container: .safetensors))
         XCTAssertEqual(ck.heads.map(\.task), ["semseg", "depth"])
         XCTAssertEqual(ck.heads.map(\.index), [0, 1])
         XCTAssertEqual(try TaskMap.resolve(heads: ck.heads, imageTasks: [0, 1]), ["semseg": 0, "depth": 1])
-        let pascal = try TaskHeadsCheckpoint(source: Self.memoryHeads(["edge", "human_parts", "normals", "sal", "semseg"], container: "safetensors"))
+        let pascal = try TaskHeadsCheckpoint(source: Self.memoryHeads(["edge", "human_parts", "normals", "sal", "semseg"], container: .safetensors))
         XCTAssertEqual(pascal.heads.map(\.task), ["semseg", "human_parts", "sal", "normals", "edge"])
         XCTAssertEqual(pascal.heads.map(\.index), [0, 1, 2, 3, 4])
     }
 
     /// Unknown decoder names: a pickle's stored order is kept; an order-less container needs --task-map.
     func testUnknownDecoderNamesInAnOrderlessContainerNeedATaskMap() throws {
-        let pickled = try TaskHeadsCheckpoint(source: Self.memoryHeads(["zeta", "alpha"], container: "pytorch-zip"))
+        let pickled = try TaskHeadsCheckpoint(source: Self.memoryHeads(["zeta", "alpha"], container: .pytorchZip))
         XCTAssertEqual(pickled.heads.map(\.indexSource), [.storedOrder, .storedOrder])
-        let st = try TaskHeadsCheckpoint(source: Self.memoryHeads(["zeta", "alpha"], container: "safetensors"))
+        let st = try TaskHeadsCheckpoint(source: Self.memoryHeads(["zeta", "alpha"], container: .safetensors))
         XCTAssertEqual(st.heads.map(\.indexSource), [.unordered, .unordered])
         XCTAssertThrowsError(try TaskMap.resolve(heads: st.heads, imageTasks: [0, 1])) { e in
             let m = e as! MoepackError
