@@ -67,9 +67,9 @@ let package = Package(
         .testTarget(name: "ModelTests", dependencies: ["MoepackModel", "MoepackCheckpoint"]),
         .testTarget(name: "PackingTests", dependencies: ["MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport", "MoepackCore"]),
         .testTarget(name: "InferenceTests", dependencies: ["MoepackInference", "CMoepackKernels", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackFixedPoint", "TestSupport"]),
-        .testTarget(name: "BoardTests", dependencies: ["MoepackBoard", "MoepackInference", "MoepackPacking", "MoepackCore"],
+        .testTarget(name: "BoardTests", dependencies: ["MoepackBoard", "MoepackInference", "MoepackPacking", "MoepackCore", "TestSupport"],
                     exclude: ["FakePYNQ"]),
-        .testTarget(name: "HeadsTests", dependencies: ["MoepackHeads", "MoepackModel", "MoepackCheckpoint", "MoepackCore"]),
-        .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackHeads"]),
+        .testTarget(name: "HeadsTests", dependencies: ["MoepackHeads", "MoepackModel", "MoepackCheckpoint", "MoepackCore", "TestSupport"]),
+        .testTarget(name: "VerifyTests", dependencies: ["MoepackVerify", "MoepackInference", "MoepackPacking", "MoepackModel", "MoepackCheckpoint", "MoepackHeads", "TestSupport"]),
     ]
 )

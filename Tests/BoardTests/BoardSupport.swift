@@ -1,5 +1,6 @@
 import XCTest
 import Foundation
+import TestSupport
 
 /// Processes for the board tests: the built moepack binary, compilers, host programs and the
 /// simulated board, each with a deadline (a test never hangs).
@@ -82,13 +83,6 @@ enum BoardTestSupport {
     static func int32s(_ path: String) throws -> [Int32] {
         let d = try Data(contentsOf: URL(fileURLWithPath: path))
         return d.withUnsafeBytes { b in (0..<(d.count / 4)).map { Int32(littleEndian: b.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)) } }
-    }
-
-    /// float32 values of a little-endian .npy file (header skipped).
-    static func npyFloats(_ path: String) throws -> [Float] {
-        let b = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
-        let headerLen = Int(b[8]) | Int(b[9]) << 8
-        return b[(10 + headerLen)...].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
     }
 
     /// Replaces `old` (which must occur exactly once) with `new` in the file at `path`.

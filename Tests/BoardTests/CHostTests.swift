@@ -1,5 +1,6 @@
 import XCTest
 import Foundation
+import TestSupport
 
 /// The generated C host (`DIR/host/moepack_host.c`), compiled with cc and cross-compiled for
 /// aarch64, run end to end against `moepack board-sim` on the tiny fixture model; outputs compared
@@ -39,7 +40,7 @@ final class CHostTests: XCTestCase {
         let out = dir + "/ref-\(UUID().uuidString).npy"
         let r = try S.moepack(["run", img, "--image", frame, "--mode", "fixed", "--task", String(task), "-o", out])
         XCTAssertEqual(r.status, 0, r.stderr)
-        return try S.npyFloats(out)
+        return try npyFloat32Values(out)
     }
 
     /// fm_t raw → the float32 `moepack run` writes (raw / 2^22 rounded to float32).

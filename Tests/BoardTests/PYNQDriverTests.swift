@@ -1,5 +1,6 @@
 import XCTest
 import Foundation
+import TestSupport
 import MoepackPacking
 
 /// The generated PYNQ driver (`DIR/host/moepack_pynq.py`) run by python3 against a test-only fake
@@ -59,7 +60,7 @@ final class PYNQDriverTests: XCTestCase {
         let out = dir + "/ref-\(task).npy"
         let r = try S.moepack(["run", img, "--image", dir + "/frame.bin", "--mode", "fixed", "--task", String(task), "-o", out])
         XCTAssertEqual(r.status, 0, r.stderr)
-        return try S.npyFloats(out)
+        return try npyFloat32Values(out)
     }
 
     func testBitExactOneBufferAndPerArgumentBuffers() throws {
@@ -67,7 +68,7 @@ final class PYNQDriverTests: XCTestCase {
         var (h, sim) = try runOnBoard(["--image", dir + "/frame.bin", "--task", "1", "-o", dir + "/out.npy"])
         XCTAssertEqual(h.status, 0, h.stderr + sim.stderr)
         XCTAssertEqual(sim.status, 0, sim.stderr)
-        XCTAssertEqual(try S.npyFloats(dir + "/out.npy"), try fixedReference(task: 1))
+        XCTAssertEqual(try npyFloat32Values(dir + "/out.npy"), try fixedReference(task: 1))
         var v = try S.moepack(["verify", img, "--board-output", dir + "/out.npy", "--image", dir + "/frame.bin", "--task", "1"])
         XCTAssertEqual(v.status, 0, v.stdout + v.stderr)
         XCTAssertTrue(v.stdout.contains("288/288 elements identical"), v.stdout)
@@ -89,7 +90,7 @@ final class PYNQDriverTests: XCTestCase {
         XCTAssertEqual(v.status, 0, v.stdout + v.stderr)
         XCTAssertTrue(v.stdout.contains("PASS: every layer's x identical"), v.stdout)
         // The last layer's x is the kernel's output.
-        XCTAssertEqual(try S.npyFloats(dir + "/bisect/debug_id_60.npy"), try fixedReference(task: 0))
+        XCTAssertEqual(try npyFloat32Values(dir + "/bisect/debug_id_60.npy"), try fixedReference(task: 0))
         // One LSB off in layer 2's x, token 4, channel 9: named, and layer 3 still passes alone.
         let file = dir + "/bisect/debug_id_44.npy"
         var b = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file)))

@@ -1,9 +1,10 @@
 import XCTest
 import Foundation
+import TestSupport
 
 /// `moepack heads` and `moepack run --heads` through the built binary.
 final class HeadsCLITests: XCTestCase {
-    private let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    private let repo = packageRoot()
     private var dir = ""
 
     override func setUpWithError() throws {
@@ -14,20 +15,8 @@ final class HeadsCLITests: XCTestCase {
     override func tearDown() { try? FileManager.default.removeItem(atPath: dir) }
 
     private func moepack(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        let bin = repo.appendingPathComponent(".build/debug/moepack").path
-        guard FileManager.default.isExecutableFile(atPath: bin) else { throw XCTSkip("\(bin) not built (run `swift build` first)") }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: bin)
-        p.arguments = args
-        p.currentDirectoryURL = repo
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        guard let bin = builtMoepack(in: repo) else { throw XCTSkip("moepack not built (run `swift build` first)") }
+        return try runProcess(bin, args, in: repo)
     }
 
     /// (shape, values) of a little-endian float32 .npy.

@@ -1,35 +1,15 @@
 import XCTest
 import Foundation
+import TestSupport
 
 /// The main job through the built binary on the tiny fixture model: pack → check → run → verify
 /// (float and fixed), with values checked against the PyTorch reference of scripts/reference_m3vit.py.
 final class CLIEndToEndTests: XCTestCase {
-    private let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    private let repo = packageRoot()
 
     private func moepack(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        let bin = repo.appendingPathComponent(".build/debug/moepack").path
-        guard FileManager.default.isExecutableFile(atPath: bin) else { throw XCTSkip("\(bin) not built (run `swift build` first)") }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: bin)
-        p.arguments = args
-        p.currentDirectoryURL = repo
-        let errFile = NSTemporaryDirectory() + "moepack-e2e-stderr-\(UUID().uuidString)"
-        FileManager.default.createFile(atPath: errFile, contents: nil)
-        defer { try? FileManager.default.removeItem(atPath: errFile) }
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle(forWritingAtPath: errFile)
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        let e = FileManager.default.contents(atPath: errFile) ?? Data()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
-    }
-
-    private func npyFloats(_ path: String) throws -> [Float] {
-        let b = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
-        let headerLen = Int(b[8]) | Int(b[9]) << 8
-        return b[(10 + headerLen)...].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        guard let bin = builtMoepack(in: repo) else { throw XCTSkip("moepack not built (run `swift build` first)") }
+        return try runProcess(bin, args, in: repo)
     }
 
     private func rawFloats(_ name: String) throws -> [Float] {
@@ -53,7 +33,7 @@ final class CLIEndToEndTests: XCTestCase {
         // run --mode float equals PyTorch's forward of the dequantized model (float32 tolerance).
         let run = try moepack(["run", dir + "/img", "--image", frame, "-o", dir + "/out.npy"])
         XCTAssertEqual(run.status, 0, run.stderr)
-        let out = try npyFloats(dir + "/out.npy")
+        let out = try npyFloat32Values(dir + "/out.npy")
         let ref = try rawFloats("ref_dequant_out_task0.f32")
         XCTAssertEqual(out.count, 9 * 32)
         let maxErr = zip(out, ref).map { abs($0 - $1) }.max()!
@@ -142,7 +122,7 @@ final class CLIEndToEndTests: XCTestCase {
         XCTAssertEqual(raw[(10 + hl)...].map { Int8(bitPattern: $0) }, [32, -80, 127, 127])
         let back = try moepack(["quantize", dir + "/raw.npy", "--type", "ap_fixed<8,2>", "--dequantize", "-o", dir + "/back.npy"])
         XCTAssertEqual(back.status, 0, back.stderr)
-        XCTAssertEqual(try npyFloats(dir + "/back.npy"), [0.5, -1.25, 1.984375, 1.984375])
+        XCTAssertEqual(try npyFloat32Values(dir + "/back.npy"), [0.5, -1.25, 1.984375, 1.984375])
     }
 
     /// libhdf5 1.10.8 dies with SIGSEGV on this fuzzer-found file; moepack must still answer in one line.

@@ -1,28 +1,15 @@
 import XCTest
 import Foundation
+import TestSupport
 
 /// Runs the built `moepack` binary (`<repo>/.build/debug/moepack`; skipped when absent) on the tiny
 /// fixture model (Tests/Fixtures/tiny, scripts/make_fixtures.py).
 final class CLIExportTests: XCTestCase {
-    private let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    private let repo = packageRoot()
 
     private func run(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        let bin = repo.appendingPathComponent(".build/debug/moepack").path
-        guard FileManager.default.isExecutableFile(atPath: bin) else {
-            throw XCTSkip("\(bin) not built (run `swift build` first)")
-        }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: bin)
-        p.arguments = args
-        p.currentDirectoryURL = repo
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        guard let bin = builtMoepack(in: repo) else { throw XCTSkip("moepack not built (run `swift build` first)") }
+        return try runProcess(bin, args, in: repo)
     }
 
     /// Header JSON of a safetensors file (u64 LE length, then JSON).

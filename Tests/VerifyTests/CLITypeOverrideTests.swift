@@ -1,27 +1,14 @@
 import XCTest
 import Foundation
+import TestSupport
 
 /// `pack --type NAME=TYPE` and `suggest`'s command line through the built binary on the tiny model.
 final class CLITypeOverrideTests: XCTestCase {
-    private let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    private let repo = packageRoot()
 
     private func moepack(_ args: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
-        let bin = repo.appendingPathComponent(".build/debug/moepack").path
-        guard FileManager.default.isExecutableFile(atPath: bin) else { throw XCTSkip("\(bin) not built (run `swift build` first)") }
-        let base = NSTemporaryDirectory() + "moepack-type-\(UUID().uuidString)"
-        FileManager.default.createFile(atPath: base + ".out", contents: nil)
-        FileManager.default.createFile(atPath: base + ".err", contents: nil)
-        defer { for f in [".out", ".err"] { try? FileManager.default.removeItem(atPath: base + f) } }
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: bin)
-        p.arguments = args
-        p.currentDirectoryURL = repo
-        p.standardOutput = FileHandle(forWritingAtPath: base + ".out")
-        p.standardError = FileHandle(forWritingAtPath: base + ".err")
-        try p.run()
-        p.waitUntilExit()
-        func text(_ f: String) -> String { String(decoding: FileManager.default.contents(atPath: base + f) ?? Data(), as: UTF8.self) }
-        return (p.terminationStatus, text(".out"), text(".err"))
+        guard let bin = builtMoepack(in: repo) else { throw XCTSkip("moepack not built (run `swift build` first)") }
+        return try runProcess(bin, args, in: repo)
     }
 
     private let ckpt = "Tests/Fixtures/tiny/model.pth", frame = "Tests/Fixtures/tiny/frame.u8"

@@ -1,5 +1,6 @@
 import XCTest
 import Foundation
+import TestSupport
 #if canImport(FoundationXML)
 import FoundationXML
 #endif
@@ -15,7 +16,7 @@ import MoepackHeads
 /// `moepack sweep`: axis parsing, the candidate product, the figures on the tiny model (against the
 /// verify path and the exact MoE byte counts), the Pareto marking, the page's SVG and the CLI.
 final class SweepTests: XCTestCase {
-    static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let repo = packageRoot()
     static let tiny = repo.appendingPathComponent("Tests/Fixtures/tiny")
 
     func testAxisParsingKeepsCommasInsideTypes() throws {
@@ -140,18 +141,7 @@ final class SweepTests: XCTestCase {
     func testCLIWritesOnlyItsResultsAndRefusesCleanly() throws {
         let bin = Self.repo.appendingPathComponent(".build/debug/moepack").path
         guard FileManager.default.isExecutableFile(atPath: bin) else { throw XCTSkip("\(bin) not built") }
-        func run(_ args: [String]) throws -> (Int32, String, String) {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: bin)
-            p.arguments = args
-            p.currentDirectoryURL = Self.repo
-            let out = Pipe(), err = Pipe()
-            p.standardOutput = out; p.standardError = err
-            try p.run()
-            let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
-        }
+        func run(_ args: [String]) throws -> (Int32, String, String) { try runProcess(bin, args, in: Self.repo) }
         let parent = NSTemporaryDirectory() + "moepack-sweep-cli-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: parent, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: parent) }
