@@ -66,4 +66,7 @@ void moepack_av_accumulate(moepack_isa isa, const uint32_t *a, const int32_t *v,
 #ifdef __cplusplus
 }
 #endif
+
+// The exact replays of the slow path (declared apart, in moepack_exact.h).
+#include "moepack_exact.h"
 #endif
