@@ -362,9 +362,9 @@ write_figures() {
         echo " \"machine\": {\"nproc\": $(nproc), \"cpu\": \"$cpu\", \"ram_kb\": $(awk '/MemTotal/ { print $2 }' /proc/meminfo), \"load_average_start\": \"$LOAD_START\", \"load_average_end\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"},"
         echo " \"python\": \"$("$PY" -c 'import sys, torch, numpy; print(f"Python {sys.version.split()[0]}, torch {torch.__version__}, numpy {numpy.__version__}")')\","
         echo " \"jobs\": {"
-        job pack-tiny ref-pack-tiny ", \"checkpoint_bytes\": $(stat -c %s "$CK_TINY")"; echo ","
+        job pack-tiny ref-pack-tiny ", \"checkpoint_bytes\": $(stat -L -c %s "$CK_TINY")"; echo ","
         job forward-float ref-forward ", \"ms_per_frame\": ${WALL[ref-forward-ms]:-null}, \"frames\": $FRAMES"; echo ","
-        job pack-small ref-pack-small ", \"checkpoint_bytes\": $(stat -c %s "$CK_SMALL")"; echo
+        job pack-small ref-pack-small ", \"checkpoint_bytes\": $(stat -L -c %s "$CK_SMALL")"; echo
         echo " }"
         echo "}"
     } > "$1"
@@ -406,7 +406,7 @@ row() {
         "$(fmt_mb "$mr" || true)" "$(fmt_mb "$rr" || true)"
 }
 
-size_mb() { [ -f "$1" ] && awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f MB", b / 1e6 }'; }
+size_mb() { [ -f "$1" ] && awk -v b="$(stat -L -c %s "$1")" 'BEGIN { printf "%.0f MB", b / 1e6 }'; }
 
 {
     echo "| job | moepack median | reference median | ratio (reference ÷ moepack) | moepack peak RSS | reference peak RSS |"
@@ -430,7 +430,7 @@ size_mb() { [ -f "$1" ] && awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f M
     echo "Medians of $RUNS runs after 1 warm-up (page cache warm). $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, load average at end $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%Y-%m-%d)."
     if [ -n "${WALL[pack-tiny]:-}" ] && [ -n "${WALL[pack-small]:-}" ] && [ -f "$CK_TINY" ] && [ -f "$CK_SMALL" ]; then
         g() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0) printf "%.2f×", b / a }'; }
-        line="Growth ViT-Small ÷ ViT-Tiny: checkpoint bytes $(g "$(stat -c %s "$CK_TINY")" "$(stat -c %s "$CK_SMALL")"), moepack pack wall $(g "${WALL[pack-tiny]}" "${WALL[pack-small]}"), peak RSS $(g "${RSS[pack-tiny]}" "${RSS[pack-small]}")"
+        line="Growth ViT-Small ÷ ViT-Tiny: checkpoint bytes $(g "$(stat -L -c %s "$CK_TINY")" "$(stat -L -c %s "$CK_SMALL")"), moepack pack wall $(g "${WALL[pack-tiny]}" "${WALL[pack-small]}"), peak RSS $(g "${RSS[pack-tiny]}" "${RSS[pack-small]}")"
         if have_ref && [ -n "${WALL[ref-pack-tiny]:-}" ] && [ -n "${WALL[ref-pack-small]:-}" ]; then
             line="$line; reference wall $(g "${WALL[ref-pack-tiny]}" "${WALL[ref-pack-small]}"), peak RSS $(g "${RSS[ref-pack-tiny]}" "${RSS[ref-pack-small]}")"
         elif ! have_ref && [ -n "$(figure pack-tiny wall_s)" ] && [ -n "$(figure pack-small wall_s)" ]; then
@@ -443,7 +443,7 @@ size_mb() { [ -f "$1" ] && awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f M
         # Only when the reference ran in this run (else its output is from an earlier one).
         if have_ref && [ -f "$a" ] && [ -f "$b" ] && [ "$b" -nt "$OUT/train-$s.pth" ]; then
             if cmp -s "$a" "$b"; then echo "pack-$s: moepack's ddr.bin and the reference's are byte-identical."
-            else echo "pack-$s: ddr.bin differs from the reference's in $(cmp -l "$a" "$b" 2>/dev/null | wc -l) byte(s) ($(stat -c %s "$a") vs $(stat -c %s "$b") bytes)."; fi
+            else echo "pack-$s: ddr.bin differs from the reference's in $(cmp -l "$a" "$b" 2>/dev/null | wc -l) byte(s) ($(stat -L -c %s "$a") vs $(stat -L -c %s "$b") bytes)."; fi
         fi
     done
     for mode in float fixed; do
