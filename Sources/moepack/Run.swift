@@ -263,7 +263,8 @@ extension Run {
     }
 }
 
-/// Runs every frame through `model`, in parallel across the cores, returning outputs in input order.
+/// Runs every frame through `model`, in parallel across the cores (each worker takes batches of up to
+/// `model.preferredBatch` frames), returning outputs in input order.
 func runFrames(_ model: ImageModel, _ frames: [NamedFrame], progress: (@Sendable (Int, Int) -> Void)?) throws -> [[Float]] {
     final class Slots: @unchecked Sendable {
         let lock = NSLock()
@@ -273,17 +274,26 @@ func runFrames(_ model: ImageModel, _ frames: [NamedFrame], progress: (@Sendable
     }
     let slots = Slots(frames.count)
     let workers = min(frames.count, max(1, ProcessInfo.processInfo.activeProcessorCount))
+    // Batch size: at most preferredBatch, and small enough that every worker gets frames.
+    let batch = max(1, min(model.preferredBatch, frames.count / workers))
+    let batches = stride(from: 0, to: frames.count, by: batch).map { $0..<min($0 + batch, frames.count) }
     DispatchQueue.concurrentPerform(iterations: workers) { w in
-        var i = w
-        while i < frames.count {
-            let r = Result { try model.run(frames[i].frame).output }
+        var b = w
+        while b < batches.count {
+            let range = batches[b]
+            let results: [Result<[Float], Error>]
+            do {
+                results = try model.run(batch: range.map { frames[$0].frame }).map { .success($0.output) }
+            } catch {
+                results = range.map { i in Result { try model.run(frames[i].frame).output } }
+            }
             slots.lock.lock()
-            slots.values[i] = r
-            slots.done += 1
+            for (i, r) in zip(range, results) { slots.values[i] = r }
+            slots.done += range.count
             let d = slots.done
             slots.lock.unlock()
             progress?(d, frames.count)
-            i += workers
+            b += workers
         }
     }
     return try slots.values.map { try $0!.get() }
