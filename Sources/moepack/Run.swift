@@ -274,9 +274,7 @@ func runFrames(_ model: ImageModel, _ frames: [NamedFrame], progress: (@Sendable
     }
     let slots = Slots(frames.count)
     let workers = min(frames.count, max(1, ProcessInfo.processInfo.activeProcessorCount))
-    // Batch size: at most preferredBatch, and small enough that every worker gets frames.
-    let batch = max(1, min(model.preferredBatch, frames.count / workers))
-    let batches = stride(from: 0, to: frames.count, by: batch).map { $0..<min($0 + batch, frames.count) }
+    let batches = balancedBatches(frames.count, workers: workers, atMost: model.preferredBatch)
     DispatchQueue.concurrentPerform(iterations: workers) { w in
         var b = w
         while b < batches.count {
@@ -297,6 +295,22 @@ func runFrames(_ model: ImageModel, _ frames: [NamedFrame], progress: (@Sendable
         }
     }
     return try slots.values.map { try $0!.get() }
+}
+
+/// Splits frames 0..<count into consecutive batches of at most `atMost` frames, their number a
+/// multiple of `workers` and their sizes differing by at most one, so that workers taking every
+/// `workers`-th batch get equal shares (±1 batch-size step).
+func balancedBatches(_ count: Int, workers: Int, atMost: Int) -> [Range<Int>] {
+    guard count > 0 else { return [] }
+    let workers = max(1, workers), atMost = max(1, atMost)
+    let needed = (count + atMost - 1) / atMost
+    let n = min(count, (needed + workers - 1) / workers * workers)
+    var start = 0
+    return (0..<n).map { b in
+        let size = count / n + (b < count % n ? 1 : 0)
+        defer { start += size }
+        return start..<start + size
+    }
 }
 
 /// Output file names for frames: `<stem>.npy`; when two frames share a stem, `<file name>.npy`, and
