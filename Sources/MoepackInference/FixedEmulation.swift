@@ -517,10 +517,11 @@ extension FixedBackbone {
         let qU = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: hd)
         let qBlock9 = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: blocks)
         let blockScratch = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: T)
-        let weightsU = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: T)
+        let weights32 = UnsafeMutableBufferPointer<Int32>.allocate(capacity: T)
+        let softScratch = UnsafeMutableBufferPointer<Int32>.allocate(capacity: 3 * T)
         defer {
             kT.deallocate(); kBlock9T.deallocate(); qU.deallocate(); qBlock9.deallocate()
-            blockScratch.deallocate(); weightsU.deallocate()
+            blockScratch.deallocate(); weights32.deallocate(); softScratch.deallocate()
         }
         let scale = scaleRaw
         for head in 0..<config.heads {
@@ -595,23 +596,13 @@ extension FixedBackbone {
                         scores[ki] = s
                     }
                 }
-                // Running softmax in the kernel's key order.
+                // Running softmax in the kernel's key order and the weights (CMoepackKernels).
                 let o = qi % 4
-                var rs = RunningSoftmax()
-                for step in 0..<T { rs.update(scores[(o + step) % T], &wSoft) }
-                let recip = recipFm(rs.sum, &wSoft)
                 var weightSum: Int64 = 0
-                var allWeightsNonNegative = true
-                for step in 0..<T {
-                    let ki = (o + step) % T
-                    let dExact = Int64(scores[ki]) - Int64(rs.bias)
-                    if outsideFm(dExact) { wSoft += 1 }
-                    let e = expFm(wrapFm(dExact), &wSoft)
-                    let a = mulFm(e, recip, &wSoft)
-                    weights[ki] = Int64(a)
-                    weightSum += abs(Int64(a))
-                    allWeightsNonNegative = allWeightsNonNegative && a >= 0
-                }
+                var nonNegative: Int32 = 0
+                wSoft += Int(moepack_attn_softmax(simdKernels, scores, T, o, weights32.baseAddress!,
+                                                  softScratch.baseAddress!, &weightSum, &nonNegative))
+                let allWeightsNonNegative = nonNegative != 0
                 // attn × V: acc = v*a (floored), acc += previous, keys in the same order.
                 let outRow = out + qi * D + off
                 let bound = Double(maxAbsV) * Double(weightSum) / fmScale + Double(T) + 1
@@ -620,18 +611,16 @@ extension FixedBackbone {
                     // v + 2^31 = u ∈ [0, 2^32) and 0 ≤ a < 2^32: floor(v·a / 2^22) =
                     // floor(u·a / 2^22) − 2^9·a, where u·a < 2^64 is an unsigned 32×32-bit
                     // product and the floor a logical shift (CMoepackKernels `moepack_av_accumulate`).
-                    var sumA: UInt32 = 0
-                    for ki in 0..<T {
-                        let a32 = UInt32(truncatingIfNeeded: weights[ki])   // 0 ≤ a < 2^31
-                        weightsU[ki] = a32
-                        sumA &+= a32
-                    }
+                    let sumA = UInt32(truncatingIfNeeded: weightSum)   // Σ a mod 2^32, every 0 ≤ a < 2^31
                     accU.withUnsafeMutableBufferPointer { ab in
-                        moepack_av_accumulate(simdKernels, weightsU.baseAddress!, v + off, D, T, hd, ab.baseAddress!)
+                        weights32.withMemoryRebound(to: UInt32.self) { wu in
+                            moepack_av_accumulate(simdKernels, wu.baseAddress!, v + off, D, T, hd, ab.baseAddress!)
+                        }
                         let correction = sumA &<< 9
                         for d in 0..<hd { outRow[d] = Int32(bitPattern: ab[d] &- correction) }
                     }
                 } else if bound < 2_147_483_647.0 {
+                    for ki in 0..<T { weights[ki] = Int64(weights32[ki]) }
                     for d in 0..<hd { acc[d] = 0 }
                     acc.withUnsafeMutableBufferPointer { ab in
                         for ki in 0..<T {
@@ -642,6 +631,7 @@ extension FixedBackbone {
                     }
                     for d in 0..<hd { outRow[d] = Int32(truncatingIfNeeded: acc[d]) }
                 } else {
+                    for ki in 0..<T { weights[ki] = Int64(weights32[ki]) }
                     for d in 0..<hd {
                         var r: Int32 = 0
                         for step in 0..<T {

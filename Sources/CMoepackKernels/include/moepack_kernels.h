@@ -63,6 +63,24 @@ int64_t moepack_qk_scores(moepack_isa isa, const uint32_t *qu, const uint32_t *q
 void moepack_av_accumulate(moepack_isa isa, const uint32_t *a, const int32_t *v, ptrdiff_t ldv,
                            ptrdiff_t keys, ptrdiff_t hd, uint32_t *acc);
 
+/// hls::exp(fm_t x) -> fm_t as the emulation defines it: floor(exp(x / 2^22) * 2^22) with the C
+/// library's double exp (expFm in FixedEmulationKernels.swift), computed by a polynomial whose error
+/// bound decides the floor, the library only near an integer boundary (proof in softmax.c). A result
+/// at or beyond 2^31 raw saturates to INT32_MAX and adds one to *wraps.
+int32_t moepack_exp_fm(int32_t x, int64_t *wraps);
+
+/// e[i] = moepack_exp_fm(x[i], wraps) for i < n, the polynomial vectorised for `isa`.
+void moepack_exp_fm_many(moepack_isa isa, const int32_t *x, ptrdiff_t n, int32_t *e, int64_t *wraps);
+
+/// The softmax of one query (attention.cpp finalize_attn) over scores[keys] (fm_t raw): the running
+/// maximum and sum in the kernel's key order first, first+1, ..., keys-1, 0, ..., first-1
+/// (RunningSoftmax in FixedEmulationKernels.swift), recip = fm_t(1) / sum, then
+/// weights[k] = fm_t(exp(fm_t(scores[k] - max)) * recip) for every key. Writes *abs_sum =
+/// sum_k |weights[k]| and *all_nonneg = 1 when no weight is negative; `scratch` holds 3*keys values.
+/// Returns the number of fm_t assignments that wrapped (the emulation's `attn.softmax` count).
+int64_t moepack_attn_softmax(moepack_isa isa, const int32_t *scores, ptrdiff_t keys, ptrdiff_t first,
+                             int32_t *weights, int32_t *scratch, int64_t *abs_sum, int *all_nonneg);
+
 #ifdef __cplusplus
 }
 #endif
