@@ -141,6 +141,7 @@ public final class FixedBackbone: Sendable {
     let patchWeights: [Int32]       // [D][C][p][p], wt_patch_embed_t raw
     let patchFrac: Int              // its fraction bits
     let patchFast: Bool             // FixedEmulation.patchFast: the unchecked 16-term sums apply
+    let patchWeightsT: [Int16]      // fast form: the weights as [C·p·p][D] Int16 (CMoepackKernels), else empty
     let patchBias: [Int32]          // [D], fm_t raw
     let normFrac: Int               // fraction bits of wt_norm_t
     let posEmbed: [Int32]           // [T][D], fm_t raw
@@ -229,6 +230,7 @@ public final class FixedBackbone: Sendable {
         patchWeights = pw.raw
         patchFrac = pw.type.fractionBits
         patchFast = !forceGeneral && FixedEmulation.patchFast(pw.type)
+        patchWeightsT = patchFast ? Self.transposed16(pw.raw, rows: D, columns: C * p * p) : []
         let pb = try get(.patch_embed_bias)
         patchBias = toFm(pb.raw[...], pb.type)
         let pe = try get(.pos_embed)
@@ -429,10 +431,32 @@ extension FixedBackbone {
         }
     }
 
+    /// `raw` [rows][columns] (values that fit Int16) as [columns][rows] Int16.
+    static func transposed16(_ raw: [Int32], rows: Int, columns: Int) -> [Int16] {
+        [Int16](unsafeUninitializedCapacity: rows * columns) { buf, count in
+            for r in 0..<rows {
+                for c in 0..<columns { buf[c * rows + r] = Int16(truncatingIfNeeded: raw[r * columns + c]) }
+            }
+            count = rows * columns
+        }
+    }
+
     /// conv.cpp `compute_patch_embed`.
     func patchEmbed(pixels: [UInt8], out: UnsafeMutablePointer<Int32>, ledger: inout WrapLedger) {
         let c = config
         let D = c.embedDim, C = c.inChans, p = c.patchSize, H = c.imageHeight, W = c.imageWidth
+        if patchFast {
+            // The 16-term row sums cannot wrap (|each floored product| < 2^21): CMoepackKernels,
+            // vectorised across the D outputs.
+            var posWraps: Int64 = 0
+            let wraps = withUnsafeTemporaryAllocation(of: Int32.self, capacity: D) { scratch in
+                moepack_patch_embed(simdKernels, pixels, C, H, W, p, patchWeightsT, D, patchBias, posEmbed, out,
+                                    scratch.baseAddress!, &posWraps)
+            }
+            ledger.add(-1, "patch_embed", Int(wraps))
+            ledger.add(-1, "pos_embed", Int(posWraps))
+            return
+        }
         let gw = W / p, gh = H / p
         let patchLen = C * p * p
         var patch = [Int32](repeating: 0, count: patchLen)
@@ -454,15 +478,8 @@ extension FixedBackbone {
                                 var acc = patchBias[d]
                                 var r = 0
                                 while r < patchLen {
-                                    var addend: Int32 = 0
-                                    if patchFast {
-                                        // addend_dim += pixel * weight: 8 + 16 fraction bits floored to 22.
-                                        // |each| < 2^21, so a 16-term row sum cannot leave fm_t.
-                                        for j in r..<(r + p) { addend &+= (pb[j] &* wRow[j]) &>> 2 }
-                                    } else {
-                                        addend = patchRowSumGeneral(pixels: pb.baseAddress! + r, weights: wRow + r,
+                                    let addend = patchRowSumGeneral(pixels: pb.baseAddress! + r, weights: wRow + r,
                                                                     count: p, frac: patchFrac, wraps: &wPatch)
-                                    }
                                     acc = addFm(Int64(acc), Int64(addend), &wPatch)
                                     r += p
                                 }

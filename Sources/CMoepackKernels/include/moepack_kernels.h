@@ -81,6 +81,19 @@ void moepack_exp_fm_many(moepack_isa isa, const int32_t *x, ptrdiff_t n, int32_t
 int64_t moepack_attn_softmax(moepack_isa isa, const int32_t *scores, ptrdiff_t keys, ptrdiff_t first,
                              int32_t *weights, int32_t *scratch, int64_t *abs_sum, int *all_nonneg);
 
+/// conv.cpp compute_patch_embed for patch weights of at most 16 bits with 16 fraction bits (each
+/// floored product pixel*weight has |.| < 2^21, so a row sum of `patch` <= 1024 terms cannot leave
+/// fm_t): pixels [chans][height][width] bytes (ap_ufixed<8,0>), weights_t [chans*patch*patch][dims]
+/// (the kernel's [dims][chans][patch][patch] transposed), bias [dims] and pos [tokens][dims] in fm_t
+/// raw. out [tokens][dims]: token 0 = pos[0]; token 1 + patch index (row-major) = bias + the row
+/// sums sum_j floor(pixel_j * w_j / 4) over rows (chans, patch rows) in order, each addition
+/// assigned to fm_t, then + pos. Returns the wraps of the row additions and writes those of the
+/// pos additions to *pos_wraps. `scratch` holds dims values; dims is a multiple of 16.
+int64_t moepack_patch_embed(moepack_isa isa, const uint8_t *pixels, ptrdiff_t chans, ptrdiff_t height,
+                            ptrdiff_t width, ptrdiff_t patch, const int16_t *weights_t, ptrdiff_t dims,
+                            const int32_t *bias, const int32_t *pos, int32_t *out, int32_t *scratch,
+                            int64_t *pos_wraps);
+
 #ifdef __cplusplus
 }
 #endif
