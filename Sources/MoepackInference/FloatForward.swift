@@ -1,3 +1,4 @@
+import CMoepackKernels
 import MoepackCore
 import MoepackModel
 #if canImport(Glibc)
@@ -56,26 +57,34 @@ public struct ForwardResult: Sendable {
 ///   dense: x += fc2(GELU(fc1(h))), or MoE: p = softmax(h·gateᵀ) over all experts, top-k by strict
 ///   comparison in expert order (ties keep the lower index), x += Σₖ p[eₖ]·expert_{eₖ}(h) with
 ///   expert(h) = w2·GELU(w1·h + b1) + b2 (weights not renormalised).
-/// - GELU is the exact one, 0.5·x·(1 + erf(x/√2)) (PyTorch `nn.GELU()` default).
+/// - GELU is the exact one, 0.5·x·(1 + erf(x/√2)) (PyTorch `nn.GELU()` default), erf with |error|
+///   ≤ 1.5e-7 (`moepack_erf_f32`, the formula of PyTorch's vectorised CPU erf).
 /// - MoE tokens are processed as the kernel schedules them: experts in ascending index, each
 ///   expert's queue of tokens in token order, contributions accumulated in that order.
 ///
-/// All matrix products go through OpenBLAS `cblas_sgemm` (see `BLAS`). The object is immutable and
-/// can be shared between threads; each `forward` call allocates its own scratch once and reuses it
-/// across blocks.
+/// Linear layers (patch embedding, QKV, projection, MLP, gate, experts) run on weights packed once
+/// when the backbone is built (`PackedLinear`, moepack's own float32 GEMM with the bias, GELU and the
+/// experts' weighted scatter in its epilogue); the attention products Q·Kᵀ and A·V, whose operands
+/// change with every frame, go through OpenBLAS `cblas_sgemm` (see `BLAS`). A frame's result does not
+/// depend on which frames run before, after or beside it. The object is immutable and can be shared
+/// between threads; each `forward` call allocates its own scratch once and reuses it across blocks.
 public final class FloatBackbone: Sendable {
     public let weights: BackboneWeights
-    /// Per block: Q, K, V weights stacked [3D, D] and biases [3D] (one sgemm for all three).
-    private let qkvWeights: [[Float]]
-    private let qkvBiases: [[Float]]
+    /// Packed linear layers (empty when `validationError` is set: nothing is read from bad weights).
+    private let packed: PackedBackbone?
     /// First inconsistency found in `weights` (thrown by `forward`).
     private let validationError: MoepackError?
 
-    public init(weights: BackboneWeights) {
+    /// Checks `weights` (a problem is thrown by `forward`) and packs the linear layers.
+    public convenience init(weights: BackboneWeights) {
+        self.init(weights: weights, isa: moepack_kernels_isa())
+    }
+
+    /// The same with the GEMM form chosen by the caller (tests compare every form with PyTorch).
+    init(weights: BackboneWeights, isa: moepack_isa) {
         self.weights = weights
-        self.qkvWeights = weights.blocks.map { $0.qWeight + $0.kWeight + $0.vWeight }
-        self.qkvBiases = weights.blocks.map { $0.qBias + $0.kBias + $0.vBias }
         self.validationError = FloatBackbone.validate(weights)
+        self.packed = validationError == nil ? PackedBackbone(weights, isa: isa) : nil
     }
 
     /// Checks every array length against `weights.config`; returns the first problem.
@@ -180,19 +189,21 @@ public final class FloatBackbone: Sendable {
             throw MoepackError(.mismatch, item: "pixels",
                                "\(pixels.count) values, expected \(expected) ([\(c.inChans),\(c.imageHeight),\(c.imageWidth)])")
         }
+        let p = packed!  // set whenever validationError is nil
         let s = Scratch(config: c)
-        pixels.withUnsafeBufferPointer { patchEmbed(pixels: $0.baseAddress!, s: s) }
+        pixels.withUnsafeBufferPointer { patchEmbed(pixels: $0.baseAddress!, layer: p.patchEmbed, s: s) }
 
         var blockOutputs: [[Float]] = []
         var routing: [MoERouting] = []
         let T = c.tokens, D = c.embedDim
         for (i, block) in weights.blocks.enumerated() {
-            attention(block: i, weights: block, s: s)
-            switch block.mlp {
-            case let .dense(fc1Weight, fc1Bias, fc2Weight, fc2Bias):
-                denseMLP(fc1Weight, fc1Bias, fc2Weight, fc2Bias, s: s)
-            case let .moe(gates, w1, b1, w2, b2):
-                routing.append(moe(block: i, gate: gates[weights.task], w1: w1, b1: b1, w2: w2, b2: b2, s: s))
+            let layers = p.blocks[i]
+            attention(weights: block, layers: layers, s: s)
+            switch layers.mlp {
+            case let .dense(fc1, fc2):
+                denseMLP(fc1: fc1, fc2: fc2, s: s)
+            case let .moe(gate, w1, w2):
+                routing.append(moe(block: i, gate: gate, w1: w1, w2: w2, s: s))
             }
             if recordBlocks { blockOutputs.append(Array(UnsafeBufferPointer(start: s.x, count: T * D))) }
         }
@@ -202,7 +213,7 @@ public final class FloatBackbone: Sendable {
 
     // MARK: - Stages
 
-    private func patchEmbed(pixels: UnsafePointer<Float>, s: Scratch) {
+    private func patchEmbed(pixels: UnsafePointer<Float>, layer: PackedLinear, s: Scratch) {
         let c = weights.config
         let D = c.embedDim, p = c.patchSize, C = c.inChans, H = c.imageHeight, W = c.imageWidth
         let cols = W / p, P = c.patches, K = C * p * p
@@ -218,32 +229,16 @@ public final class FloatBackbone: Sendable {
                 }
             }
         }
-        weights.posEmbed.withUnsafeBufferPointer { pos in
-            let pos = pos.baseAddress!
-            s.x.update(from: pos, count: c.tokens * D)
-            weights.patchEmbedBias.withUnsafeBufferPointer { bias in
-                for n in 0..<P {
-                    let row = s.x + (1 + n) * D
-                    for d in 0..<D { row[d] += bias[d] }
-                }
-            }
-        }
-        weights.patchEmbedWeight.withUnsafeBufferPointer { wt in
-            BLAS.gemm(transB: true, m: P, n: D, k: K, a: s.patches, lda: K, b: wt.baseAddress!, ldb: K,
-                      beta: 1, c: s.x + D, ldc: D)
-        }
+        weights.posEmbed.withUnsafeBufferPointer { s.x.update(from: $0.baseAddress!, count: c.tokens * D) }
+        // x[1+n] = posEmbed[1+n] + (conv(n) + bias)
+        layer.apply(rows: P, x: s.patches, .accumulate, y: s.x + D)
     }
 
-    private func attention(block i: Int, weights b: BlockWeights, s: Scratch) {
+    private func attention(weights b: BlockWeights, layers: PackedBlock, s: Scratch) {
         let c = weights.config
         let T = c.tokens, D = c.embedDim, hd = c.headDim
         layerNorm(s.x, rows: T, dim: D, weight: b.norm1Weight, bias: b.norm1Bias, eps: c.layerNormEps, out: s.h)
-        qkvWeights[i].withUnsafeBufferPointer { w in
-            qkvBiases[i].withUnsafeBufferPointer { bias in
-                BLAS.linear(x: s.h, m: T, inDim: D, weight: w.baseAddress!, bias: bias.baseAddress!,
-                            outDim: 3 * D, y: s.qkv)
-            }
-        }
+        layers.qkv.apply(rows: T, x: s.h, .store, y: s.qkv)
         let ld = 3 * D
         for head in 0..<c.heads {
             let q = s.qkv + head * hd, k = s.qkv + D + head * hd, v = s.qkv + 2 * D + head * hd
@@ -254,68 +249,88 @@ public final class FloatBackbone: Sendable {
             BLAS.gemm(m: T, n: hd, k: T, a: scores, lda: T, b: v, ldb: ld, beta: 0,
                       c: s.attnOut + head * hd, ldc: D)
         }
-        b.projWeight.withUnsafeBufferPointer { w in
-            b.projBias.withUnsafeBufferPointer { bias in
-                BLAS.linear(x: s.attnOut, m: T, inDim: D, weight: w.baseAddress!, bias: bias.baseAddress!,
-                            outDim: D, y: s.x, accumulate: true)
-            }
-        }
+        layers.proj.apply(rows: T, x: s.attnOut, .accumulate, y: s.x)
         layerNorm(s.x, rows: T, dim: D, weight: b.norm2Weight, bias: b.norm2Bias, eps: c.layerNormEps, out: s.h)
     }
 
-    private func denseMLP(_ fc1W: [Float], _ fc1B: [Float], _ fc2W: [Float], _ fc2B: [Float], s: Scratch) {
-        let c = weights.config
-        let T = c.tokens, D = c.embedDim, Hm = c.mlpHidden
-        fc1W.withUnsafeBufferPointer { w in
-            fc1B.withUnsafeBufferPointer { b in
-                BLAS.linear(x: s.h, m: T, inDim: D, weight: w.baseAddress!, bias: b.baseAddress!, outDim: Hm, y: s.hidden)
-            }
-        }
-        geluInPlace(s.hidden, count: T * Hm)
-        fc2W.withUnsafeBufferPointer { w in
-            fc2B.withUnsafeBufferPointer { b in
-                BLAS.linear(x: s.hidden, m: T, inDim: Hm, weight: w.baseAddress!, bias: b.baseAddress!, outDim: D,
-                            y: s.x, accumulate: true)
-            }
-        }
+    private func denseMLP(fc1: PackedLinear, fc2: PackedLinear, s: Scratch) {
+        let T = weights.config.tokens
+        fc1.apply(rows: T, x: s.h, .gelu, y: s.hidden)
+        fc2.apply(rows: T, x: s.hidden, .accumulate, y: s.x)
     }
 
-    private func moe(block: Int, gate: [Float], w1: [Float], b1: [Float], w2: [Float], b2: [Float],
-                     s: Scratch) -> MoERouting {
+    private func moe(block: Int, gate: PackedLinear, w1: [PackedLinear], w2: [PackedLinear], s: Scratch) -> MoERouting {
         let c = weights.config
-        let T = c.tokens, D = c.embedDim, E = c.experts, He = c.expertHidden, K = c.topK
-        gate.withUnsafeBufferPointer { g in
-            BLAS.linear(x: s.h, m: T, inDim: D, weight: g.baseAddress!, bias: nil, outDim: E, y: s.logits)
-        }
+        let T = c.tokens, D = c.embedDim, E = c.experts, K = c.topK
+        gate.apply(rows: T, x: s.h, .store, y: s.logits)
         softmaxRows(s.logits, rows: T, cols: E)
         let probs = UnsafeBufferPointer(start: s.logits, count: T * E)
         let (top, topW, queues, margins) = route(probs: probs, tokens: T, experts: E, topK: K)
 
         s.mlp.update(repeating: 0, count: T * D)
-        w1.withUnsafeBufferPointer { w1 in b1.withUnsafeBufferPointer { b1 in
-        w2.withUnsafeBufferPointer { w2 in b2.withUnsafeBufferPointer { b2 in
-            for e in 0..<E {
-                let queue = queues[e]
-                let n = queue.count
-                if n == 0 { continue }
-                for (r, t) in queue.enumerated() {
-                    (s.gathered + r * D).update(from: s.h + Int(t) * D, count: D)
-                }
-                BLAS.linear(x: s.gathered, m: n, inDim: D, weight: w1.baseAddress! + e * He * D,
-                            bias: b1.baseAddress! + e * He, outDim: He, y: s.hidden)
-                geluInPlace(s.hidden, count: n * He)
-                BLAS.linear(x: s.hidden, m: n, inDim: He, weight: w2.baseAddress! + e * D * He,
-                            bias: b2.baseAddress! + e * D, outDim: D, y: s.expertOut)
-                for (r, t) in queue.enumerated() {
-                    let pw = probs[Int(t) * E + e]
-                    let dst = s.mlp + Int(t) * D, src = s.expertOut + r * D
-                    for d in 0..<D { dst[d] += pw * src[d] }
-                }
+        for e in 0..<E where !queues[e].isEmpty {
+            let queue = queues[e]
+            for (r, t) in queue.enumerated() { s.rowScale[r] = probs[Int(t) * E + e] }
+            queue.withUnsafeBufferPointer { q in
+                // hidden[r] = GELU(w1·h[queue[r]] + b1); mlp[queue[r]] += p[queue[r], e]·(w2·hidden[r] + b2)
+                w1[e].apply(rows: q.count, x: s.h, xRows: q.baseAddress, .gelu, y: s.hidden)
+                w2[e].apply(rows: q.count, x: s.hidden, .accumulateScaled, rowScale: s.rowScale,
+                            y: s.mlp, yRows: q.baseAddress)
             }
-        }}}}
+        }
         for j in 0..<T * D { s.x[j] += s.mlp[j] }
         return MoERouting(block: block, topExperts: top, topWeights: topW, queues: queues, margins: margins)
     }
+}
+
+/// The backbone's linear layers packed once (`PackedLinear`), for one task's gates.
+struct PackedBackbone: Sendable {
+    let patchEmbed: PackedLinear
+    let blocks: [PackedBlock]
+
+    /// `w` must have passed `FloatBackbone.validate`.
+    init(_ w: BackboneWeights, isa: moepack_isa) {
+        let c = w.config
+        let D = c.embedDim
+        patchEmbed = PackedLinear(weight: w.patchEmbedWeight, bias: w.patchEmbedBias, outDim: D,
+                                  inDim: c.inChans * c.patchSize * c.patchSize, isa: isa)
+        blocks = w.blocks.map { b in
+            let mlp: PackedBlock.MLP
+            switch b.mlp {
+            case let .dense(fc1Weight, fc1Bias, fc2Weight, fc2Bias):
+                mlp = .dense(fc1: PackedLinear(weight: fc1Weight, bias: fc1Bias, outDim: c.mlpHidden, inDim: D, isa: isa),
+                             fc2: PackedLinear(weight: fc2Weight, bias: fc2Bias, outDim: D, inDim: c.mlpHidden, isa: isa))
+            case let .moe(gates, w1, b1, w2, b2):
+                let He = c.expertHidden
+                mlp = .moe(gate: PackedLinear(weight: gates[w.task], bias: nil, outDim: c.experts, inDim: D, isa: isa),
+                           w1: (0..<c.experts).map {
+                               PackedLinear(weight: w1, offset: $0 * He * D, bias: b1, biasOffset: $0 * He,
+                                            outDim: He, inDim: D, isa: isa)
+                           },
+                           w2: (0..<c.experts).map {
+                               PackedLinear(weight: w2, offset: $0 * D * He, bias: b2, biasOffset: $0 * D,
+                                            outDim: D, inDim: He, isa: isa)
+                           })
+            }
+            // Q, K, V stacked [3D, D] with biases [3D]: one product for all three.
+            return PackedBlock(qkv: PackedLinear(weight: b.qWeight + b.kWeight + b.vWeight, bias: b.qBias + b.kBias + b.vBias,
+                                                 outDim: 3 * D, inDim: D, isa: isa),
+                               proj: PackedLinear(weight: b.projWeight, bias: b.projBias, outDim: D, inDim: D, isa: isa),
+                               mlp: mlp)
+        }
+    }
+}
+
+/// One block's packed layers.
+struct PackedBlock: Sendable {
+    enum MLP: Sendable {
+        case dense(fc1: PackedLinear, fc2: PackedLinear)
+        /// The gate of the backbone's task and each expert's two layers.
+        case moe(gate: PackedLinear, w1: [PackedLinear], w2: [PackedLinear])
+    }
+    let qkv: PackedLinear
+    let proj: PackedLinear
+    let mlp: MLP
 }
 
 // MARK: - Routing
@@ -404,57 +419,6 @@ func vectorSum(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
     return acc.sum() + tail
 }
 
-/// Exact GELU in place: 0.5·x·(1 + erf(x/√2)) (PyTorch `nn.GELU(approximate='none')`).
-///
-/// erf is vectorised (see `erf16`): for |x| ≥ 0.5 the formula of PyTorch's vectorised CPU kernel
-/// (`Vectorized<float>::erf`), Abramowitz & Stegun 7.1.26, erf(x) = sign(x)·(1 − t·P(t)·e^(−x²)),
-/// t = 1/(1 + 0.3275911·|x|), absolute error ≤ 1.5e-7 (≤ 3e-7 measured in float32 arithmetic);
-/// a Maclaurin series below 0.5.
-func geluInPlace(_ p: UnsafeMutablePointer<Float>, count: Int) {
-    var j = 0
-    while j + 16 <= count {
-        let x = UnsafeRawPointer(p + j).loadUnaligned(as: SIMD16<Float>.self)
-        UnsafeMutableRawPointer(p + j).storeBytes(of: gelu16(x), as: SIMD16<Float>.self)
-        j += 16
-    }
-    if j < count {
-        var tail = SIMD16<Float>(repeating: 0)
-        for k in 0..<(count - j) { tail[k] = p[j + k] }
-        let y = gelu16(tail)
-        for k in 0..<(count - j) { p[j + k] = y[k] }
-    }
-}
-
-@inline(__always)
-func gelu16(_ x: SIMD16<Float>) -> SIMD16<Float> {
-    0.5 * x * (1 + erf16(x * 0.70710678118654752440))
-}
-
-/// erf on 16 lanes: A&S 7.1.26 for |x| ≥ 0.5 (|error| ≤ 1.5e-7); for |x| < 0.5, where 1 − t·P·e^(−x²)
-/// cancels in float, the Maclaurin series 2/√π·Σₖ (−1)ᵏ x^(2k+1)/(k!(2k+1)) up to k = 6
-/// (truncation < 2e-8).
-@inline(__always)
-func erf16(_ x: SIMD16<Float>) -> SIMD16<Float> {
-    let ax = unsafeBitCast(unsafeBitCast(x, to: SIMD16<UInt32>.self) & 0x7FFF_FFFF, to: SIMD16<Float>.self)
-    let t = 1 / (1 + 0.3275911 * ax)
-    var poly = SIMD16<Float>(repeating: 1.061405429)
-    poly = poly * t + -1.453152027
-    poly = poly * t + 1.421413741
-    poly = poly * t + -0.284496736
-    poly = poly * t + 0.254829592
-    let y = 1 - poly * t * exp16(-(ax * ax))
-    let large = y.replacing(with: -y, where: x .< 0)
-    let x2 = x * x
-    var s = SIMD16<Float>(repeating: 0.00012055332981789664)
-    s = s * x2 + -0.0008548327023450852
-    s = s * x2 + 0.005223977625442188
-    s = s * x2 + -0.026866170645131252
-    s = s * x2 + 0.11283791670955126
-    s = s * x2 + -0.37612638903183754
-    s = s * x2 + 1.1283791670955126
-    return large.replacing(with: s * x, where: ax .< 0.5)
-}
-
 /// e^x on 16 lanes: Cephes `expf` polynomial (degree 5) after range reduction x = n·ln 2 + r with
 /// n = round(x/ln 2) (ln 2 split in two parts), scaled by 2ⁿ through the exponent bits; relative
 /// error about 2 ulp. x < −87.3 gives 0, x > 88.3 is clamped. Rounding uses the 1.5·2²³ trick so the
@@ -513,7 +477,7 @@ func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
 
 /// Per-forward scratch buffers, allocated once and reused by every block.
 final class Scratch {
-    let x, h, qkv, scores, attnOut, hidden, gathered, expertOut, mlp, logits, patches: UnsafeMutablePointer<Float>
+    let x, h, qkv, scores, attnOut, hidden, mlp, logits, patches, rowScale: UnsafeMutablePointer<Float>
     private let all: [UnsafeMutablePointer<Float>]
 
     init(config c: M3ViTConfig) {
@@ -525,10 +489,10 @@ final class Scratch {
         }
         x = alloc(T * D); h = alloc(T * D); qkv = alloc(T * 3 * D)
         scores = alloc(c.heads * T * T); attnOut = alloc(T * D)
-        hidden = alloc(T * max(c.mlpHidden, c.expertHidden)); gathered = alloc(T * D)
-        expertOut = alloc(T * D); mlp = alloc(T * D); logits = alloc(T * max(c.experts, 1))
+        hidden = alloc(T * max(c.mlpHidden, c.expertHidden))
+        mlp = alloc(T * D); logits = alloc(T * max(c.experts, 1)); rowScale = alloc(T)
         patches = alloc(c.patches * c.inChans * c.patchSize * c.patchSize)
-        all = [x, h, qkv, scores, attnOut, hidden, gathered, expertOut, mlp, logits, patches]
+        all = [x, h, qkv, scores, attnOut, hidden, mlp, logits, patches, rowScale]
     }
 
     deinit { for p in all { p.deallocate() } }
