@@ -151,7 +151,7 @@ extension FixedType {
 
     private func encodeDispatch(_ values: UnsafeBufferPointer<Float>, _ output: UnsafeMutableRawBufferPointer,
                                 _ stats: inout QuantizationStats, vectorized: Bool) {
-        // One loop per (rounding rule, container size), so the per-element work has no mode dispatch.
+        // One loop per rounding rule, so the per-element work has no mode dispatch.
         switch quantization {
         case .AP_TRN: encodeLoop(values, output, &stats, RoundTRN.self, vectorized)
         case .AP_TRN_ZERO: encodeLoop(values, output, &stats, RoundTRNZero.self, vectorized)
@@ -163,20 +163,10 @@ extension FixedType {
         }
     }
 
-    @inline(__always)
+    // Generic over the rounding rule only: the container width is a run-time value (a perfectly
+    // predicted switch per store), which keeps the specializations to one per rule (compile time).
     private func encodeLoop<R: RoundingRule>(_ values: UnsafeBufferPointer<Float>, _ output: UnsafeMutableRawBufferPointer,
                                              _ stats: inout QuantizationStats, _ rule: R.Type, _ vectorized: Bool) {
-        switch containerBytes {
-        case 1: encodeLoop(values, output, &stats, rule, UInt8.self, vectorized)
-        case 2: encodeLoop(values, output, &stats, rule, UInt16.self, vectorized)
-        case 4: encodeLoop(values, output, &stats, rule, UInt32.self, vectorized)
-        default: encodeLoop(values, output, &stats, rule, UInt64.self, vectorized)
-        }
-    }
-
-    private func encodeLoop<R: RoundingRule, C: FixedWidthInteger & UnsignedInteger>(
-        _ values: UnsafeBufferPointer<Float>, _ output: UnsafeMutableRawBufferPointer,
-        _ stats: inout QuantizationStats, _ rule: R.Type, _ container: C.Type, _ vectorized: Bool) {
         let n = values.count
         guard n > 0, let src = values.baseAddress, let out = output.baseAddress else {
             var empty = QuantizationStats()
@@ -184,15 +174,16 @@ extension FixedType {
             stats.merge(empty)
             return
         }
+        let cb = containerBytes
         var acc = _EncodeAccumulator(self)
         var i = 0
         #if _endian(little)
-        if vectorized && n >= 8 && simdEncodeEligible {
-            i = encodeSIMD(src, n, out, &acc, rule, container)
+        if vectorized && n >= 8 && simdEncodeEligible && cb <= 4 {
+            i = encodeSIMD(src, n, out, &acc, rule, cb)
         }
         #endif
         while i < n {
-            acc.element(i, src[i], out, rule, container)
+            acc.element(i, src[i], out, rule, cb)
             i &+= 1
         }
         stats.merge(acc.finish(count: n))
@@ -208,9 +199,9 @@ extension FixedType {
     /// code by ±1 from d and the sign of y (`RoundingRule.adjust`). If any lane lies outside [lo, hi]
     /// (NaN/±∞/huge y give codes far outside) the group is redone by the scalar path.
     @inline(__always)
-    private func encodeSIMD<R: RoundingRule, C: FixedWidthInteger & UnsignedInteger>(
+    private func encodeSIMD<R: RoundingRule>(
         _ src: UnsafePointer<Float>, _ n: Int, _ out: UnsafeMutableRawPointer,
-        _ acc: inout _EncodeAccumulator, _ rule: R.Type, _ container: C.Type) -> Int {
+        _ acc: inout _EncodeAccumulator, _ rule: R.Type, _ cb: Int) -> Int {
         typealias V = SIMD8<Float>
         typealias I = SIMD8<Int32>
         let magic: Float = 0x1.8p23
@@ -232,10 +223,10 @@ extension FixedType {
             let d = (t - vMagic) - y
             let r = R.adjust(unsafeBitCast(t, to: I.self) &- magicBits, y: y, d: d)
             if all((r .>= lo) .& (r .<= hi)) {
-                let off = i &* MemoryLayout<C>.size
-                if C.self == UInt8.self {
+                let off = i &* cb
+                if cb == 1 {
                     out.storeBytes(of: SIMD8<Int8>(truncatingIfNeeded: r), toByteOffset: off, as: SIMD8<Int8>.self)
-                } else if C.self == UInt16.self {
+                } else if cb == 2 {
                     out.storeBytes(of: SIMD8<Int16>(truncatingIfNeeded: r), toByteOffset: off, as: SIMD8<Int16>.self)
                 } else {
                     out.storeBytes(of: r, toByteOffset: off, as: I.self)
@@ -254,7 +245,7 @@ extension FixedType {
                 se0 += el * el
                 se1 += eh * eh
             } else {
-                for j in i..<(i &+ 8) { acc.element(j, src[j], out, rule, container) }
+                for j in i..<(i &+ 8) { acc.element(j, src[j], out, rule, cb) }
             }
             i &+= 8
         }
@@ -405,8 +396,8 @@ struct _EncodeAccumulator {
 
     /// Converts element `i` (value `xf`), stores its container and updates the statistics.
     @inline(__always)
-    mutating func element<R: RoundingRule, C: FixedWidthInteger & UnsignedInteger>(
-        _ i: Int, _ xf: Float, _ out: UnsafeMutableRawPointer, _ rule: R.Type, _ container: C.Type) {
+    mutating func element<R: RoundingRule>(
+        _ i: Int, _ xf: Float, _ out: UnsafeMutableRawPointer, _ rule: R.Type, _ cb: Int) {
         let x = Double(xf)
         var raw: Int64 = 0
         var qv = 0.0
@@ -428,7 +419,7 @@ struct _EncodeAccumulator {
         } else if !x.isFinite {
             nonFinite += 1
             if firstBad == nil { firstBad = i }
-            out.storeBytes(of: C(0), toByteOffset: i &* MemoryLayout<C>.size, as: C.self)
+            storeContainer(0, out, i, cb)
             return
         } else {
             (raw, qv) = slowPath(x)
@@ -440,7 +431,18 @@ struct _EncodeAccumulator {
         se += err * err
         let ae = abs(err)
         maxErr = ae > maxErr ? ae : maxErr
-        out.storeBytes(of: C(truncatingIfNeeded: raw).littleEndian, toByteOffset: i &* MemoryLayout<C>.size, as: C.self)
+        storeContainer(raw, out, i, cb)
+    }
+
+    /// Stores the low bits of `raw` as little-endian container `i` of `cb` bytes (1, 2, 4 or 8).
+    @inline(__always)
+    func storeContainer(_ raw: Int64, _ out: UnsafeMutableRawPointer, _ i: Int, _ cb: Int) {
+        switch cb {
+        case 1: out.storeBytes(of: UInt8(truncatingIfNeeded: raw), toByteOffset: i, as: UInt8.self)
+        case 2: out.storeBytes(of: UInt16(truncatingIfNeeded: raw).littleEndian, toByteOffset: i &* 2, as: UInt16.self)
+        case 4: out.storeBytes(of: UInt32(truncatingIfNeeded: raw).littleEndian, toByteOffset: i &* 4, as: UInt32.self)
+        default: out.storeBytes(of: UInt64(truncatingIfNeeded: raw).littleEndian, toByteOffset: i &* 8, as: UInt64.self)
+        }
     }
 
     /// The exact conversion for values the fast path cannot take (out of range, W > 32, huge F).

@@ -22,7 +22,10 @@ final class CLIHostileTests: XCTestCase {
         var stderrLines: [String] { stderr.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init) }
     }
 
-    func moepack(_ args: [String]) throws -> Outcome {
+    func moepack(_ args: [String]) throws -> Outcome { try Self.runMoepack(args) }
+
+    /// Runs the debug binary with `args`; stdout and stderr go through files.
+    nonisolated static func runMoepack(_ args: [String]) throws -> Outcome {
         guard FileManager.default.isExecutableFile(atPath: Self.binary) else {
             throw XCTSkip("\(Self.binary) is not built (run `swift build` first)")
         }
@@ -49,6 +52,32 @@ final class CLIHostileTests: XCTestCase {
         let errData = try Data(contentsOf: URL(fileURLWithPath: base + ".err"))
         return Outcome(status: p.terminationStatus, signaled: p.terminationReason == .uncaughtSignal,
                        stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self))
+    }
+
+    /// Runs `moepack` once per argument list, `width` processes at a time; outcomes in input order.
+    /// The first error thrown (e.g. the binary is not built) is rethrown after all have run.
+    func moepackConcurrently(_ runs: [[String]], width: Int = 2) throws -> [Outcome] {
+        let runs = runs
+        final class Results: @unchecked Sendable {
+            let lock = NSLock()
+            var outcomes: [Outcome?]
+            var error: Error?
+            init(_ n: Int) { outcomes = Array(repeating: nil, count: n) }
+        }
+        let results = Results(runs.count)
+        DispatchQueue.concurrentPerform(iterations: width) { worker in
+            for i in stride(from: worker, to: runs.count, by: width) {
+                let r = Result { try Self.runMoepack(runs[i]) }
+                results.lock.lock()
+                switch r {
+                case .success(let o): results.outcomes[i] = o
+                case .failure(let e): results.error = results.error ?? e
+                }
+                results.lock.unlock()
+            }
+        }
+        if let e = results.error { throw e }
+        return results.outcomes.map { $0! }
     }
 
     /// Rewrites `DIR/manifest.sha256` for the edited manifest with coreutils' `sha256sum` (the format

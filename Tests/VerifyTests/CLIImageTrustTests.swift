@@ -93,25 +93,32 @@ extension CLIHostileTests {
             ("em", "expert record part", "'expert_records[3]': block 1 expert 3 at ", { m in
                 var r = m["expert_records"] as! [[String: Any]]; r[3]["w2"] = (r[3]["w2"] as! Int) + 64; m["expert_records"] = r }),
         ]
-        for e in edits {
-            let dir = tmp + "/edited"
+        // Every edited folder is prepared first, then the ~160 commands run two at a time (the
+        // machine's cores), and their outcomes are asserted in order.
+        var jobs: [(args: [String], expected: String, what: String)] = []
+        for (i, e) in edits.enumerated() {
+            let dir = tmp + "/edited-\(i)", raw = tmp + "/edited-\(i)-digest-not-recomputed"
             try editedCopy(of: tmp + "/" + e.image, to: dir, resum: true, e.edit)
             for c in Self.imageCommands {
-                assertRefusedInOneLine(try moepack(c.args(dir, tmp)), "\(dir)/manifest.json: \(e.field)", "\(c.name) on \(e.what)")
+                jobs.append((c.args(dir, tmp), "\(dir)/manifest.json: \(e.field)", "\(c.name) on \(e.what)"))
             }
             // Without the digest recomputed, the manifest's SHA-256 catches any edit first... or the
             // field check does; either way one line, exit 2.
-            try editedCopy(of: tmp + "/" + e.image, to: dir, resum: false, e.edit)
-            assertRefusedInOneLine(try moepack(["check", dir]), "\(dir)/manifest", "check on \(e.what), digest not recomputed")
+            try editedCopy(of: tmp + "/" + e.image, to: raw, resum: false, e.edit)
+            jobs.append((["check", raw], "\(raw)/manifest", "check on \(e.what), digest not recomputed"))
         }
         // Edits the fields cannot see (the task, a valid other mode, the notes) are caught by the digest.
-        for (what, edit) in [("task 0 → 1", { (m: inout [String: Any]) in m["task"] = 1 }),
-                             ("quantization mode", { m in var q = m["quantization"] as! [String: Any]; q["mode"] = "AP_TRN"; m["quantization"] = q })] {
-            let dir = tmp + "/edited"
+        for (i, (what, edit)) in [("task 0 → 1", { (m: inout [String: Any]) in m["task"] = 1 }),
+                                  ("quantization mode", { m in var q = m["quantization"] as! [String: Any]; q["mode"] = "AP_TRN"; m["quantization"] = q })].enumerated() {
+            let dir = tmp + "/digest-\(i)"
             try editedCopy(of: tmp + "/base", to: dir, resum: false, edit)
             for c in Self.imageCommands {
-                assertRefusedInOneLine(try moepack(c.args(dir, tmp)), "\(dir)/manifest.sha256: manifest.json has SHA-256 ", "\(c.name) on \(what)")
+                jobs.append((c.args(dir, tmp), "\(dir)/manifest.sha256: manifest.json has SHA-256 ", "\(c.name) on \(what)"))
             }
+        }
+        let outcomes = try moepackConcurrently(jobs.map(\.args))
+        for (job, outcome) in zip(jobs, outcomes) {
+            assertRefusedInOneLine(outcome, job.expected, job.what)
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: tmp + "/out.npy"), "no command wrote an output")
     }
