@@ -182,20 +182,39 @@ public final class FloatBackbone: Sendable {
     /// - Throws: `MoepackError` (.mismatch) when the weights are inconsistent with their config or
     ///   `pixels` has the wrong length.
     public func forward(pixels: [Float], recordBlocks: Bool = false) throws -> ForwardResult {
+        try forward(batch: [pixels], recordBlocks: recordBlocks)[0]
+    }
+
+    /// Runs the backbone on several frames together: the same results, bit for bit, as one
+    /// `forward(pixels:)` per frame (every step works on token rows independently, attention per
+    /// frame), but each weight matrix is read once per batch instead of once per frame — the MoE
+    /// experts (16 × 2 matrices per block, ~16 token rows each per frame) are otherwise limited by
+    /// memory bandwidth.
+    ///
+    /// - Parameters:
+    ///   - batch: frames, each [inChans, H, W] row-major, values byte/256.
+    ///   - recordBlocks: also return x after every block.
+    /// - Returns: one `ForwardResult` per frame, in order.
+    /// - Throws: `MoepackError` (.mismatch) when the weights are inconsistent with their config or
+    ///   a frame has the wrong length (item `pixels`, or `pixels[i]` in a batch of several).
+    public func forward(batch: [[Float]], recordBlocks: Bool = false) throws -> [ForwardResult] {
         if let validationError { throw validationError }
         let c = weights.config
         let expected = c.inChans * c.imageHeight * c.imageWidth
-        guard pixels.count == expected else {
-            throw MoepackError(.mismatch, item: "pixels",
+        for (i, pixels) in batch.enumerated() where pixels.count != expected {
+            throw MoepackError(.mismatch, item: batch.count == 1 ? "pixels" : "pixels[\(i)]",
                                "\(pixels.count) values, expected \(expected) ([\(c.inChans),\(c.imageHeight),\(c.imageWidth)])")
         }
+        if batch.isEmpty { return [] }
         let p = packed!  // set whenever validationError is nil
-        let s = Scratch(config: c)
-        pixels.withUnsafeBufferPointer { patchEmbed(pixels: $0.baseAddress!, layer: p.patchEmbed, s: s) }
+        let B = batch.count, T = c.tokens, D = c.embedDim
+        let s = Scratch(config: c, frames: B)
+        for (f, pixels) in batch.enumerated() {
+            pixels.withUnsafeBufferPointer { patchEmbed(pixels: $0.baseAddress!, frame: f, layer: p.patchEmbed, s: s) }
+        }
 
-        var blockOutputs: [[Float]] = []
-        var routing: [MoERouting] = []
-        let T = c.tokens, D = c.embedDim
+        var blockOutputs = [[[Float]]](repeating: [], count: B)
+        var routing = [[MoERouting]](repeating: [], count: B)
         for (i, block) in weights.blocks.enumerated() {
             let layers = p.blocks[i]
             attention(weights: block, layers: layers, s: s)
@@ -203,17 +222,22 @@ public final class FloatBackbone: Sendable {
             case let .dense(fc1, fc2):
                 denseMLP(fc1: fc1, fc2: fc2, s: s)
             case let .moe(gate, w1, w2):
-                routing.append(moe(block: i, gate: gate, w1: w1, w2: w2, s: s))
+                for (f, r) in moe(block: i, gate: gate, w1: w1, w2: w2, s: s).enumerated() { routing[f].append(r) }
             }
-            if recordBlocks { blockOutputs.append(Array(UnsafeBufferPointer(start: s.x, count: T * D))) }
+            if recordBlocks {
+                for f in 0..<B { blockOutputs[f].append(Array(UnsafeBufferPointer(start: s.x + f * T * D, count: T * D))) }
+            }
         }
-        let output = Array(UnsafeBufferPointer(start: s.x, count: T * D))
-        return ForwardResult(output: output, blockOutputs: blockOutputs, routing: routing)
+        return (0..<B).map { f in
+            ForwardResult(output: Array(UnsafeBufferPointer(start: s.x + f * T * D, count: T * D)),
+                          blockOutputs: blockOutputs[f], routing: routing[f])
+        }
     }
 
     // MARK: - Stages
 
-    private func patchEmbed(pixels: UnsafePointer<Float>, layer: PackedLinear, s: Scratch) {
+    /// Writes frame `frame`'s tokens, x[frame·T ..< (frame+1)·T].
+    private func patchEmbed(pixels: UnsafePointer<Float>, frame: Int, layer: PackedLinear, s: Scratch) {
         let c = weights.config
         let D = c.embedDim, p = c.patchSize, C = c.inChans, H = c.imageHeight, W = c.imageWidth
         let cols = W / p, P = c.patches, K = C * p * p
@@ -229,48 +253,59 @@ public final class FloatBackbone: Sendable {
                 }
             }
         }
-        weights.posEmbed.withUnsafeBufferPointer { s.x.update(from: $0.baseAddress!, count: c.tokens * D) }
+        let x = s.x + frame * c.tokens * D
+        weights.posEmbed.withUnsafeBufferPointer { x.update(from: $0.baseAddress!, count: c.tokens * D) }
         // x[1+n] = posEmbed[1+n] + (conv(n) + bias)
-        layer.apply(rows: P, x: s.patches, .accumulate, y: s.x + D)
+        layer.apply(rows: P, x: s.patches, .accumulate, y: x + D)
     }
 
     private func attention(weights b: BlockWeights, layers: PackedBlock, s: Scratch) {
         let c = weights.config
-        let T = c.tokens, D = c.embedDim, hd = c.headDim
-        layerNorm(s.x, rows: T, dim: D, weight: b.norm1Weight, bias: b.norm1Bias, eps: c.layerNormEps, out: s.h)
-        layers.qkv.apply(rows: T, x: s.h, .store, y: s.qkv)
+        let T = c.tokens, D = c.embedDim, hd = c.headDim, rows = s.frames * T
+        layerNorm(s.x, rows: rows, dim: D, weight: b.norm1Weight, bias: b.norm1Bias, eps: c.layerNormEps, out: s.h)
+        layers.qkv.apply(rows: rows, x: s.h, .store, y: s.qkv)
         let ld = 3 * D
-        for head in 0..<c.heads {
-            let q = s.qkv + head * hd, k = s.qkv + D + head * hd, v = s.qkv + 2 * D + head * hd
-            let scores = s.scores + head * T * T
-            BLAS.gemm(transB: true, m: T, n: T, k: hd, alpha: c.attentionScale, a: q, lda: ld, b: k, ldb: ld,
-                      beta: 0, c: scores, ldc: T)
-            softmaxRows(scores, rows: T, cols: T)
-            BLAS.gemm(m: T, n: hd, k: T, a: scores, lda: T, b: v, ldb: ld, beta: 0,
-                      c: s.attnOut + head * hd, ldc: D)
+        for f in 0..<s.frames {
+            let qkv = s.qkv + f * T * ld, attnOut = s.attnOut + f * T * D
+            for head in 0..<c.heads {
+                let q = qkv + head * hd, k = qkv + D + head * hd, v = qkv + 2 * D + head * hd
+                let scores = s.scores + head * T * T
+                BLAS.gemm(transB: true, m: T, n: T, k: hd, alpha: c.attentionScale, a: q, lda: ld, b: k, ldb: ld,
+                          beta: 0, c: scores, ldc: T)
+                softmaxRows(scores, rows: T, cols: T)
+                BLAS.gemm(m: T, n: hd, k: T, a: scores, lda: T, b: v, ldb: ld, beta: 0, c: attnOut + head * hd, ldc: D)
+            }
         }
-        layers.proj.apply(rows: T, x: s.attnOut, .accumulate, y: s.x)
-        layerNorm(s.x, rows: T, dim: D, weight: b.norm2Weight, bias: b.norm2Bias, eps: c.layerNormEps, out: s.h)
+        layers.proj.apply(rows: rows, x: s.attnOut, .accumulate, y: s.x)
+        layerNorm(s.x, rows: rows, dim: D, weight: b.norm2Weight, bias: b.norm2Bias, eps: c.layerNormEps, out: s.h)
     }
 
     private func denseMLP(fc1: PackedLinear, fc2: PackedLinear, s: Scratch) {
-        let T = weights.config.tokens
-        fc1.apply(rows: T, x: s.h, .gelu, y: s.hidden)
-        fc2.apply(rows: T, x: s.hidden, .accumulate, y: s.x)
+        let rows = s.frames * weights.config.tokens
+        fc1.apply(rows: rows, x: s.h, .gelu, y: s.hidden)
+        fc2.apply(rows: rows, x: s.hidden, .accumulate, y: s.x)
     }
 
-    private func moe(block: Int, gate: PackedLinear, w1: [PackedLinear], w2: [PackedLinear], s: Scratch) -> MoERouting {
+    /// Routes every frame's tokens, then runs each expert once on the tokens of all frames routed
+    /// to it (frame by frame, each frame's queue in token order). Returns each frame's routing.
+    private func moe(block: Int, gate: PackedLinear, w1: [PackedLinear], w2: [PackedLinear], s: Scratch) -> [MoERouting] {
         let c = weights.config
-        let T = c.tokens, D = c.embedDim, E = c.experts, K = c.topK
-        gate.apply(rows: T, x: s.h, .store, y: s.logits)
-        softmaxRows(s.logits, rows: T, cols: E)
-        let probs = UnsafeBufferPointer(start: s.logits, count: T * E)
-        let (top, topW, queues, margins) = route(probs: probs, tokens: T, experts: E, topK: K)
+        let T = c.tokens, D = c.embedDim, E = c.experts, K = c.topK, rows = s.frames * T
+        gate.apply(rows: rows, x: s.h, .store, y: s.logits)
+        softmaxRows(s.logits, rows: rows, cols: E)
+        var routing: [MoERouting] = []
+        var rowsOf = (0..<E).map { _ in [Int32]().reserving(rows) }
+        for f in 0..<s.frames {
+            let probs = UnsafeBufferPointer(start: s.logits + f * T * E, count: T * E)
+            let (top, topW, queues, margins) = route(probs: probs, tokens: T, experts: E, topK: K)
+            routing.append(MoERouting(block: block, topExperts: top, topWeights: topW, queues: queues, margins: margins))
+            for e in 0..<E { rowsOf[e].append(contentsOf: queues[e].map { Int32(f * T) + $0 }) }
+        }
 
-        s.mlp.update(repeating: 0, count: T * D)
-        for e in 0..<E where !queues[e].isEmpty {
-            let queue = queues[e]
-            for (r, t) in queue.enumerated() { s.rowScale[r] = probs[Int(t) * E + e] }
+        s.mlp.update(repeating: 0, count: rows * D)
+        for e in 0..<E where !rowsOf[e].isEmpty {
+            let queue = rowsOf[e]
+            for (r, t) in queue.enumerated() { s.rowScale[r] = s.logits[Int(t) * E + e] }
             queue.withUnsafeBufferPointer { q in
                 // hidden[r] = GELU(w1·h[queue[r]] + b1); mlp[queue[r]] += p[queue[r], e]·(w2·hidden[r] + b2)
                 w1[e].apply(rows: q.count, x: s.h, xRows: q.baseAddress, .gelu, y: s.hidden)
@@ -278,8 +313,8 @@ public final class FloatBackbone: Sendable {
                             y: s.mlp, yRows: q.baseAddress)
             }
         }
-        for j in 0..<T * D { s.x[j] += s.mlp[j] }
-        return MoERouting(block: block, topExperts: top, topWeights: topW, queues: queues, margins: margins)
+        for j in 0..<rows * D { s.x[j] += s.mlp[j] }
+        return routing
     }
 }
 
@@ -477,18 +512,22 @@ func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
 
 /// Per-forward scratch buffers, allocated once and reused by every block.
 final class Scratch {
+    /// Frames in the batch; token rows are frame-major, [frames·tokens, ·].
+    let frames: Int
+    /// scores: one frame's [heads, T, T]; patches: one frame's im2col; the rest for all frames.
     let x, h, qkv, scores, attnOut, hidden, mlp, logits, patches, rowScale: UnsafeMutablePointer<Float>
     private let all: [UnsafeMutablePointer<Float>]
 
-    init(config c: M3ViTConfig) {
-        let T = c.tokens, D = c.embedDim
+    init(config c: M3ViTConfig, frames: Int = 1) {
+        self.frames = frames
+        let T = frames * c.tokens, D = c.embedDim
         func alloc(_ n: Int) -> UnsafeMutablePointer<Float> {
             let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
             p.initialize(repeating: 0, count: max(n, 1))
             return p
         }
         x = alloc(T * D); h = alloc(T * D); qkv = alloc(T * 3 * D)
-        scores = alloc(c.heads * T * T); attnOut = alloc(T * D)
+        scores = alloc(c.heads * c.tokens * c.tokens); attnOut = alloc(T * D)
         hidden = alloc(T * max(c.mlpHidden, c.expertHidden))
         mlp = alloc(T * D); logits = alloc(T * max(c.experts, 1)); rowScale = alloc(T)
         patches = alloc(c.patches * c.inChans * c.patchSize * c.patchSize)

@@ -97,6 +97,21 @@ public final class ImageModel: Sendable {
         }
     }
 
+    /// How many frames `run(batch:)` should be given at once for the best throughput: the float path
+    /// reads every weight matrix once per batch (``FloatBackbone/forward(batch:recordBlocks:)``);
+    /// the fixed-point emulation runs frame by frame.
+    public var preferredBatch: Int { mode == .float ? 4 : 1 }
+
+    /// Runs several frames; the same results as one `run` per frame, in order.
+    public func run(batch frames: [Frame], recordBlocks: Bool = false) throws -> [FrameResult] {
+        if let float {
+            return try float.forward(batch: frames.map(\.pixels), recordBlocks: recordBlocks).map {
+                FrameResult(output: $0.output, blockOutputs: $0.blockOutputs, routing: $0.routing, overflow: [])
+            }
+        }
+        return try frames.map { try run($0, recordBlocks: recordBlocks) }
+    }
+
     /// Runs one frame.
     public func run(_ frame: Frame, recordBlocks: Bool = false) throws -> FrameResult {
         if let float {

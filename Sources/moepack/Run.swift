@@ -263,7 +263,8 @@ extension Run {
     }
 }
 
-/// Runs every frame through `model`, in parallel across the cores, returning outputs in input order.
+/// Runs every frame through `model`, in parallel across the cores (each worker takes batches of up to
+/// `model.preferredBatch` frames), returning outputs in input order.
 func runFrames(_ model: ImageModel, _ frames: [NamedFrame], progress: (@Sendable (Int, Int) -> Void)?) throws -> [[Float]] {
     final class Slots: @unchecked Sendable {
         let lock = NSLock()
@@ -273,20 +274,43 @@ func runFrames(_ model: ImageModel, _ frames: [NamedFrame], progress: (@Sendable
     }
     let slots = Slots(frames.count)
     let workers = min(frames.count, max(1, ProcessInfo.processInfo.activeProcessorCount))
+    let batches = balancedBatches(frames.count, workers: workers, atMost: model.preferredBatch)
     DispatchQueue.concurrentPerform(iterations: workers) { w in
-        var i = w
-        while i < frames.count {
-            let r = Result { try model.run(frames[i].frame).output }
+        var b = w
+        while b < batches.count {
+            let range = batches[b]
+            let results: [Result<[Float], Error>]
+            do {
+                results = try model.run(batch: range.map { frames[$0].frame }).map { .success($0.output) }
+            } catch {
+                results = range.map { i in Result { try model.run(frames[i].frame).output } }
+            }
             slots.lock.lock()
-            slots.values[i] = r
-            slots.done += 1
+            for (i, r) in zip(range, results) { slots.values[i] = r }
+            slots.done += range.count
             let d = slots.done
             slots.lock.unlock()
             progress?(d, frames.count)
-            i += workers
+            b += workers
         }
     }
     return try slots.values.map { try $0!.get() }
+}
+
+/// Splits frames 0..<count into consecutive batches of at most `atMost` frames, their number a
+/// multiple of `workers` and their sizes differing by at most one, so that workers taking every
+/// `workers`-th batch get equal shares (±1 batch-size step).
+func balancedBatches(_ count: Int, workers: Int, atMost: Int) -> [Range<Int>] {
+    guard count > 0 else { return [] }
+    let workers = max(1, workers), atMost = max(1, atMost)
+    let needed = (count + atMost - 1) / atMost
+    let n = min(count, (needed + workers - 1) / workers * workers)
+    var start = 0
+    return (0..<n).map { b in
+        let size = count / n + (b < count % n ? 1 : 0)
+        defer { start += size }
+        return start..<start + size
+    }
 }
 
 /// Output file names for frames: `<stem>.npy`; when two frames share a stem, `<file name>.npy`, and

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import CMoepackKernels
+import MoepackCore
 import MoepackModel
 @testable import MoepackInference
 
@@ -152,6 +153,22 @@ final class PackedLinearTests: XCTestCase {
             // In reverse order after the others, and 3 rounds of all frames on concurrent threads.
             for f in frames.indices.reversed() {
                 XCTAssertEqual(try backbone.forward(pixels: frames[f]).output.map(\.bitPattern), alone[f])
+            }
+            // Batched (the experts then see the tokens of several frames in one product), in any
+            // order and with repeats: every frame's output, per-block outputs and routing unchanged.
+            let aloneFull = try frames.map { try backbone.forward(pixels: $0, recordBlocks: true) }
+            for order in [[0, 1, 2, 3], [2, 0, 3], [3, 3, 1, 0, 2, 1]] {
+                let batch = try backbone.forward(batch: order.map { frames[$0] }, recordBlocks: true)
+                XCTAssertEqual(batch.count, order.count)
+                for (r, f) in zip(batch, order) {
+                    XCTAssertEqual(r.output.map(\.bitPattern), alone[f], "form \(isa.rawValue) batch \(order) frame \(f)")
+                    XCTAssertEqual(r.blockOutputs.map { $0.map(\.bitPattern) }, aloneFull[f].blockOutputs.map { $0.map(\.bitPattern) })
+                    XCTAssertEqual(r.routing, aloneFull[f].routing)
+                }
+            }
+            XCTAssertEqual(try backbone.forward(batch: []).count, 0)
+            XCTAssertThrowsError(try backbone.forward(batch: [frames[0], [0, 1]])) { e in
+                XCTAssertEqual((e as? MoepackError)?.item, "pixels[1]")
             }
             final class Results: @unchecked Sendable {
                 let lock = NSLock()
