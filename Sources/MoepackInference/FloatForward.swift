@@ -485,8 +485,17 @@ func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
     guard cols > 0 else { return }
     for r in 0..<rows {
         let row = x + r * cols
+        // Row maximum, 16 lanes at a time (the maximum of finite values does not depend on the order).
         var m = row[0]
-        for j in 1..<cols where row[j] > m { m = row[j] }
+        var mv = SIMD16<Float>(repeating: m)
+        var i = 0
+        while i + 16 <= cols {
+            let v = UnsafeRawPointer(row + i).loadUnaligned(as: SIMD16<Float>.self)
+            mv.replace(with: v, where: v .> mv)
+            i += 16
+        }
+        for k in 0..<16 where mv[k] > m { m = mv[k] }
+        while i < cols { if row[i] > m { m = row[i] }; i += 1 }
         let m16 = SIMD16<Float>(repeating: m)
         var acc = SIMD16<Float>(repeating: 0)
         var j = 0
