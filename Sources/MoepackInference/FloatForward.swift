@@ -65,9 +65,11 @@ public struct ForwardResult: Sendable {
 /// Linear layers (patch embedding, QKV, projection, MLP, gate, experts) run on weights packed once
 /// when the backbone is built (`PackedLinear`, moepack's own float32 GEMM with the bias, GELU and the
 /// experts' weighted scatter in its epilogue); the attention products Q·Kᵀ and A·V, whose operands
-/// change with every frame, go through OpenBLAS `cblas_sgemm` (see `BLAS`). A frame's result does not
-/// depend on which frames run before, after or beside it. The object is immutable and can be shared
-/// between threads; each `forward` call allocates its own scratch once and reuses it across blocks.
+/// change with every frame, go through OpenBLAS `cblas_sgemm` (see `BLAS`). Frames can run in batches
+/// (`forward(batch:)`, each weight read once per batch); a frame's result does not depend on which
+/// frames run before, after or beside it, in a batch or on other threads. The object is immutable and
+/// can be shared between threads; each `forward` call allocates its own scratch once and reuses it
+/// across blocks.
 public final class FloatBackbone: Sendable {
     public let weights: BackboneWeights
     /// Packed linear layers (empty when `validationError` is set: nothing is read from bad weights).
