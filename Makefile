@@ -33,9 +33,10 @@ demo: release
 	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --heads $(CKPT)
 	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --mode fixed --heads $(CKPT)
 
+# Test classes run in parallel processes, one per core: most tests wait on moepack processes or files.
 test: deps
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build --disable-swift-testing
+	$(SWIFT) test --skip-build --disable-swift-testing --parallel
 
 bench: release
 	bash bench/run.sh

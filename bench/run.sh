@@ -21,6 +21,14 @@
 #   run-fixed    the same with --mode fixed (no reference)
 #   pack-small   pack on bench/out/train-small.pth (ViT-Small-sized, ~860 MB) with --profile bench/vit-small.json,
 #                both tools, plus the growth factors small ÷ tiny (file bytes, moepack, reference)
+#   run-small-*  moepack run --mode float / fixed on that image, per frame = (T(4 frames) − T(2 frames)) / 2,
+#                $BENCH_SMALL_RUNS (1) timed runs after the warm-up
+#   heads        moepack heads (semseg + depth decoders) per frame vs bench/reference_heads.py
+#   cold-build   swift build -c release --product moepack in a fresh clone (1 run; BENCH_COLD_BUILD=0 skips)
+#   cold-test    make test in the same fresh clone, debug build from nothing (1 run; skipped with cold-build)
+# Every cell shows the median and, in brackets, the spread (min–max) over the timed runs (for per-frame
+# rows: over the paired runs, run i of the N-frame job minus run i of the N/2-frame job). The last lines
+# state issue 15's targets with this run's figure and margin.
 #
 # The bench checkpoints are generated when missing, only if a Python with torch is available:
 # $PYTHON, <repo>/.venv/bin/python, /work/venv/bin/python or python3 (the first that imports torch+numpy).
@@ -107,7 +115,7 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-declare -A WALL RSS FAIL LINEAR
+declare -A WALL RSS FAIL LINEAR WALLS SPREAD
 
 median() {
     printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END { if (NR == 0) exit 1; if (NR % 2) printf "%.6g\n", a[(NR+1)/2]; else printf "%.6g\n", (a[NR/2]+a[NR/2+1])/2 }'
@@ -119,9 +127,9 @@ now() { if [ -n "${EPOCHREALTIME:-}" ]; then echo "${EPOCHREALTIME/,/.}"; else e
 # stdout of timed run i is in $LOG/KEY.i.out, stderr in $LOG/KEY.i.err.
 measure() {
     local key=$1; shift
-    local walls=() rsses=() i t0 t1 e m
+    local walls=() rsses=() i t0 t1 e m runs=${MEASURE_RUNS:-$RUNS}
     echo "bench: $key: $*" >&2
-    for ((i = 0; i <= RUNS; i++)); do
+    for ((i = 0; i <= runs; i++)); do
         t0=$(now)
         if ! /usr/bin/time -f '%e %M' -o "$LOG/$key.time" "$@" >"$LOG/$key.$i.out" 2>"$LOG/$key.$i.err"; then
             t1=$(now)
@@ -138,6 +146,7 @@ measure() {
         printf '%s\t%d\t%s\t%s\n' "$key" "$i" "$e" "$m" >> "$RUNS_TSV"
     done
     WALL[$key]=$(median "${walls[@]}")
+    WALLS[$key]="${walls[*]}"
     RSS[$key]=$(median "${rsses[@]}" | awk '{ printf "%d\n", $1 + 0.5 }')
 }
 
@@ -201,6 +210,14 @@ run_n() {   # run_n MODE N → measure key run-MODE-N
         measure "run-$mode-$n" "$BIN" run "$PACKED" --image "$OUT/frames-$n" --mode "$mode" -o "$OUT/run-$mode-$n"
     fi
 }
+# slope_spread KEY_A KEY_B FRAMES_A FRAMES_B → "min–max" ms/frame over the paired runs (run i − run i).
+slope_spread() {
+    local a=(${WALLS[$1]:-}) b=(${WALLS[$2]:-}) i out=()
+    for ((i = 0; i < ${#a[@]} && i < ${#b[@]}; i++)); do
+        out+=("$(awk -v x="${a[$i]}" -v y="${b[$i]}" -v n="$3" -v m="$4" 'BEGIN { printf "%.3f", (y - x) * 1000 / (m - n) }')")
+    done
+    ((${#out[@]})) && printf '%s\n' "${out[@]}" | sort -g | awk '{a[NR]=$1} END { printf "%.1f–%.1f", a[1], a[NR] }'
+}
 per_frame() {   # per_frame MODE → sets WALL[run-MODE] (ms/frame), RSS[run-MODE], LINEAR[MODE]
     local mode=$1
     if [ -n "$RUN_MODE" ] && run_n "$mode" 1 && run_n "$mode" "$HALF" && run_n "$mode" "$FRAMES"; then
@@ -212,6 +229,7 @@ per_frame() {   # per_frame MODE → sets WALL[run-MODE] (ms/frame), RSS[run-MOD
         LINEAR[$mode]=$(awk -v a="${WALL[run-$mode-1]}" -v m="${WALL[run-$mode-$HALF]}" -v b="${WALL[run-$mode-$FRAMES]}" \
             -v h="$HALF" -v n="$FRAMES" 'BEGIN { printf "1→%d frames %.1f ms/frame, %d→%d frames %.1f ms/frame", h, (m - a) * 1000 / (h - 1), h, n, (b - m) * 1000 / (n - h) }')
         RSS[run-$mode]=${RSS[run-$mode-$FRAMES]}
+        SPREAD[run-$mode]=$(slope_spread "run-$mode-$HALF" "run-$mode-$FRAMES" "$HALF" "$FRAMES")
     else
         FAIL[run-$mode]=1
     fi
@@ -225,6 +243,7 @@ if have_ref; then
         ms=()
         for ((i = 1; i <= RUNS; i++)); do ms+=("$(sed -nE 's/^ms\/frame: *([0-9.]+).*/\1/p' "$LOG/ref-forward.$i.out")"); done
         WALL[ref-forward-ms]=$(median "${ms[@]}")
+        SPREAD[ref-forward]=$(printf '%s\n' "${ms[@]}" | sort -g | awk '{a[NR]=$1} END { printf "%.1f–%.1f", a[1], a[NR] }')
     fi
 fi
 
@@ -253,6 +272,34 @@ if [ -f "$CK_SMALL" ]; then
     have_ref && measure ref-pack-small "$PY" bench/reference_pack.py "$CK_SMALL" -o "$OUT/pack-ref-small" --profile "$PROFILE_SMALL"
 fi
 
+# (e2) run on the ViT-Small-sized image (1025 tokens), float and fixed: per frame = (T(4 frames) −
+# T(2 frames)) / 2, both cores busy; $BENCH_SMALL_RUNS (default 1) timed runs after the warm-up, since a
+# fixed frame takes seconds. The frame is 3×512×512 seeded pseudo-random bytes (awk's srand(1)).
+SMALL_PACKED="$OUT/pack-moepack-small"
+if ! $REF_ONLY && [ -f "$SMALL_PACKED/manifest.json" ]; then
+    SMALL_FRAME="$OUT/small-frame.u8"
+    [ -f "$SMALL_FRAME" ] || LC_ALL=C awk 'BEGIN { srand(1); for (i = 0; i < 3 * 512 * 512; i++) printf "%c", int(rand() * 256) }' > "$SMALL_FRAME"
+    for n in 2 4; do
+        d="$OUT/small-frames-$n"; rm -rf "$d"; mkdir -p "$d"
+        for ((j = 0; j < n; j++)); do cp "$SMALL_FRAME" "$d/$(printf 'frame-%03d.u8' "$j")"; done
+    done
+    for mode in float fixed; do
+        ok=true
+        for n in 2 4; do
+            rm -rf "$OUT/run-small-$mode-$n"
+            MEASURE_RUNS=${BENCH_SMALL_RUNS:-1} measure "run-small-$mode-$n" "$BIN" run "$SMALL_PACKED" --image "$OUT/small-frames-$n" \
+                --mode "$mode" -o "$OUT/run-small-$mode-$n" || ok=false
+        done
+        if $ok; then
+            WALL[run-small-$mode]=$(awk -v a="${WALL[run-small-$mode-2]}" -v b="${WALL[run-small-$mode-4]}" 'BEGIN { printf "%.3f", (b - a) * 1000 / 2 }')
+            RSS[run-small-$mode]=${RSS[run-small-$mode-4]}
+            SPREAD[run-small-$mode]=$(slope_spread "run-small-$mode-2" "run-small-$mode-4" 2 4)
+        else
+            FAIL[run-small-$mode]=1
+        fi
+    done
+fi
+
 # (f) cold release build of a fresh clone (once, not $RUNS times: it takes minutes). The clone is of
 # the checked-out commit (git clone --local --no-hardlinks), so nothing built here is reused; Swift
 # packages resolve from SwiftPM's shared cache. BENCH_COLD_BUILD=0 skips it.
@@ -275,6 +322,21 @@ if ! $REF_ONLY && [ "${BENCH_COLD_BUILD:-1}" != 0 ] && git -C "$ROOT" rev-parse 
         else
             echo "bench: cold build failed; see $LOG/cold-build.out" >&2
             FAIL[cold-build]=1
+        fi
+        # The README's test command from the same fresh clone (debug build of the package and its
+        # tests, then every test), timed as one.
+        rm -rf "$COLD/.build"
+        echo "bench: cold-test: make test in a fresh clone (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+        t0=$(now)
+        if (cd "$COLD" && /usr/bin/time -f '%e %M' -o "$ROOT/$LOG/cold-test.time" make test) >"$LOG/cold-test.out" 2>&1; then
+            t1=$(now)
+            read -r e m < <(tail -n 1 "$LOG/cold-test.time")
+            if [ -n "$t0" ] && [ -n "$t1" ]; then e=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }'); fi
+            WALL[cold-test]=$e; RSS[cold-test]=$m
+            printf '%s\t%d\t%s\t%s\n' cold-test 1 "$e" "$m" >> "$RUNS_TSV"
+        else
+            echo "bench: make test in the fresh clone failed; see $LOG/cold-test.out" >&2
+            FAIL[cold-test]=1
         fi
         rm -rf "$COLD"
     else
@@ -300,9 +362,9 @@ write_figures() {
         echo " \"machine\": {\"nproc\": $(nproc), \"cpu\": \"$cpu\", \"ram_kb\": $(awk '/MemTotal/ { print $2 }' /proc/meminfo), \"load_average_start\": \"$LOAD_START\", \"load_average_end\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"},"
         echo " \"python\": \"$("$PY" -c 'import sys, torch, numpy; print(f"Python {sys.version.split()[0]}, torch {torch.__version__}, numpy {numpy.__version__}")')\","
         echo " \"jobs\": {"
-        job pack-tiny ref-pack-tiny ", \"checkpoint_bytes\": $(stat -c %s "$CK_TINY")"; echo ","
+        job pack-tiny ref-pack-tiny ", \"checkpoint_bytes\": $(stat -L -c %s "$CK_TINY")"; echo ","
         job forward-float ref-forward ", \"ms_per_frame\": ${WALL[ref-forward-ms]:-null}, \"frames\": $FRAMES"; echo ","
-        job pack-small ref-pack-small ", \"checkpoint_bytes\": $(stat -c %s "$CK_SMALL")"; echo
+        job pack-small ref-pack-small ", \"checkpoint_bytes\": $(stat -L -c %s "$CK_SMALL")"; echo
         echo " }"
         echo "}"
     } > "$1"
@@ -336,13 +398,15 @@ row() {
         [ -n "$rw" ] && note=" (committed $FIG_DATE)"
     fi
     if [ "$unit" = ms ]; then mcell=$(fmt_ms "$mw"); rcell=$(fmt_ms "$rw"); else mcell=$(fmt_s "$mw"); rcell=$(fmt_s "$rw"); fi
+    [ -n "$mcell" ] && [ -n "${SPREAD[$mk]:-}" ] && mcell="$mcell (${SPREAD[$mk]})"
+    [ -n "$rcell" ] && [ -n "$rk" ] && [ -n "${SPREAD[$rk]:-}" ] && have_ref && rcell="$rcell (${SPREAD[$rk]})"
     [ -n "$mk" ] && [ -z "$mcell" ] && mcell="n/a"
     [ -z "$rcell" ] && rcell="—" || rcell="$rcell$note"
     printf '| %s | %s | %s | %s | %s | %s |\n' "$label" "$mcell" "$rcell" "$(ratio "$rw" "$mw" || true)" \
         "$(fmt_mb "$mr" || true)" "$(fmt_mb "$rr" || true)"
 }
 
-size_mb() { [ -f "$1" ] && awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f MB", b / 1e6 }'; }
+size_mb() { [ -f "$1" ] && awk -v b="$(stat -L -c %s "$1")" 'BEGIN { printf "%.0f MB", b / 1e6 }'; }
 
 {
     echo "| job | moepack median | reference median | ratio (reference ÷ moepack) | moepack peak RSS | reference peak RSS |"
@@ -354,7 +418,11 @@ size_mb() { [ -f "$1" ] && awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f M
     row "run --mode fixed, per frame" run-fixed "" "" ms
     row "heads: semseg + depth decoders, per frame" heads ref-heads "" ms
     row "pack, ViT-Small-sized checkpoint $(size_mb "$CK_SMALL") (float32 + AdamW)" pack-small ref-pack-small pack-small s
+    [ -n "${WALL[run-small-float]:-}${FAIL[run-small-float]:-}" ] && row "run --mode float, ViT-Small-sized image, per frame" run-small-float "" "" ms
+    [ -n "${WALL[run-small-fixed]:-}${FAIL[run-small-fixed]:-}" ] && row "run --mode fixed, ViT-Small-sized image, per frame" run-small-fixed "" "" ms
     [ -n "${WALL[cold-build]:-}${FAIL[cold-build]:-}" ] && row "cold \`swift build -c release\` of a fresh clone (1 run)" cold-build "" "" s
+    [ -n "${WALL[cold-test]:-}${FAIL[cold-test]:-}" ] && row "\`make test\` in a fresh clone (debug build + all tests, 1 run)" cold-test "" "" s
+    true
 } > "$OUT/results.md"
 
 {
@@ -362,7 +430,7 @@ size_mb() { [ -f "$1" ] && awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f M
     echo "Medians of $RUNS runs after 1 warm-up (page cache warm). $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, load average at end $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%Y-%m-%d)."
     if [ -n "${WALL[pack-tiny]:-}" ] && [ -n "${WALL[pack-small]:-}" ] && [ -f "$CK_TINY" ] && [ -f "$CK_SMALL" ]; then
         g() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0) printf "%.2f×", b / a }'; }
-        line="Growth ViT-Small ÷ ViT-Tiny: checkpoint bytes $(g "$(stat -c %s "$CK_TINY")" "$(stat -c %s "$CK_SMALL")"), moepack pack wall $(g "${WALL[pack-tiny]}" "${WALL[pack-small]}"), peak RSS $(g "${RSS[pack-tiny]}" "${RSS[pack-small]}")"
+        line="Growth ViT-Small ÷ ViT-Tiny: checkpoint bytes $(g "$(stat -L -c %s "$CK_TINY")" "$(stat -L -c %s "$CK_SMALL")"), moepack pack wall $(g "${WALL[pack-tiny]}" "${WALL[pack-small]}"), peak RSS $(g "${RSS[pack-tiny]}" "${RSS[pack-small]}")"
         if have_ref && [ -n "${WALL[ref-pack-tiny]:-}" ] && [ -n "${WALL[ref-pack-small]:-}" ]; then
             line="$line; reference wall $(g "${WALL[ref-pack-tiny]}" "${WALL[ref-pack-small]}"), peak RSS $(g "${RSS[ref-pack-tiny]}" "${RSS[ref-pack-small]}")"
         elif ! have_ref && [ -n "$(figure pack-tiny wall_s)" ] && [ -n "$(figure pack-small wall_s)" ]; then
@@ -375,7 +443,7 @@ size_mb() { [ -f "$1" ] && awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f M
         # Only when the reference ran in this run (else its output is from an earlier one).
         if have_ref && [ -f "$a" ] && [ -f "$b" ] && [ "$b" -nt "$OUT/train-$s.pth" ]; then
             if cmp -s "$a" "$b"; then echo "pack-$s: moepack's ddr.bin and the reference's are byte-identical."
-            else echo "pack-$s: ddr.bin differs from the reference's in $(cmp -l "$a" "$b" 2>/dev/null | wc -l) byte(s) ($(stat -c %s "$a") vs $(stat -c %s "$b") bytes)."; fi
+            else echo "pack-$s: ddr.bin differs from the reference's in $(cmp -l "$a" "$b" 2>/dev/null | wc -l) byte(s) ($(stat -L -c %s "$a") vs $(stat -L -c %s "$b") bytes)."; fi
         fi
     done
     for mode in float fixed; do
@@ -384,6 +452,17 @@ size_mb() { [ -f "$1" ] && awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.0f M
     if [ -n "${WALL[run-float]:-}" ] && [ -n "${WALL[run-fixed]:-}" ]; then
         echo "Fixed ÷ float per frame: $(awk -v a="${WALL[run-float]}" -v b="${WALL[run-fixed]}" 'BEGIN { if (a > 0) printf "%.2f×", b / a }') (integer kernels: $(grep -qw avx512bw /proc/cpuinfo && grep -qw avx512f /proc/cpuinfo && echo AVX-512 || { grep -qw avx2 /proc/cpuinfo && echo AVX2 || echo portable C; })${MOEPACK_SIMD:+, forced MOEPACK_SIMD=$MOEPACK_SIMD})."
     fi
+    # Issue 15's targets, each with this run's figure and its margin.
+    target() {   # target LABEL VALUE LIMIT UNIT
+        [ -n "${2:-}" ] && awk -v l="$1" -v v="$2" -v t="$3" -v u="$4" 'BEGIN {
+            printf "Target %s ≤ %g%s: %.2f%s, %s (margin %+.0f%%).\n", l, t, u, v, u, (v <= t ? "met" : "NOT met"), (t - v) * 100 / t }'
+    }
+    fr() { [ -n "${1:-}" ] && [ -n "${2:-}" ] && awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.4f", a / b }'; }
+    target "cold release build" "${WALL[cold-build]:-}" 90 " s"
+    target "make test in a fresh clone" "${WALL[cold-test]:-}" 120 " s"
+    target "fixed ÷ float per frame" "$(fr "${WALL[run-fixed]:-}" "${WALL[run-float]:-}")" 2.0 "×"
+    target "ViT-Small-sized fixed ÷ float per frame" "$(fr "${WALL[run-small-fixed]:-}" "${WALL[run-small-float]:-}")" 10 "×"
+    have_ref && target "float ÷ PyTorch per frame" "$(fr "${WALL[run-float]:-}" "${WALL[ref-forward-ms]:-}")" 0.5 "×"
     [ -n "${WALL[cold-build]:-}" ] && echo "Cold build: one run of swift build -c release --product moepack in a fresh clone, ${COLD_STEPS:-?} compile steps, load average $COLD_LOAD at its start."
     if [ -n "$RUN_MODE" ]; then
         echo "moepack per-frame time = (median wall of a $FRAMES-frame run − median wall of a $HALF-frame run) / $((FRAMES - HALF)) (frames via $RUN_MODE, both cores busy throughout: steady state); reference = median of bench/reference_forward.py's in-process ms/frame after 3 warm-up frames."

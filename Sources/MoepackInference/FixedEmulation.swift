@@ -141,6 +141,7 @@ public final class FixedBackbone: Sendable {
     let patchWeights: [Int32]       // [D][C][p][p], wt_patch_embed_t raw
     let patchFrac: Int              // its fraction bits
     let patchFast: Bool             // FixedEmulation.patchFast: the unchecked 16-term sums apply
+    let patchWeightsT: [Int16]      // fast form: the weights as [C·p·p][D] Int16 (CMoepackKernels), else empty
     let patchBias: [Int32]          // [D], fm_t raw
     let normFrac: Int               // fraction bits of wt_norm_t
     let posEmbed: [Int32]           // [T][D], fm_t raw
@@ -229,6 +230,7 @@ public final class FixedBackbone: Sendable {
         patchWeights = pw.raw
         patchFrac = pw.type.fractionBits
         patchFast = !forceGeneral && FixedEmulation.patchFast(pw.type)
+        patchWeightsT = patchFast ? Self.transposed16(pw.raw, rows: D, columns: C * p * p) : []
         let pb = try get(.patch_embed_bias)
         patchBias = toFm(pb.raw[...], pb.type)
         let pe = try get(.pos_embed)
@@ -429,10 +431,32 @@ extension FixedBackbone {
         }
     }
 
+    /// `raw` [rows][columns] (values that fit Int16) as [columns][rows] Int16.
+    static func transposed16(_ raw: [Int32], rows: Int, columns: Int) -> [Int16] {
+        [Int16](unsafeUninitializedCapacity: rows * columns) { buf, count in
+            for r in 0..<rows {
+                for c in 0..<columns { buf[c * rows + r] = Int16(truncatingIfNeeded: raw[r * columns + c]) }
+            }
+            count = rows * columns
+        }
+    }
+
     /// conv.cpp `compute_patch_embed`.
     func patchEmbed(pixels: [UInt8], out: UnsafeMutablePointer<Int32>, ledger: inout WrapLedger) {
         let c = config
         let D = c.embedDim, C = c.inChans, p = c.patchSize, H = c.imageHeight, W = c.imageWidth
+        if patchFast {
+            // The 16-term row sums cannot wrap (|each floored product| < 2^21): CMoepackKernels,
+            // vectorised across the D outputs.
+            var posWraps: Int64 = 0
+            let wraps = withUnsafeTemporaryAllocation(of: Int32.self, capacity: D) { scratch in
+                moepack_patch_embed(simdKernels, pixels, C, H, W, p, patchWeightsT, D, patchBias, posEmbed, out,
+                                    scratch.baseAddress!, &posWraps)
+            }
+            ledger.add(-1, "patch_embed", Int(wraps))
+            ledger.add(-1, "pos_embed", Int(posWraps))
+            return
+        }
         let gw = W / p, gh = H / p
         let patchLen = C * p * p
         var patch = [Int32](repeating: 0, count: patchLen)
@@ -454,15 +478,8 @@ extension FixedBackbone {
                                 var acc = patchBias[d]
                                 var r = 0
                                 while r < patchLen {
-                                    var addend: Int32 = 0
-                                    if patchFast {
-                                        // addend_dim += pixel * weight: 8 + 16 fraction bits floored to 22.
-                                        // |each| < 2^21, so a 16-term row sum cannot leave fm_t.
-                                        for j in r..<(r + p) { addend &+= (pb[j] &* wRow[j]) &>> 2 }
-                                    } else {
-                                        addend = patchRowSumGeneral(pixels: pb.baseAddress! + r, weights: wRow + r,
+                                    let addend = patchRowSumGeneral(pixels: pb.baseAddress! + r, weights: wRow + r,
                                                                     count: p, frac: patchFrac, wraps: &wPatch)
-                                    }
                                     acc = addFm(Int64(acc), Int64(addend), &wPatch)
                                     r += p
                                 }
@@ -517,10 +534,11 @@ extension FixedBackbone {
         let qU = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: hd)
         let qBlock9 = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: blocks)
         let blockScratch = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: T)
-        let weightsU = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: T)
+        let weights32 = UnsafeMutableBufferPointer<Int32>.allocate(capacity: T)
+        let softScratch = UnsafeMutableBufferPointer<Int32>.allocate(capacity: 3 * T)
         defer {
             kT.deallocate(); kBlock9T.deallocate(); qU.deallocate(); qBlock9.deallocate()
-            blockScratch.deallocate(); weightsU.deallocate()
+            blockScratch.deallocate(); weights32.deallocate(); softScratch.deallocate()
         }
         let scale = scaleRaw
         for head in 0..<config.heads {
@@ -595,23 +613,13 @@ extension FixedBackbone {
                         scores[ki] = s
                     }
                 }
-                // Running softmax in the kernel's key order.
+                // Running softmax in the kernel's key order and the weights (CMoepackKernels).
                 let o = qi % 4
-                var rs = RunningSoftmax()
-                for step in 0..<T { rs.update(scores[(o + step) % T], &wSoft) }
-                let recip = recipFm(rs.sum, &wSoft)
                 var weightSum: Int64 = 0
-                var allWeightsNonNegative = true
-                for step in 0..<T {
-                    let ki = (o + step) % T
-                    let dExact = Int64(scores[ki]) - Int64(rs.bias)
-                    if outsideFm(dExact) { wSoft += 1 }
-                    let e = expFm(wrapFm(dExact), &wSoft)
-                    let a = mulFm(e, recip, &wSoft)
-                    weights[ki] = Int64(a)
-                    weightSum += abs(Int64(a))
-                    allWeightsNonNegative = allWeightsNonNegative && a >= 0
-                }
+                var nonNegative: Int32 = 0
+                wSoft += Int(moepack_attn_softmax(simdKernels, scores, T, o, weights32.baseAddress!,
+                                                  softScratch.baseAddress!, &weightSum, &nonNegative))
+                let allWeightsNonNegative = nonNegative != 0
                 // attn × V: acc = v*a (floored), acc += previous, keys in the same order.
                 let outRow = out + qi * D + off
                 let bound = Double(maxAbsV) * Double(weightSum) / fmScale + Double(T) + 1
@@ -620,18 +628,16 @@ extension FixedBackbone {
                     // v + 2^31 = u ∈ [0, 2^32) and 0 ≤ a < 2^32: floor(v·a / 2^22) =
                     // floor(u·a / 2^22) − 2^9·a, where u·a < 2^64 is an unsigned 32×32-bit
                     // product and the floor a logical shift (CMoepackKernels `moepack_av_accumulate`).
-                    var sumA: UInt32 = 0
-                    for ki in 0..<T {
-                        let a32 = UInt32(truncatingIfNeeded: weights[ki])   // 0 ≤ a < 2^31
-                        weightsU[ki] = a32
-                        sumA &+= a32
-                    }
+                    let sumA = UInt32(truncatingIfNeeded: weightSum)   // Σ a mod 2^32, every 0 ≤ a < 2^31
                     accU.withUnsafeMutableBufferPointer { ab in
-                        moepack_av_accumulate(simdKernels, weightsU.baseAddress!, v + off, D, T, hd, ab.baseAddress!)
+                        weights32.withMemoryRebound(to: UInt32.self) { wu in
+                            moepack_av_accumulate(simdKernels, wu.baseAddress!, v + off, D, T, hd, ab.baseAddress!)
+                        }
                         let correction = sumA &<< 9
                         for d in 0..<hd { outRow[d] = Int32(bitPattern: ab[d] &- correction) }
                     }
                 } else if bound < 2_147_483_647.0 {
+                    for ki in 0..<T { weights[ki] = Int64(weights32[ki]) }
                     for d in 0..<hd { acc[d] = 0 }
                     acc.withUnsafeMutableBufferPointer { ab in
                         for ki in 0..<T {
@@ -642,6 +648,7 @@ extension FixedBackbone {
                     }
                     for d in 0..<hd { outRow[d] = Int32(truncatingIfNeeded: acc[d]) }
                 } else {
+                    for ki in 0..<T { weights[ki] = Int64(weights32[ki]) }
                     for d in 0..<hd {
                         var r: Int32 = 0
                         for step in 0..<T {

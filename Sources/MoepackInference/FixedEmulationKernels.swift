@@ -70,9 +70,14 @@ let fmMax = Int64(Int32.max)
 }
 
 /// `hls::exp(fm_t x)` → fm_t, emulated as floor(e^x · 2^22) using the C library's double exp
-/// (correctly rounded in practice). Vitis' fixed-point `hls::exp` may differ in the last bit.
+/// (correctly rounded in practice), saturating like ``doubleToFm``. Vitis' fixed-point `hls::exp`
+/// may differ in the last bit. Computed by CMoepackKernels `moepack_exp_fm`: a polynomial whose
+/// proven error bound decides the floor, the C library only near an integer boundary (same bits).
 @inline(__always) func expFm(_ x: Int32, _ wraps: inout Int) -> Int32 {
-    doubleToFm(exp(Double(x) / fmScale), &wraps)
+    var w: Int64 = 0
+    let e = moepack_exp_fm(x, &w)
+    wraps += Int(w)
+    return e
 }
 
 /// `fm_t(1) / fm_t(d)` and `hls::recip(fm_t d)` for d > 0: the ap_fixed quotient keeps the

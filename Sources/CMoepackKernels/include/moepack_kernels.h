@@ -63,6 +63,37 @@ int64_t moepack_qk_scores(moepack_isa isa, const uint32_t *qu, const uint32_t *q
 void moepack_av_accumulate(moepack_isa isa, const uint32_t *a, const int32_t *v, ptrdiff_t ldv,
                            ptrdiff_t keys, ptrdiff_t hd, uint32_t *acc);
 
+/// hls::exp(fm_t x) -> fm_t as the emulation defines it: floor(exp(x / 2^22) * 2^22) with the C
+/// library's double exp (expFm in FixedEmulationKernels.swift), computed by a polynomial whose error
+/// bound decides the floor, the library only near an integer boundary (proof in softmax.c). A result
+/// at or beyond 2^31 raw saturates to INT32_MAX and adds one to *wraps.
+int32_t moepack_exp_fm(int32_t x, int64_t *wraps);
+
+/// e[i] = moepack_exp_fm(x[i], wraps) for i < n, the polynomial vectorised for `isa`.
+void moepack_exp_fm_many(moepack_isa isa, const int32_t *x, ptrdiff_t n, int32_t *e, int64_t *wraps);
+
+/// The softmax of one query (attention.cpp finalize_attn) over scores[keys] (fm_t raw): the running
+/// maximum and sum in the kernel's key order first, first+1, ..., keys-1, 0, ..., first-1
+/// (RunningSoftmax in FixedEmulationKernels.swift), recip = fm_t(1) / sum, then
+/// weights[k] = fm_t(exp(fm_t(scores[k] - max)) * recip) for every key. Writes *abs_sum =
+/// sum_k |weights[k]| and *all_nonneg = 1 when no weight is negative; `scratch` holds 3*keys values.
+/// Returns the number of fm_t assignments that wrapped (the emulation's `attn.softmax` count).
+int64_t moepack_attn_softmax(moepack_isa isa, const int32_t *scores, ptrdiff_t keys, ptrdiff_t first,
+                             int32_t *weights, int32_t *scratch, int64_t *abs_sum, int *all_nonneg);
+
+/// conv.cpp compute_patch_embed for patch weights of at most 16 bits with 16 fraction bits (each
+/// floored product pixel*weight has |.| < 2^21, so a row sum of `patch` <= 1024 terms cannot leave
+/// fm_t): pixels [chans][height][width] bytes (ap_ufixed<8,0>), weights_t [chans*patch*patch][dims]
+/// (the kernel's [dims][chans][patch][patch] transposed), bias [dims] and pos [tokens][dims] in fm_t
+/// raw. out [tokens][dims]: token 0 = pos[0]; token 1 + patch index (row-major) = bias + the row
+/// sums sum_j floor(pixel_j * w_j / 4) over rows (chans, patch rows) in order, each addition
+/// assigned to fm_t, then + pos. Returns the wraps of the row additions and writes those of the
+/// pos additions to *pos_wraps. `scratch` holds dims values; dims is a multiple of 16.
+int64_t moepack_patch_embed(moepack_isa isa, const uint8_t *pixels, ptrdiff_t chans, ptrdiff_t height,
+                            ptrdiff_t width, ptrdiff_t patch, const int16_t *weights_t, ptrdiff_t dims,
+                            const int32_t *bias, const int32_t *pos, int32_t *out, int32_t *scratch,
+                            int64_t *pos_wraps);
+
 #ifdef __cplusplus
 }
 #endif
