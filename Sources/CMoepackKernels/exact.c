@@ -62,21 +62,50 @@ __attribute__((target("avx2"))) static inline __m256i product14_avx2(__m256i x, 
     return _mm256_add_epi32(r4, _mm256_and_si256(c, _mm256_set1_epi32(3)));
 }
 
-/// Lanes l0 .. l0+16 of `outs` outputs; returns the wraps.
+/// The same product when it provably fits int32 (|x|*|w| < 2^45): p mod 2^32 = 4q + c.
+__attribute__((target("avx2"))) static inline __m256i product14_fits_avx2(__m256i x, __m256i wv) {
+    const __m256i q = _mm256_mullo_epi32(_mm256_srai_epi32(x, 16), wv);
+    const __m256i c = _mm256_srai_epi32(_mm256_mullo_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0xFFFF)), wv), 14);
+    return _mm256_add_epi32(_mm256_slli_epi32(q, 2), c);
+}
+
+/// Lanes l0 .. l0+16 of `outs` outputs; returns the wraps. Outputs whose largest |w| times the
+/// chunk's largest |x| is below 2^45 cannot have a product outside int32 and skip that check.
 __attribute__((target("avx2"))) static int64_t replay_w16s14_avx2(const int32_t *x, ptrdiff_t ldx, const int16_t *w,
                                                                   ptrdiff_t ldw, ptrdiff_t outs, ptrdiff_t n,
                                                                   int32_t *acc, ptrdiff_t ld_acc) {
+    int64_t maxX = 0;
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (int l = 0; l < 16; l++) {
+            const int64_t a = x[i * ldx + l] < 0 ? -(int64_t)x[i * ldx + l] : x[i * ldx + l];
+            maxX = a > maxX ? a : maxX;
+        }
     int64_t total = 0;
     for (ptrdiff_t o = 0; o < outs; o++) {
         const int16_t *wo = w + o * ldw;
         int32_t *ao = acc + o * ld_acc;
+        int32_t maxW = 0;
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const int32_t a = wo[i] < 0 ? -(int32_t)wo[i] : wo[i];
+            maxW = a > maxW ? a : maxW;
+        }
         __m256i a0 = _mm256_loadu_si256((const __m256i *)ao), a1 = _mm256_loadu_si256((const __m256i *)(ao + 8));
         __m256i fit = _mm256_setzero_si256(), ov = _mm256_setzero_si256();
-        for (ptrdiff_t i = 0; i < n; i++) {
-            const __m256i wv = _mm256_set1_epi32(wo[i]);
-            const int32_t *xi = x + i * ldx;
-            a0 = acc_add_avx2(a0, product14_avx2(_mm256_loadu_si256((const __m256i *)xi), wv, &fit), &ov);
-            a1 = acc_add_avx2(a1, product14_avx2(_mm256_loadu_si256((const __m256i *)(xi + 8)), wv, &fit), &ov);
+        const int fits = maxX * maxW < ((int64_t)1 << 45);
+        if (fits) {
+            for (ptrdiff_t i = 0; i < n; i++) {
+                const __m256i wv = _mm256_set1_epi32(wo[i]);
+                const int32_t *xi = x + i * ldx;
+                a0 = acc_add_avx2(a0, product14_fits_avx2(_mm256_loadu_si256((const __m256i *)xi), wv), &ov);
+                a1 = acc_add_avx2(a1, product14_fits_avx2(_mm256_loadu_si256((const __m256i *)(xi + 8)), wv), &ov);
+            }
+        } else {
+            for (ptrdiff_t i = 0; i < n; i++) {
+                const __m256i wv = _mm256_set1_epi32(wo[i]);
+                const int32_t *xi = x + i * ldx;
+                a0 = acc_add_avx2(a0, product14_avx2(_mm256_loadu_si256((const __m256i *)xi), wv, &fit), &ov);
+                a1 = acc_add_avx2(a1, product14_avx2(_mm256_loadu_si256((const __m256i *)(xi + 8)), wv, &fit), &ov);
+            }
         }
         _mm256_storeu_si256((__m256i *)ao, a0);
         _mm256_storeu_si256((__m256i *)(ao + 8), a1);
@@ -84,12 +113,11 @@ __attribute__((target("avx2"))) static int64_t replay_w16s14_avx2(const int32_t 
         int32_t f[8], v[8];
         _mm256_storeu_si256((__m256i *)f, fit);
         _mm256_storeu_si256((__m256i *)v, ov);
-        total += 16 * (int64_t)n;
+        if (!fits) total += 16 * (int64_t)n;
         for (int l = 0; l < 8; l++) total += (int64_t)f[l] - (int64_t)v[l];
     }
     return total;
 }
-
 
 /// Exact floor(x*w / 2^s) of int32 lanes (low dwords of `x`) and a broadcast weight, as int64
 /// lanes. AVX2 has no 64-bit arithmetic shift: logical shift, then the sign bit (now bit 63 - s)
