@@ -157,10 +157,15 @@ final class FixedEmulationExactTests: XCTestCase {
     func testAttnVRotatedReplayEqualsStatementReplay() {
         // attention.cpp attn × V for one query: keys in the order o, o+1, …, T−1, 0, …, o−1;
         // acc = v*a (floored, wrapped), then acc += v*a. The emulation runs it as two segments.
+        // Weights below 2^21 (under 0.5) let no product leave fm_t (the kernels' no-check path); larger
+        // ones with hostile values wrap per product too.
         let keys = 37, hd = 32, ldv = 3 * hd
-        for o in [0, 1, 3] {
-            let v = (0..<(keys * ldv)).map { _ in hostileX() }
-            let a = (0..<keys).map { _ in Int32(truncatingIfNeeded: rng.next() % (1 << 31)) >> Int32(rng.next() % 20) }
+        for (o, smallA) in [(0, false), (1, false), (3, false), (0, true), (5, true)] {
+            // With the small weights, values of one sign (up to 512) so that the sums still wrap.
+            let v = (0..<(keys * ldv)).map { _ in smallA ? Int32(truncatingIfNeeded: (1 << 30) + rng.next() % (1 << 30)) : hostileX() }
+            let a = (0..<keys).map { _ in
+                Int32(truncatingIfNeeded: rng.next() % (1 << 31)) >> Int32(smallA ? 10 + rng.next() % 3 : rng.next() % 20)
+            }
             var expectedWraps = 0
             var expected = [Int32](repeating: 0, count: hd)
             for d in 0..<hd {
@@ -174,6 +179,9 @@ final class FixedEmulationExactTests: XCTestCase {
                 expected[d] = r
             }
             XCTAssertGreaterThan(expectedWraps, 0)
+            if smallA {
+                XCTAssertFalse((0..<keys).contains { k in (0..<hd).contains { outsideFm((Int64(v[k * ldv + $0]) * Int64(a[k])) >> 22) } })
+            }
             for isa in FixedEmulationFastPathTests.runnableISAs {
                 var acc = [Int32](repeating: 0, count: hd)
                 var wraps = 0
