@@ -69,21 +69,17 @@ ISA_FN static int RW_NAME(linear_split_rows_)(const int32_t *x0, ptrdiff_t n, in
         // slack (n + 1 raw units) dwarfs any difference of rounding order.
         double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         int32_t lo = INT32_MAX, hi = INT32_MIN;
+        for (ptrdiff_t i = 0; i < n; i++) {   // integer min/max: a reduction the vectoriser takes
+            lo = x[i] < lo ? x[i] : lo;
+            hi = x[i] > hi ? x[i] : hi;
+        }
         ptrdiff_t i = 0;
         for (; i + 8 <= n; i += 8)
             for (int l = 0; l < 8; l++) {
-                const int32_t v = x[i + l];
-                const double d = (double)v;
+                const double d = (double)x[i + l];
                 s[l] += d * d;
-                lo = v < lo ? v : lo;
-                hi = v > hi ? v : hi;
             }
-        for (; i < n; i++) {
-            const int32_t v = x[i];
-            s[0] += (double)v * (double)v;
-            lo = v < lo ? v : lo;
-            hi = v > hi ? v : hi;
-        }
+        for (; i < n; i++) s[0] += (double)x[i] * (double)x[i];
         norms[r] = sqrt(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])));
         in_range &= n == 0 || (lo >= lo_ok && hi <= hi_ok);
     }

@@ -93,4 +93,30 @@ final class FixedEmulationRowsTests: XCTestCase {
             }
         }
     }
+    /// GELU of `moepack_bias_gelu` (zero bias) against ``geluFm`` at every table step and its
+    /// neighbours, a sweep of fractions inside several steps, both signs, the table's end and
+    /// Int32.min.
+    func testBiasGeluSweepEveryFormEqualsGeluFm() {
+        var xs: [Int32] = [Int32.min, Int32.min + 1, Int32.max, geluTableMaxRaw, geluTableMaxRaw - 1, geluTableMaxRaw + 1]
+        for step in 0...177 {
+            for dx in [-2, -1, 0, 1, 2, 0xFFFF, 0x1FFFE] {
+                let v = Int32(step << 17) + Int32(dx)
+                xs.append(v); xs.append(-v)
+            }
+        }
+        for f in stride(from: 0, to: 1 << 17, by: 97) {
+            for step in [0, 1, 37, 100, 175] { xs.append(Int32(step << 17 + f)); xs.append(-Int32(step << 17 + f)) }
+        }
+        while xs.count % 64 != 0 { xs.append(0) }
+        var expectedWraps = 0
+        let expected = xs.map { geluFm($0, &expectedWraps) }
+        XCTAssertEqual(expectedWraps, 1)
+        let bias = [Int32](repeating: 0, count: 64)
+        for isa in FixedEmulationFastPathTests.runnableISAs {
+            var y = xs
+            let wraps = moepack_bias_gelu(isa, &y, xs.count / 64, 64, 64, bias, geluDeltaTablePointer, geluTableMaxRaw)
+            XCTAssertEqual(y, expected, "form \(isa.rawValue)")
+            XCTAssertEqual(Int(wraps), expectedWraps, "form \(isa.rawValue)")
+        }
+    }
 }
