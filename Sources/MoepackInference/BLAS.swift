@@ -5,7 +5,9 @@ import Glibc
 import Darwin
 #endif
 
-/// Thin wrappers over OpenBLAS `cblas_sgemm` (row-major, float32) used by the float reference.
+/// Thin wrappers over OpenBLAS `cblas_sgemm` (row-major, float32) used by the float reference for the
+/// products whose operands both change with every frame (attention's Q·Kᵀ and A·V); the linear layers
+/// use weights packed once (`PackedLinear`).
 ///
 /// Thread count: when the environment sets `OPENBLAS_NUM_THREADS` (or `OMP_NUM_THREADS`), OpenBLAS
 /// honours it itself and moepack leaves it alone; otherwise moepack uses one BLAS thread: the
@@ -95,27 +97,6 @@ enum BLAS {
         cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                     blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb),
                     beta, c, blasint(ldc))
-    }
-
-    /// Kernel-form linear layer: Y[m, out] = X[m, in] · W[out, in]ᵀ + bias[out]; with `accumulate`,
-    /// Y += X · Wᵀ + bias. `ldx`/`ldy` are row strides (default: `inDim` / `outDim`).
-    static func linear(x: UnsafePointer<Float>, m: Int, inDim: Int, ldx: Int? = nil,
-                       weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, outDim: Int,
-                       y: UnsafeMutablePointer<Float>, ldy: Int? = nil, accumulate: Bool = false) {
-        let ldy = ldy ?? outDim
-        if let bias {
-            for r in 0..<m {
-                let row = y + r * ldy
-                if accumulate {
-                    for j in 0..<outDim { row[j] += bias[j] }
-                } else {
-                    row.update(from: bias, count: outDim)
-                }
-            }
-        }
-        let beta: Float = (bias != nil || accumulate) ? 1 : 0
-        gemm(transB: true, m: m, n: outDim, k: inDim, a: x, lda: ldx ?? inDim, b: weight, ldb: inDim,
-             beta: beta, c: y, ldc: ldy)
     }
 }
 

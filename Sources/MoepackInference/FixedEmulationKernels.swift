@@ -444,6 +444,18 @@ func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                    wraps: inout Int, geluWraps: inout Int, form: DotForm = .perProduct) {
     let n = layer.inDim, m = layer.outDim
     guard rows > 0, m > 0 else { return }
+    // Rows whose partial sums may wrap are replayed exactly, many at a time; the rest (every output
+    // provably wrap-free) take the kernels below.
+    let replay = rowsNeedingReplay(layer, input: input, rows: rows)
+    if !replay.isEmpty {
+        linearReplayRows(layer, input: input, rowIndices: replay, output: output, gelu: gelu,
+                         wraps: &wraps, geluWraps: &geluWraps, form: form)
+        forEachRun(outside: replay, rows: rows) { from, count in
+            linearForward(layer, input: input + from * n, rows: count, output: output + from * m, gelu: gelu,
+                          scratch: scratch, wraps: &wraps, geluWraps: &geluWraps, form: form)
+        }
+        return
+    }
     guard layer.isFast else {
         linearForwardGeneral(layer, input: input, rows: rows, output: output, gelu: gelu,
                              wraps: &wraps, geluWraps: &geluWraps, form: form)

@@ -65,9 +65,11 @@ public struct ForwardResult: Sendable {
 /// Linear layers (patch embedding, QKV, projection, MLP, gate, experts) run on weights packed once
 /// when the backbone is built (`PackedLinear`, moepack's own float32 GEMM with the bias, GELU and the
 /// experts' weighted scatter in its epilogue); the attention products Q·Kᵀ and A·V, whose operands
-/// change with every frame, go through OpenBLAS `cblas_sgemm` (see `BLAS`). A frame's result does not
-/// depend on which frames run before, after or beside it. The object is immutable and can be shared
-/// between threads; each `forward` call allocates its own scratch once and reuses it across blocks.
+/// change with every frame, go through OpenBLAS `cblas_sgemm` (see `BLAS`). Frames can run in batches
+/// (`forward(batch:)`, each weight read once per batch); a frame's result does not depend on which
+/// frames run before, after or beside it, in a batch or on other threads. The object is immutable and
+/// can be shared between threads; each `forward` call allocates its own scratch once and reuses it
+/// across blocks.
 public final class FloatBackbone: Sendable {
     public let weights: BackboneWeights
     /// Packed linear layers (empty when `validationError` is set: nothing is read from bad weights).
@@ -485,8 +487,17 @@ func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
     guard cols > 0 else { return }
     for r in 0..<rows {
         let row = x + r * cols
+        // Row maximum, 16 lanes at a time (the maximum of finite values does not depend on the order).
         var m = row[0]
-        for j in 1..<cols where row[j] > m { m = row[j] }
+        var mv = SIMD16<Float>(repeating: m)
+        var i = 0
+        while i + 16 <= cols {
+            let v = UnsafeRawPointer(row + i).loadUnaligned(as: SIMD16<Float>.self)
+            mv.replace(with: v, where: v .> mv)
+            i += 16
+        }
+        for k in 0..<16 where mv[k] > m { m = mv[k] }
+        while i < cols { if row[i] > m { m = row[i] }; i += 1 }
         let m16 = SIMD16<Float>(repeating: m)
         var acc = SIMD16<Float>(repeating: 0)
         var j = 0

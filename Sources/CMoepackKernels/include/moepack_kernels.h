@@ -114,4 +114,7 @@ int moepack_linear_split_rows(moepack_isa isa, const int32_t *x, ptrdiff_t n, in
 #ifdef __cplusplus
 }
 #endif
+
+// The exact replays of the slow path (declared apart, in moepack_exact.h).
+#include "moepack_exact.h"
 #endif
