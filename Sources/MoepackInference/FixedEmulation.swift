@@ -499,10 +499,14 @@ extension FixedBackbone {
     func layerNorm(_ x: UnsafePointer<Int32>, out: UnsafeMutablePointer<Int32>, weight: [Int32], bias: [Int32],
                    wraps: inout Int) {
         let D = config.embedDim, T = config.tokens
-        for t in 0..<T {
-            layerNormRow(x + t * D, out: out + t * D, n: D, invDim: invDimRaw, eps: epsRaw,
-                         weight: weight, weightFrac: normFrac, bias: bias, wraps: &wraps)
+        guard (0...62).contains(normFrac) else {   // the C kernel shifts by wt_norm_t's fraction bits
+            for t in 0..<T {
+                layerNormRow(x + t * D, out: out + t * D, n: D, invDim: invDimRaw, eps: epsRaw,
+                             weight: weight, weightFrac: normFrac, bias: bias, wraps: &wraps)
+            }
+            return
         }
+        wraps += Int(moepack_layer_norm(simdKernels, x, T, D, invDimRaw, epsRaw, weight, Int32(normFrac), bias, out))
     }
 
     /// add.cpp `compute_add`: x = x + y elementwise in fm_t.
@@ -536,9 +540,11 @@ extension FixedBackbone {
         let blockScratch = UnsafeMutableBufferPointer<UInt32>.allocate(capacity: T)
         let weights32 = UnsafeMutableBufferPointer<Int32>.allocate(capacity: T)
         let softScratch = UnsafeMutableBufferPointer<Int32>.allocate(capacity: 3 * T)
+        // K transposed as fm_t, kS[j·T + key], for the exact Q·K replay (`moepack_replay_lanes`).
+        let kS = UnsafeMutableBufferPointer<Int32>.allocate(capacity: hd * T)
         defer {
             kT.deallocate(); kBlock9T.deallocate(); qU.deallocate(); qBlock9.deallocate()
-            blockScratch.deallocate(); weights32.deallocate(); softScratch.deallocate()
+            blockScratch.deallocate(); weights32.deallocate(); softScratch.deallocate(); kS.deallocate()
         }
         let scale = scaleRaw
         for head in 0..<config.heads {
@@ -551,8 +557,10 @@ extension FixedBackbone {
                 for b in 0..<blocks {
                     var bs: UInt32 = 0
                     for j in 0..<8 {
-                        let u = UInt32(bitPattern: k[t * D + off + b * 8 + j]) ^ 0x8000_0000
+                        let kv = k[t * D + off + b * 8 + j]
+                        let u = UInt32(bitPattern: kv) ^ 0x8000_0000
                         kT[(b * 8 + j) * T + t] = u
+                        kS[(b * 8 + j) * T + t] = kv
                         bs &+= u
                     }
                     kBlock9T[b * T + t] = bs &<< 9
@@ -584,33 +592,13 @@ extension FixedBackbone {
                                                      blockScratch.baseAddress!, sb.baseAddress!))
                     }
                 } else {
-                    // Q·K: per block of 8 dims, addend += q*k (exact product, floored), addend *= scale,
-                    // score += addend.
-                    for ki in 0..<T {
-                        let kRow = k + ki * D + off
-                        var s: Int32 = 0
-                        var b = 0
-                        while b < hd {
-                            var sum: Int64 = 0, absSum: Int64 = 0
-                            for j in b..<(b + 8) {
-                                let t = (Int64(qRow[j]) * Int64(kRow[j])) >> fmFrac
-                                sum &+= t
-                                absSum &+= abs(t)
-                            }
-                            var addend: Int32
-                            if absSum <= fmMax {
-                                addend = Int32(sum)
-                            } else {
-                                addend = 0
-                                for j in b..<(b + 8) {
-                                    addend = addFm(Int64(addend), (Int64(qRow[j]) * Int64(kRow[j])) >> fmFrac, &wQK)
-                                }
-                            }
-                            addend = mulFm(addend, scale, &wQK)
-                            s = addFm(Int64(s), Int64(addend), &wQK)
-                            b += 8
-                        }
-                        scores[ki] = s
+                    // Q·K replayed for all keys side by side: per block of 8 dims addend += q*k (exact
+                    // product, floored), addend *= scale, score += addend, every assignment counted.
+                    scores.withUnsafeMutableBufferPointer { sb in
+                        for ki in 0..<T { sb[ki] = 0 }
+                        wQK += Int(moepack_replay_lanes(simdKernels, kS.baseAddress!, T, T, nil, qRow, hd, 1, hd,
+                                                        Int32(fmFrac), MOEPACK_REPLAY_BLOCK8_SCALED, scale,
+                                                        Int32(fmFrac), sb.baseAddress!, T))
                     }
                 }
                 // Running softmax in the kernel's key order and the weights (CMoepackKernels).
@@ -648,17 +636,16 @@ extension FixedBackbone {
                     }
                     for d in 0..<hd { outRow[d] = Int32(truncatingIfNeeded: acc[d]) }
                 } else {
-                    for ki in 0..<T { weights[ki] = Int64(weights32[ki]) }
-                    for d in 0..<hd {
-                        var r: Int32 = 0
-                        for step in 0..<T {
-                            let ki = (o + step) % T
-                            let prod = (Int64(v[ki * D + off + d]) * weights[ki]) >> fmFrac
-                            if outsideFm(prod) { wAV += 1 }
-                            r = step == 0 ? wrapFm(prod) : addFm(Int64(wrapFm(prod)), Int64(r), &wAV)
-                        }
-                        outRow[d] = r
-                    }
+                    // acc = v*a (floored, wrapped), then acc += v*a per key in the kernel's order
+                    // (keys o..<T, then 0..<o), all head dims side by side; the first assignment
+                    // adds to 0 and cannot wrap.
+                    for d in 0..<hd { outRow[d] = 0 }
+                    wAV += Int(moepack_replay_lanes(simdKernels, v + o * D + off, D, hd, nil, weights32.baseAddress! + o,
+                                                    T - o, 1, T - o, Int32(fmFrac), MOEPACK_REPLAY_PER_PRODUCT, 0, 0,
+                                                    outRow, hd))
+                    wAV += Int(moepack_replay_lanes(simdKernels, v + off, D, hd, nil, weights32.baseAddress!,
+                                                    o, 1, o, Int32(fmFrac), MOEPACK_REPLAY_PER_PRODUCT, 0, 0,
+                                                    outRow, hd))
                 }
             }
         }

@@ -1,0 +1,218 @@
+// Dispatch of the exact replays (include/moepack_exact.h): the same loops compiled for portable C,
+// AVX2 and AVX-512 (exact_isa.h), one chosen per process like the kernels of kernels.c.
+#include "moepack_exact.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define EXACT_X86 1
+#else
+#define EXACT_X86 0
+#endif
+
+// Lanes per chunk: one AVX-512 vector of int32 (two of AVX2).
+#define EXACT_LANES 16
+
+#define ISA_SUFFIX portable
+#define ISA_FN
+#include "exact_isa.h"
+#undef ISA_SUFFIX
+#undef ISA_FN
+
+#if EXACT_X86
+#define ISA_SUFFIX avx2
+#define ISA_FN __attribute__((target("avx2")))
+#include "exact_isa.h"
+#undef ISA_SUFFIX
+#undef ISA_FN
+
+#define ISA_SUFFIX avx512
+#define ISA_FN __attribute__((target("avx512f,avx512bw")))
+#include "exact_isa.h"
+#undef ISA_SUFFIX
+#undef ISA_FN
+#endif
+
+#if EXACT_X86
+#include <immintrin.h>
+
+// AVX2 form of the replay that dominates, linear.cpp with the fast Int16 weights, in 32-bit lanes
+// (the same values and counts as exact_isa.h, whose loops need 64-bit lanes and run at half the
+// speed; for the int32-weight replays of attention the compiled loops are as fast as hand-written
+// AVX2, which has no 64-bit arithmetic shift).
+
+/// The count of lanes whose 32-bit `acc + addend` left int32 (operands of one sign, sum of the
+/// other), subtracted from `ov` (so -ov counts), and the wrapped sum.
+__attribute__((target("avx2"))) static inline __m256i acc_add_avx2(__m256i acc, __m256i addend, __m256i *ov) {
+    const __m256i s = _mm256_add_epi32(acc, addend);
+    const __m256i t = _mm256_and_si256(_mm256_xor_si256(acc, s), _mm256_xor_si256(addend, s));
+    *ov = _mm256_add_epi32(*ov, _mm256_srai_epi32(t, 31));
+    return s;
+}
+
+/// Int16 weights, shift 14, per product (linear.cpp with the fast weights), 8 lanes per vector.
+/// With x = xh*2^16 + xl (xh = x >> 16, 0 <= xl < 2^16), q = xh*w and c = floor(xl*w / 2^14),
+/// both exact in int32, the floored product is p = 4q + c. With r = q + floor(c/4),
+/// p = 4r + (c & 3), so p lies in int32 iff -2^29 <= r < 2^29 (the top three bits of r agree),
+/// and p mod 2^32 = (r << 2) + (c & 3).
+__attribute__((target("avx2"))) static inline __m256i product14_avx2(__m256i x, __m256i wv, __m256i *fit) {
+    const __m256i q = _mm256_mullo_epi32(_mm256_srai_epi32(x, 16), wv);
+    const __m256i c = _mm256_srai_epi32(_mm256_mullo_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0xFFFF)), wv), 14);
+    const __m256i r = _mm256_add_epi32(q, _mm256_srai_epi32(c, 2));
+    const __m256i r4 = _mm256_slli_epi32(r, 2);
+    *fit = _mm256_add_epi32(*fit, _mm256_cmpeq_epi32(_mm256_srai_epi32(r4, 2), r));
+    return _mm256_add_epi32(r4, _mm256_and_si256(c, _mm256_set1_epi32(3)));
+}
+
+/// Lanes l0 .. l0+16 of `outs` outputs; returns the wraps.
+__attribute__((target("avx2"))) static int64_t replay_w16s14_avx2(const int32_t *x, ptrdiff_t ldx, const int16_t *w,
+                                                                  ptrdiff_t ldw, ptrdiff_t outs, ptrdiff_t n,
+                                                                  int32_t *acc, ptrdiff_t ld_acc) {
+    int64_t total = 0;
+    for (ptrdiff_t o = 0; o < outs; o++) {
+        const int16_t *wo = w + o * ldw;
+        int32_t *ao = acc + o * ld_acc;
+        __m256i a0 = _mm256_loadu_si256((const __m256i *)ao), a1 = _mm256_loadu_si256((const __m256i *)(ao + 8));
+        __m256i fit = _mm256_setzero_si256(), ov = _mm256_setzero_si256();
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const __m256i wv = _mm256_set1_epi32(wo[i]);
+            const int32_t *xi = x + i * ldx;
+            a0 = acc_add_avx2(a0, product14_avx2(_mm256_loadu_si256((const __m256i *)xi), wv, &fit), &ov);
+            a1 = acc_add_avx2(a1, product14_avx2(_mm256_loadu_si256((const __m256i *)(xi + 8)), wv, &fit), &ov);
+        }
+        _mm256_storeu_si256((__m256i *)ao, a0);
+        _mm256_storeu_si256((__m256i *)(ao + 8), a1);
+        // fit holds -(products that fit) per lane, ov -(accumulator wraps); n <= 2^31 / 16 per lane.
+        int32_t f[8], v[8];
+        _mm256_storeu_si256((__m256i *)f, fit);
+        _mm256_storeu_si256((__m256i *)v, ov);
+        total += 16 * (int64_t)n;
+        for (int l = 0; l < 8; l++) total += (int64_t)f[l] - (int64_t)v[l];
+    }
+    return total;
+}
+
+
+/// Exact floor(x*w / 2^s) of int32 lanes (low dwords of `x`) and a broadcast weight, as int64
+/// lanes. AVX2 has no 64-bit arithmetic shift: logical shift, then the sign bit (now bit 63 - s)
+/// extended by (v ^ m) - m with m = 2^(63 - s).
+__attribute__((target("avx2"))) static inline __m256i floored_product_avx2(__m256i x, __m256i wv, __m128i sh,
+                                                                           __m256i m) {
+    return _mm256_sub_epi64(_mm256_xor_si256(_mm256_srl_epi64(_mm256_mul_epi32(x, wv), sh), m), m);
+}
+
+/// Block forms (moe.cpp's gate, attention.cpp's Q·K) in int64 lanes, 4 lanes per vector, whole
+/// vectors only. Wraps are counted from prefix sums instead of a chain of assignments: with S_j
+/// the exact sum of the first j addends of one accumulator (each addend exact for the block sum,
+/// wrapped for the outer sum) and k_j = floor((S_j + 2^31) / 2^32), the accumulator holds
+/// S_j - 2^32*k_j, and step j's exact value S_j - 2^32*k_(j-1) leaves int32 iff k_j != k_(j-1).
+/// The lanes keep U = S + 2^31, so k is the high dword of U and the wrapped value the low dword
+/// with its top bit flipped. Counts equalities, returned as (checks - equalities).
+__attribute__((target("avx2"))) static int64_t replay_block8_avx2(const int32_t *x, ptrdiff_t ldx, ptrdiff_t lanes,
+                                                                  const int16_t *w16, const int32_t *w32, ptrdiff_t ldw,
+                                                                  ptrdiff_t outs, ptrdiff_t n, int shift, int scaled,
+                                                                  int32_t scale, int scale_shift, int32_t *acc,
+                                                                  ptrdiff_t ld_acc) {
+    const __m128i sh = _mm_cvtsi32_si128(shift), ssh = _mm_cvtsi32_si128(scale_shift);
+    const __m256i m = _mm256_set1_epi64x((int64_t)((uint64_t)1 << (63 - shift)));
+    const __m256i sm = _mm256_set1_epi64x((int64_t)((uint64_t)1 << (63 - scale_shift)));
+    const __m256i sv = _mm256_set1_epi64x(scale);
+    const __m256i half = _mm256_set1_epi64x((int64_t)1 << 31);
+    const __m256i low = _mm256_set1_epi64x(0xFFFFFFFFLL);
+    const __m256i zero = _mm256_setzero_si256();
+    const ptrdiff_t blocks = (n + 7) / 8;
+    __m256i equal = zero;
+    for (ptrdiff_t o = 0; o < outs; o++) {
+        // G vectors side by side (16 lanes: whole cache lines of x), then single vectors.
+        for (ptrdiff_t l0 = 0; l0 < lanes;) {
+            const int G = l0 + 16 <= lanes ? 4 : 1;
+            int32_t *ao = acc + o * ld_acc + l0;
+            __m256i v[4], u[4];
+            // V = A + 2^31 for the outer accumulator A (start value sign-extended).
+            for (int g = 0; g < G; g++)
+                v[g] = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(ao + 4 * g))), half);
+            for (ptrdiff_t i0 = 0; i0 < n; i0 += 8) {
+                const ptrdiff_t i1 = i0 + 8 < n ? i0 + 8 : n;
+                for (int g = 0; g < G; g++) u[g] = half;   // U = block sum + 2^31, block sum 0
+                for (ptrdiff_t i = i0; i < i1; i++) {
+                    const __m256i wv = _mm256_set1_epi64x(w32 != NULL ? w32[o * ldw + i] : w16[o * ldw + i]);
+                    const int32_t *xi = x + i * ldx + l0;
+                    for (int g = 0; g < G; g++) {
+                        const __m256i xv = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(xi + 4 * g)));
+                        const __m256i k = _mm256_srli_epi64(u[g], 32);
+                        u[g] = _mm256_add_epi64(u[g], floored_product_avx2(xv, wv, sh, m));
+                        equal = _mm256_add_epi64(equal, _mm256_cmpeq_epi64(_mm256_srli_epi64(u[g], 32), k));
+                    }
+                }
+                for (int g = 0; g < G; g++) {
+                    // The wrapped block sum + 2^31 (low dword of U).
+                    __m256i addend = _mm256_and_si256(u[g], low);
+                    if (scaled) {
+                        // addend = fm_t(block sum * scale): mul_epi32 reads the low dword, signed.
+                        const __m256i p = _mm256_add_epi64(
+                            floored_product_avx2(_mm256_sub_epi64(addend, half), sv, ssh, sm), half);
+                        equal = _mm256_add_epi64(equal, _mm256_cmpeq_epi64(_mm256_srli_epi64(p, 32), zero));
+                        addend = _mm256_and_si256(p, low);
+                    }
+                    const __m256i kv = _mm256_srli_epi64(v[g], 32);
+                    v[g] = _mm256_add_epi64(v[g], _mm256_sub_epi64(addend, half));
+                    equal = _mm256_add_epi64(equal, _mm256_cmpeq_epi64(_mm256_srli_epi64(v[g], 32), kv));
+                }
+            }
+            // The low dwords of V - 2^31, in lane order.
+            for (int g = 0; g < G; g++) {
+                const __m256i out = _mm256_permutevar8x32_epi32(_mm256_sub_epi64(v[g], half),
+                                                                _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+                _mm_storeu_si128((__m128i *)(ao + 4 * g), _mm256_castsi256_si128(out));
+            }
+            l0 += 4 * G;
+        }
+    }
+    int64_t e[4];
+    _mm256_storeu_si256((__m256i *)e, equal);
+    const int64_t checks = (int64_t)outs * lanes * (n + blocks * (scaled ? 2 : 1));
+    return checks + e[0] + e[1] + e[2] + e[3];
+}
+#endif
+
+// A form this CPU cannot run is never entered: it degrades to the best one it can.
+static moepack_isa exact_runnable(moepack_isa isa) {
+    while (isa > MOEPACK_ISA_PORTABLE && !moepack_kernels_cpu_supports(isa)) isa = (moepack_isa)(isa - 1);
+    return isa;
+}
+
+int64_t moepack_replay_lanes(moepack_isa isa, const int32_t *x, ptrdiff_t ldx, ptrdiff_t lanes,
+                             const int16_t *w16, const int32_t *w32, ptrdiff_t ldw, ptrdiff_t outs,
+                             ptrdiff_t n, int shift, moepack_replay_form form, int32_t scale, int scale_shift,
+                             int32_t *acc, ptrdiff_t ld_acc) {
+    switch (exact_runnable(isa)) {
+#if EXACT_X86
+    case MOEPACK_ISA_AVX512:
+        return replay_lanes_avx512(x, ldx, lanes, w16, w32, ldw, outs, n, shift, form, scale, scale_shift, acc, ld_acc);
+    case MOEPACK_ISA_AVX2:
+        if (form == MOEPACK_REPLAY_PER_PRODUCT && w16 != NULL && shift == 14) {
+            // Whole chunks of 16 lanes in the vector form, the rest in the loops of exact_isa.h.
+            const ptrdiff_t whole = lanes - lanes % 16;
+            int64_t total = 0;
+            for (ptrdiff_t l0 = 0; l0 < whole; l0 += 16)
+                total += replay_w16s14_avx2(x + l0, ldx, w16, ldw, outs, n, acc + l0, ld_acc);
+            if (whole < lanes)
+                total += replay_lanes_avx2(x + whole, ldx, lanes - whole, w16, w32, ldw, outs, n, shift, form, scale,
+                                           scale_shift, acc + whole, ld_acc);
+            return total;
+        }
+        if (form != MOEPACK_REPLAY_PER_PRODUCT) {
+            // Whole vectors of 4 lanes in the vector form, the rest in the loops of exact_isa.h.
+            const ptrdiff_t whole = lanes - lanes % 4;
+            int64_t total = replay_block8_avx2(x, ldx, whole, w16, w32, ldw, outs, n, shift,
+                                               form == MOEPACK_REPLAY_BLOCK8_SCALED, scale, scale_shift, acc, ld_acc);
+            if (whole < lanes)
+                total += replay_lanes_avx2(x + whole, ldx, lanes - whole, w16, w32, ldw, outs, n, shift, form, scale,
+                                           scale_shift, acc + whole, ld_acc);
+            return total;
+        }
+        return replay_lanes_avx2(x, ldx, lanes, w16, w32, ldw, outs, n, shift, form, scale, scale_shift, acc, ld_acc);
+#endif
+    default:
+        return replay_lanes_portable(x, ldx, lanes, w16, w32, ldw, outs, n, shift, form, scale, scale_shift, acc,
+                                     ld_acc);
+    }
+}
