@@ -2,6 +2,7 @@
 // portable C, AVX2 and AVX-512 (kernels_isa.h), one chosen per process.
 #include "moepack_kernels.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 

@@ -499,10 +499,14 @@ extension FixedBackbone {
     func layerNorm(_ x: UnsafePointer<Int32>, out: UnsafeMutablePointer<Int32>, weight: [Int32], bias: [Int32],
                    wraps: inout Int) {
         let D = config.embedDim, T = config.tokens
-        for t in 0..<T {
-            layerNormRow(x + t * D, out: out + t * D, n: D, invDim: invDimRaw, eps: epsRaw,
-                         weight: weight, weightFrac: normFrac, bias: bias, wraps: &wraps)
+        guard (0...62).contains(normFrac) else {   // the C kernel shifts by wt_norm_t's fraction bits
+            for t in 0..<T {
+                layerNormRow(x + t * D, out: out + t * D, n: D, invDim: invDimRaw, eps: epsRaw,
+                             weight: weight, weightFrac: normFrac, bias: bias, wraps: &wraps)
+            }
+            return
         }
+        wraps += Int(moepack_layer_norm(simdKernels, x, T, D, invDimRaw, epsRaw, weight, Int32(normFrac), bias, out))
     }
 
     /// add.cpp `compute_add`: x = x + y elementwise in fm_t.

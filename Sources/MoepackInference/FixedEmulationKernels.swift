@@ -461,6 +461,7 @@ func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                              wraps: &wraps, geluWraps: &geluWraps, form: form)
         return
     }
+    withUnsafeTemporaryAllocation(of: Double.self, capacity: 4) { normBuf in
     withUnsafeTemporaryAllocation(of: Int16.self, capacity: 8 * max(n, 1)) { pairBuf in
     layer.w.withUnsafeBufferPointer { wb in
         layer.bias.withUnsafeBufferPointer { bb in
@@ -472,12 +473,11 @@ func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                 var r0 = 0
                 while r0 < rows {
                     let count = min(4, rows - r0)
-                    var allInRange = true
-                    for j in 0..<count {
-                        let (nrm, ok) = rowNormAndRange(input + (r0 + j) * n, n: n)
-                        norms[j] = nrm
-                        allInRange = allInRange && ok
-                    }
+                    // Norms of the rows, and when every value is in ``inPairRange`` their a′ / b4
+                    // parts (``splitPairRow``) for the blocked kernel.
+                    let allInRange = moepack_linear_split_rows(simdKernels, input + r0 * n, n, Int32(count),
+                                                               normBuf.baseAddress!, pa, pb4) != 0
+                    for j in 0..<count { norms[j] = normBuf[j] }
                     if allInRange {
                         // The same bound with max |bias| and max ‖w_o‖: rounding is monotonic, so
                         // when it is below 2^31 every per-output bound is too.
@@ -485,9 +485,6 @@ func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                         for j in 0..<count {
                             rowSafe[j] = Double(layer.maxAbsBias) + norms[j] * layer.maxRowNorm / fastWeightScale
                                 + Double(n) + 1 < 2_147_483_647.0
-                        }
-                        for j in 0..<count {
-                            splitPairRow(input + (r0 + j) * n, n: n, a: pa + j * n, b4: pb4 + j * n)
                         }
                         // Dot products straight into the output rows, then bias (+ GELU) in place.
                         let block = output + r0 * m
@@ -541,6 +538,7 @@ func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                 }
             }
         }
+    }
     }
     }
 }

@@ -94,6 +94,23 @@ int64_t moepack_patch_embed(moepack_isa isa, const uint8_t *pixels, ptrdiff_t ch
                             const int32_t *bias, const int32_t *pos, int32_t *out, int32_t *scratch,
                             int64_t *pos_wraps);
 
+/// layernorm.cpp compute_norm on `rows` rows of n fm_t values (layerNormRow in
+/// FixedEmulation.swift): mean and E[x^2] accumulated per block of 8 dims with the factor inv_dim
+/// (fm_t(1/n)) applied per term, variance = E[x^2] - mean^2 + eps, rstd = fm_t(1) / sqrt(variance)
+/// (both floored exactly), out = ((x - mean) * rstd) * weight / 2^weight_frac + bias, every
+/// assignment to fm_t wrapped. weight: wt_norm_t raw [n] with weight_frac (0...62) fraction bits;
+/// bias [n] in fm_t raw. Returns the number of assignments that wrapped.
+int64_t moepack_layer_norm(moepack_isa isa, const int32_t *x, ptrdiff_t rows, ptrdiff_t n, int32_t inv_dim,
+                           int64_t eps, const int32_t *weight, int weight_frac, const int32_t *bias, int32_t *out);
+
+/// Input rows of the blocked linear layer: for `rows` rows x[r*n .. r*n+n) (fm_t raw) writes
+/// norms[r] = the L2 norm (raw units, for the no-wrap bounds); when every value lies in
+/// -2^29 <= x < 2^29 - 2^13 returns 1 and writes the a' / b4 parts of moepack_linear_dots
+/// (row r at a + r*n, b4 + r*n; splitPairRow in FixedEmulationKernels.swift), else returns 0 and
+/// leaves a and b4 alone.
+int moepack_linear_split_rows(moepack_isa isa, const int32_t *x, ptrdiff_t n, int rows, double *norms,
+                              int16_t *a, int16_t *b4);
+
 #ifdef __cplusplus
 }
 #endif
