@@ -152,15 +152,18 @@ __attribute__((target("avx2"))) static int64_t replay_w32_fits_avx2(const int32_
     return total;
 }
 
-/// 1 when max |x[i*ldx + l]| (i < n, l < lanes, lanes % 8 == 0) times max |w[i]| is below
-/// 2^(31 + shift), so that no floored product leaves int32.
+/// 1 when no floored product floor(x[i*ldx + l] * w[i] / 2^shift) (i < n, l < lanes, lanes % 8 == 0)
+/// leaves int32: when every 0 <= w[i] <= 2^shift (attention's weights, at most 1.0), since then
+/// -2^31 <= x*w / 2^shift <= x for every int32 x; else when max |x| * max |w| < 2^(31 + shift).
 __attribute__((target("avx2"))) static int fits_w32_avx2(const int32_t *x, ptrdiff_t ldx, ptrdiff_t lanes,
                                                          const int32_t *w, ptrdiff_t n, int shift) {
-    int64_t maxW = 0;
+    int64_t maxW = 0, minW = 0;
     for (ptrdiff_t i = 0; i < n; i++) {
         const int64_t a = w[i] < 0 ? -(int64_t)w[i] : w[i];
         maxW = a > maxW ? a : maxW;
+        minW = w[i] < minW ? w[i] : minW;
     }
+    if (minW >= 0 && maxW <= ((int64_t)1 << shift)) return 1;
     // |x| as unsigned 32-bit (abs of INT32_MIN is 2^31 as unsigned).
     __m256i m = _mm256_setzero_si256();
     for (ptrdiff_t i = 0; i < n; i++)

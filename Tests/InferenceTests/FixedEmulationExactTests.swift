@@ -160,11 +160,16 @@ final class FixedEmulationExactTests: XCTestCase {
         // Weights below 2^21 (under 0.5) let no product leave fm_t (the kernels' no-check path); larger
         // ones with hostile values wrap per product too.
         let keys = 37, hd = 32, ldv = 3 * hd
-        for (o, smallA) in [(0, false), (1, false), (3, false), (0, true), (5, true)] {
+        for (o, smallA) in [(0, false), (1, false), (3, false), (0, true), (5, true), (2, true)] {
             // With the small weights, values of one sign (up to 512) so that the sums still wrap.
-            let v = (0..<(keys * ldv)).map { _ in smallA ? Int32(truncatingIfNeeded: (1 << 30) + rng.next() % (1 << 30)) : hostileX() }
-            let a = (0..<keys).map { _ in
+            var v = (0..<(keys * ldv)).map { _ in smallA ? Int32(truncatingIfNeeded: (1 << 30) + rng.next() % (1 << 30)) : hostileX() }
+            var a = (0..<keys).map { _ in
                 Int32(truncatingIfNeeded: rng.next() % (1 << 31)) >> Int32(smallA ? 10 + rng.next() % 3 : rng.next() % 20)
+            }
+            if o == 2 {
+                // The ends: a weight of exactly 1.0 against fm_t's extremes.
+                a[2] = 1 << 22
+                v[2 * ldv] = Int32.min; v[2 * ldv + 1] = Int32.max; v[2 * ldv + 2] = Int32.min + 1
             }
             var expectedWraps = 0
             var expected = [Int32](repeating: 0, count: hd)
