@@ -164,17 +164,19 @@ __attribute__((target("avx2"))) static int fits_w32_avx2(const int32_t *x, ptrdi
         minW = w[i] < minW ? w[i] : minW;
     }
     if (minW >= 0 && maxW <= ((int64_t)1 << shift)) return 1;
-    // |x| as unsigned 32-bit (abs of INT32_MIN is 2^31 as unsigned).
-    __m256i m = _mm256_setzero_si256();
-    for (ptrdiff_t i = 0; i < n; i++)
+    if (maxW == 0) return 1;
+    // Every |x| (as unsigned 32-bit: |INT32_MIN| = 2^31) must be at most (2^(31+shift) - 1) / maxW;
+    // the scan stops at the first row that exceeds it.
+    const int64_t limit = (((int64_t)1 << (31 + shift)) - 1) / maxW;
+    if (limit >= ((int64_t)1 << 31)) return 1;
+    const __m256i lim = _mm256_set1_epi32((int32_t)limit);
+    for (ptrdiff_t i = 0; i < n; i++) {
+        __m256i m = _mm256_setzero_si256();
         for (ptrdiff_t l0 = 0; l0 < lanes; l0 += 8)
             m = _mm256_max_epu32(m, _mm256_abs_epi32(_mm256_loadu_si256((const __m256i *)(x + i * ldx + l0))));
-    uint32_t mm[8];
-    _mm256_storeu_si256((__m256i *)mm, m);
-    int64_t maxX = 0;
-    for (int l = 0; l < 8; l++) maxX = (int64_t)mm[l] > maxX ? (int64_t)mm[l] : maxX;
-    // maxX <= 2^31, maxW <= 2^31: the product fits int64.
-    return maxX * maxW < ((int64_t)1 << (31 + shift));
+        if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(_mm256_max_epu32(m, lim), lim)) != -1) return 0;
+    }
+    return 1;
 }
 
 /// Exact floor(x*w / 2^s) of int32 lanes (low dwords of `x`) and a broadcast weight, as int64
@@ -285,7 +287,7 @@ int64_t moepack_replay_lanes(moepack_isa isa, const int32_t *x, ptrdiff_t ldx, p
                                            scale_shift, acc + whole, ld_acc);
             return total;
         }
-        if (form == MOEPACK_REPLAY_PER_PRODUCT && w32 != NULL && outs == 1 && lanes % 8 == 0 && shift <= 32 &&
+        if (form == MOEPACK_REPLAY_PER_PRODUCT && w32 != NULL && outs == 1 && lanes % 8 == 0 && shift <= 31 &&
             fits_w32_avx2(x, ldx, lanes, w32, n, shift))
             return replay_w32_fits_avx2(x, ldx, lanes, w32, n, shift, acc);
         if (form != MOEPACK_REPLAY_PER_PRODUCT) {

@@ -160,11 +160,17 @@ final class FixedEmulationExactTests: XCTestCase {
         // Weights below 2^21 (under 0.5) let no product leave fm_t (the kernels' no-check path); larger
         // ones with hostile values wrap per product too.
         let keys = 37, hd = 32, ldv = 3 * hd
-        for (o, smallA) in [(0, false), (1, false), (3, false), (0, true), (5, true), (2, true)] {
+        for (o, smallA, smallV) in [(0, false, false), (1, false, false), (3, false, false), (0, true, false),
+                                    (5, true, false), (2, true, false), (4, false, true)] {
             // With the small weights, values of one sign (up to 512) so that the sums still wrap.
-            var v = (0..<(keys * ldv)).map { _ in smallA ? Int32(truncatingIfNeeded: (1 << 30) + rng.next() % (1 << 30)) : hostileX() }
+            // smallV: positive values below 2^19, so that weights up to 2^31 give no product outside
+            // fm_t while the sums still wrap.
+            var v = (0..<(keys * ldv)).map { _ in
+                smallA ? Int32(truncatingIfNeeded: (1 << 30) + rng.next() % (1 << 30))
+                    : smallV ? Int32(truncatingIfNeeded: (1 << 18) + rng.next() % (1 << 18)) : hostileX()
+            }
             var a = (0..<keys).map { _ in
-                Int32(truncatingIfNeeded: rng.next() % (1 << 31)) >> Int32(smallA ? 10 + rng.next() % 3 : rng.next() % 20)
+                Int32(truncatingIfNeeded: rng.next() % (1 << 31)) >> Int32(smallA ? 10 + rng.next() % 3 : smallV ? 0 : rng.next() % 20)
             }
             if o == 2 {
                 // The ends: a weight of exactly 1.0 against fm_t's extremes.
@@ -184,7 +190,7 @@ final class FixedEmulationExactTests: XCTestCase {
                 expected[d] = r
             }
             XCTAssertGreaterThan(expectedWraps, 0)
-            if smallA {
+            if smallA || smallV {
                 XCTAssertFalse((0..<keys).contains { k in (0..<hd).contains { outsideFm((Int64(v[k * ldv + $0]) * Int64(a[k])) >> 22) } })
             }
             for isa in FixedEmulationFastPathTests.runnableISAs {
