@@ -118,7 +118,15 @@ ISA_FN static int64_t ISA_NAME(bias_gelu_)(int32_t *restrict y, ptrdiff_t rows, 
         // floor(t * (hi - lo) / 2^22) with t = frac * 2^5 is floor(frac * (hi - lo) / 2^17), and
         // frac * (hi - lo) (< 2^17 * 2^32) is exact in a double, so its floor is the integer one.
         int64_t row_wraps = 0;
-        for (ptrdiff_t o = 0; o < m; o++) {
+        ptrdiff_t o = 0;
+#if ISA_VEC
+        for (; o + 8 <= m; o += 8) {
+            const __m256i x = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(row + o)),
+                                               _mm256_loadu_si256((const __m256i *)(bias + o)));
+            _mm256_storeu_si256((__m256i *)(row + o), gelu8_avx2(x, table, table_max, &row_wraps));
+        }
+#endif
+        for (; o < m; o++) {
             const int32_t x = (int32_t)((uint32_t)row[o] + (uint32_t)bias[o]);
             const int32_t relu = x < 0 ? 0 : x;
             const int32_t ax = (int32_t)(x < 0 ? 0u - (uint32_t)x : (uint32_t)x);   // INT32_MIN stays negative
@@ -146,11 +154,25 @@ ISA_FN static int64_t ISA_NAME(qk_scores_)(const uint32_t *qu, const uint32_t *q
     int64_t wraps = 0;
     for (ptrdiff_t k = 0; k < keys; k++) scores[k] = 0;
     for (ptrdiff_t b = 0; b < hd / 8; b++) {
-        for (ptrdiff_t k = 0; k < keys; k++) t[k] = 0;
-        for (ptrdiff_t j = b * 8; j < b * 8 + 8; j++) {
-            const uint64_t q = qu[j];
-            const uint32_t *kj = ku_t + j * ldk;
-            for (ptrdiff_t k = 0; k < keys; k++) t[k] += (uint32_t)((q * (uint64_t)kj[k]) >> 22);
+        // Per run of QK_KEYS keys the 8 floored products are summed in 64-bit lanes held in
+        // registers (only the sum mod 2^32 is kept), so each product costs a widening load, a
+        // 32 x 32 -> 64-bit multiply, a shift and an add.
+        enum { QK_KEYS = 16 };
+        ptrdiff_t k0 = 0;
+        for (; k0 + QK_KEYS <= keys; k0 += QK_KEYS) {
+            uint64_t acc[QK_KEYS];
+            for (int l = 0; l < QK_KEYS; l++) acc[l] = 0;
+            for (ptrdiff_t j = b * 8; j < b * 8 + 8; j++) {
+                const uint64_t q = qu[j];
+                const uint32_t *kj = ku_t + j * ldk + k0;
+                for (int l = 0; l < QK_KEYS; l++) acc[l] += (q * (uint64_t)kj[l]) >> 22;
+            }
+            for (int l = 0; l < QK_KEYS; l++) t[k0 + l] = (uint32_t)acc[l];
+        }
+        for (ptrdiff_t k = k0; k < keys; k++) {
+            uint32_t acc = 0;
+            for (ptrdiff_t j = b * 8; j < b * 8 + 8; j++) acc += (uint32_t)(((uint64_t)qu[j] * ku_t[j * ldk + k]) >> 22);
+            t[k] = acc;
         }
         // The block sum (fits fm_t by the caller's bound) times attn_scale assigned to fm_t, then
         // added to the score, each assignment wrapped and counted (mulFm, addFm).
