@@ -178,14 +178,22 @@ ISA_FN static int64_t ISA_NAME(qk_scores_)(const uint32_t *qu, const uint32_t *q
         // added to the score, each assignment wrapped and counted (mulFm, addFm).
         const uint32_t *kb = kblock9_t + b * ldk;
         const uint32_t qb = qblock9[b];
+        // In 32-bit lanes so the loop vectorises: p = floor(blk * scale / 2^22) leaves fm_t exactly
+        // when the product's high word lies outside [-2^21, 2^21); its low 32 bits are bits 22..53
+        // of the product (the same for a logical shift); s = score + p wraps exactly when both
+        // operands' signs differ from the sum's.
+        uint32_t block_wraps = 0;
         for (ptrdiff_t k = 0; k < keys; k++) {
             const int32_t blk = (int32_t)(t[k] - qb - kb[k]);
-            const int64_t p = ((int64_t)blk * (int64_t)scale) >> 22;
-            wraps += (p < INT32_MIN) | (p > INT32_MAX);
-            const int64_t s = (int64_t)scores[k] + (int64_t)(int32_t)(uint32_t)p;
-            wraps += (s < INT32_MIN) | (s > INT32_MAX);
-            scores[k] = (int32_t)(uint32_t)s;
+            const int64_t prod = (int64_t)blk * (int64_t)scale;
+            const int32_t high = (int32_t)(uint32_t)((uint64_t)prod >> 32);
+            const uint32_t p = (uint32_t)((uint64_t)prod >> 22);
+            block_wraps += (uint32_t)high + (1u << 21) >= (1u << 22);
+            const uint32_t sc = (uint32_t)scores[k], s = sc + p;
+            block_wraps += (uint32_t)(((sc ^ s) & (p ^ s)) >> 31);
+            scores[k] = (int32_t)s;
         }
+        wraps += block_wraps;
     }
     return wraps;
 }
