@@ -62,21 +62,50 @@ __attribute__((target("avx2"))) static inline __m256i product14_avx2(__m256i x, 
     return _mm256_add_epi32(r4, _mm256_and_si256(c, _mm256_set1_epi32(3)));
 }
 
-/// Lanes l0 .. l0+16 of `outs` outputs; returns the wraps.
+/// The same product when it provably fits int32 (|x|*|w| < 2^45): p mod 2^32 = 4q + c.
+__attribute__((target("avx2"))) static inline __m256i product14_fits_avx2(__m256i x, __m256i wv) {
+    const __m256i q = _mm256_mullo_epi32(_mm256_srai_epi32(x, 16), wv);
+    const __m256i c = _mm256_srai_epi32(_mm256_mullo_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0xFFFF)), wv), 14);
+    return _mm256_add_epi32(_mm256_slli_epi32(q, 2), c);
+}
+
+/// Lanes l0 .. l0+16 of `outs` outputs; returns the wraps. Outputs whose largest |w| times the
+/// chunk's largest |x| is below 2^45 cannot have a product outside int32 and skip that check.
 __attribute__((target("avx2"))) static int64_t replay_w16s14_avx2(const int32_t *x, ptrdiff_t ldx, const int16_t *w,
                                                                   ptrdiff_t ldw, ptrdiff_t outs, ptrdiff_t n,
                                                                   int32_t *acc, ptrdiff_t ld_acc) {
+    int64_t maxX = 0;
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (int l = 0; l < 16; l++) {
+            const int64_t a = x[i * ldx + l] < 0 ? -(int64_t)x[i * ldx + l] : x[i * ldx + l];
+            maxX = a > maxX ? a : maxX;
+        }
     int64_t total = 0;
     for (ptrdiff_t o = 0; o < outs; o++) {
         const int16_t *wo = w + o * ldw;
         int32_t *ao = acc + o * ld_acc;
+        int32_t maxW = 0;
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const int32_t a = wo[i] < 0 ? -(int32_t)wo[i] : wo[i];
+            maxW = a > maxW ? a : maxW;
+        }
         __m256i a0 = _mm256_loadu_si256((const __m256i *)ao), a1 = _mm256_loadu_si256((const __m256i *)(ao + 8));
         __m256i fit = _mm256_setzero_si256(), ov = _mm256_setzero_si256();
-        for (ptrdiff_t i = 0; i < n; i++) {
-            const __m256i wv = _mm256_set1_epi32(wo[i]);
-            const int32_t *xi = x + i * ldx;
-            a0 = acc_add_avx2(a0, product14_avx2(_mm256_loadu_si256((const __m256i *)xi), wv, &fit), &ov);
-            a1 = acc_add_avx2(a1, product14_avx2(_mm256_loadu_si256((const __m256i *)(xi + 8)), wv, &fit), &ov);
+        const int fits = maxX * maxW < ((int64_t)1 << 45);
+        if (fits) {
+            for (ptrdiff_t i = 0; i < n; i++) {
+                const __m256i wv = _mm256_set1_epi32(wo[i]);
+                const int32_t *xi = x + i * ldx;
+                a0 = acc_add_avx2(a0, product14_fits_avx2(_mm256_loadu_si256((const __m256i *)xi), wv), &ov);
+                a1 = acc_add_avx2(a1, product14_fits_avx2(_mm256_loadu_si256((const __m256i *)(xi + 8)), wv), &ov);
+            }
+        } else {
+            for (ptrdiff_t i = 0; i < n; i++) {
+                const __m256i wv = _mm256_set1_epi32(wo[i]);
+                const int32_t *xi = x + i * ldx;
+                a0 = acc_add_avx2(a0, product14_avx2(_mm256_loadu_si256((const __m256i *)xi), wv, &fit), &ov);
+                a1 = acc_add_avx2(a1, product14_avx2(_mm256_loadu_si256((const __m256i *)(xi + 8)), wv, &fit), &ov);
+            }
         }
         _mm256_storeu_si256((__m256i *)ao, a0);
         _mm256_storeu_si256((__m256i *)(ao + 8), a1);
@@ -84,12 +113,66 @@ __attribute__((target("avx2"))) static int64_t replay_w16s14_avx2(const int32_t 
         int32_t f[8], v[8];
         _mm256_storeu_si256((__m256i *)f, fit);
         _mm256_storeu_si256((__m256i *)v, ov);
-        total += 16 * (int64_t)n;
+        if (!fits) total += 16 * (int64_t)n;
         for (int l = 0; l < 8; l++) total += (int64_t)f[l] - (int64_t)v[l];
     }
     return total;
 }
 
+/// Per product with int32 weights when no product can leave int32 (max|x| * max|w| < 2^(31+s)),
+/// one output, lanes in whole vectors of 8: the low dword of floor(x*w / 2^s) is that of the
+/// logical shift of the 64-bit product (they differ only above bit 63 - s >= 32), so each 8 lanes
+/// take two 32x32-bit products (even lanes, then odd lanes shifted down) and a blend.
+__attribute__((target("avx2"))) static int64_t replay_w32_fits_avx2(const int32_t *x, ptrdiff_t ldx, ptrdiff_t lanes,
+                                                                    const int32_t *w, ptrdiff_t n, int shift,
+                                                                    int32_t *acc) {
+    const __m128i sh = _mm_cvtsi32_si128(shift);
+    __m256i ov = _mm256_setzero_si256();
+    // Up to 4 vectors (32 lanes: a row's whole cache lines) per step.
+    for (ptrdiff_t l0 = 0; l0 < lanes; l0 += 32) {
+        const int G = lanes - l0 >= 32 ? 4 : (int)((lanes - l0) / 8);
+        __m256i a[4];
+        for (int g = 0; g < G; g++) a[g] = _mm256_loadu_si256((const __m256i *)(acc + l0 + 8 * g));
+        for (ptrdiff_t i = 0; i < n; i++) {
+            const __m256i wv = _mm256_set1_epi32(w[i]);
+            const int32_t *xi = x + i * ldx + l0;
+            for (int g = 0; g < G; g++) {
+                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xi + 8 * g));
+                const __m256i even = _mm256_srl_epi64(_mm256_mul_epi32(xv, wv), sh);
+                const __m256i odd = _mm256_srl_epi64(_mm256_mul_epi32(_mm256_srli_epi64(xv, 32), wv), sh);
+                a[g] = acc_add_avx2(a[g], _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA), &ov);
+            }
+        }
+        for (int g = 0; g < G; g++) _mm256_storeu_si256((__m256i *)(acc + l0 + 8 * g), a[g]);
+    }
+    int32_t v[8];
+    _mm256_storeu_si256((__m256i *)v, ov);
+    int64_t total = 0;
+    for (int l = 0; l < 8; l++) total -= v[l];
+    return total;
+}
+
+/// 1 when max |x[i*ldx + l]| (i < n, l < lanes, lanes % 8 == 0) times max |w[i]| is below
+/// 2^(31 + shift), so that no floored product leaves int32.
+__attribute__((target("avx2"))) static int fits_w32_avx2(const int32_t *x, ptrdiff_t ldx, ptrdiff_t lanes,
+                                                         const int32_t *w, ptrdiff_t n, int shift) {
+    int64_t maxW = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const int64_t a = w[i] < 0 ? -(int64_t)w[i] : w[i];
+        maxW = a > maxW ? a : maxW;
+    }
+    // |x| as unsigned 32-bit (abs of INT32_MIN is 2^31 as unsigned).
+    __m256i m = _mm256_setzero_si256();
+    for (ptrdiff_t i = 0; i < n; i++)
+        for (ptrdiff_t l0 = 0; l0 < lanes; l0 += 8)
+            m = _mm256_max_epu32(m, _mm256_abs_epi32(_mm256_loadu_si256((const __m256i *)(x + i * ldx + l0))));
+    uint32_t mm[8];
+    _mm256_storeu_si256((__m256i *)mm, m);
+    int64_t maxX = 0;
+    for (int l = 0; l < 8; l++) maxX = (int64_t)mm[l] > maxX ? (int64_t)mm[l] : maxX;
+    // maxX <= 2^31, maxW <= 2^31: the product fits int64.
+    return maxX * maxW < ((int64_t)1 << (31 + shift));
+}
 
 /// Exact floor(x*w / 2^s) of int32 lanes (low dwords of `x`) and a broadcast weight, as int64
 /// lanes. AVX2 has no 64-bit arithmetic shift: logical shift, then the sign bit (now bit 63 - s)
@@ -199,6 +282,9 @@ int64_t moepack_replay_lanes(moepack_isa isa, const int32_t *x, ptrdiff_t ldx, p
                                            scale_shift, acc + whole, ld_acc);
             return total;
         }
+        if (form == MOEPACK_REPLAY_PER_PRODUCT && w32 != NULL && outs == 1 && lanes % 8 == 0 && shift <= 32 &&
+            fits_w32_avx2(x, ldx, lanes, w32, n, shift))
+            return replay_w32_fits_avx2(x, ldx, lanes, w32, n, shift, acc);
         if (form != MOEPACK_REPLAY_PER_PRODUCT) {
             // Whole vectors of 4 lanes in the vector form, the rest in the loops of exact_isa.h.
             const ptrdiff_t whole = lanes - lanes % 4;

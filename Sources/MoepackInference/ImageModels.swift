@@ -124,3 +124,20 @@ public final class ImageModel: Sendable {
                            routing: r.routing, overflow: r.overflow)
     }
 }
+
+/// Splits frames 0..<count into consecutive batches of at most `atMost` frames, their number a
+/// multiple of `workers` (unless there are fewer frames than that) and their sizes differing by at
+/// most one, so that workers taking every `workers`-th batch get equal shares within one batch-size
+/// step. Returns [] for no frames.
+public func balancedBatches(_ count: Int, workers: Int, atMost: Int) -> [Range<Int>] {
+    guard count > 0 else { return [] }
+    let workers = max(1, workers), atMost = max(1, atMost)
+    let needed = (count + atMost - 1) / atMost
+    let n = min(count, (needed + workers - 1) / workers * workers)
+    var start = 0
+    return (0..<n).map { b in
+        let size = count / n + (b < count % n ? 1 : 0)
+        defer { start += size }
+        return start..<start + size
+    }
+}

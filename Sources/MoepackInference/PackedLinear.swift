@@ -20,18 +20,10 @@ final class PackedLinear: @unchecked Sendable {
     private let packed: UnsafeMutablePointer<Float>
     private let isa: moepack_isa
 
-    /// - Parameters:
-    ///   - weight: W [out, in] row-major (PyTorch `nn.Linear.weight`), at least out·in values.
-    ///   - bias: [out], or nil for none.
-    ///   - isa: kernel form (default: the process's choice, `moepack_kernels_isa`).
-    convenience init(weight: UnsafePointer<Float>, bias: UnsafePointer<Float>?, outDim: Int, inDim: Int,
-                     isa: moepack_isa = moepack_kernels_isa()) {
-        self.init(outDim: outDim, inDim: inDim, isa: isa) { moepack_sgemm_pack(weight, bias, outDim, inDim, $0) }
-    }
-
-    /// Packs `weight[offset ..< offset + out·in]` ([out, in] row-major) and
-    /// `bias[biasOffset ..< biasOffset + out]`; traps when the arrays are shorter (the float
-    /// backbone checks every length first, `FloatBackbone.validate`).
+    /// Packs W = `weight[offset ..< offset + out·in]` ([out, in] row-major, PyTorch `nn.Linear.weight`)
+    /// and `bias[biasOffset ..< biasOffset + out]` (nil: no bias); traps when the arrays are shorter
+    /// (the float backbone checks every length first, `FloatBackbone.validate`). `isa`: kernel form
+    /// (default: the process's choice, `moepack_kernels_isa`).
     convenience init(weight: [Float], offset: Int = 0, bias: [Float]?, biasOffset: Int = 0, outDim: Int, inDim: Int,
                      isa: moepack_isa = moepack_kernels_isa()) {
         precondition(offset >= 0 && offset + outDim * inDim <= weight.count, "PackedLinear: weight too short")

@@ -297,22 +297,6 @@ func runFrames(_ model: ImageModel, _ frames: [NamedFrame], progress: (@Sendable
     return try slots.values.map { try $0!.get() }
 }
 
-/// Splits frames 0..<count into consecutive batches of at most `atMost` frames, their number a
-/// multiple of `workers` and their sizes differing by at most one, so that workers taking every
-/// `workers`-th batch get equal shares (±1 batch-size step).
-func balancedBatches(_ count: Int, workers: Int, atMost: Int) -> [Range<Int>] {
-    guard count > 0 else { return [] }
-    let workers = max(1, workers), atMost = max(1, atMost)
-    let needed = (count + atMost - 1) / atMost
-    let n = min(count, (needed + workers - 1) / workers * workers)
-    var start = 0
-    return (0..<n).map { b in
-        let size = count / n + (b < count % n ? 1 : 0)
-        defer { start += size }
-        return start..<start + size
-    }
-}
-
 /// Output file names for frames: `<stem>.npy`; when two frames share a stem, `<file name>.npy`, and
 /// when those collide too, a `-<n>` suffix, so that no output overwrites another.
 func outputNames(_ frames: [String]) -> [String] {

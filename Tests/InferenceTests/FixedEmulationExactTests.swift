@@ -41,11 +41,12 @@ final class FixedEmulationExactTests: XCTestCase {
     /// One trial for each form this CPU runs: lanes × outs dot products in both weight widths and
     /// both forms, compared value by value with ``dotReplay`` and by total wrap count.
     func checkAgainstDotReplay(lanes: Int, outs: Int, n: Int, wide: Bool, shift: Int, form: DotForm,
-                               expectWraps: inout (product: Int, any: Int)) {
+                               smallW: Bool = false, expectWraps: inout (product: Int, any: Int)) {
         let ldx = lanes + Int(rng.next() % 3)
         var x = [Int32](repeating: 0, count: n * ldx)
         for i in 0..<x.count { x[i] = hostileX() }
-        let w16: [Int16] = wide ? [] : (0..<(outs * n)).map { _ in hostileW16() }
+        // smallW: |w| < 2^13, so no product of an fm_t and w leaves fm_t (the kernels' no-check path).
+        let w16: [Int16] = wide ? [] : (0..<(outs * n)).map { _ in smallW ? hostileW16() >> 3 : hostileW16() }
         let w32: [Int32] = wide ? (0..<(outs * n)).map { _ in hostileW32() } : []
         let start: [Int32] = (0..<(outs * lanes)).map { _ in hostileX() }
         var expected = [Int32](repeating: 0, count: outs * lanes)
@@ -90,6 +91,7 @@ final class FixedEmulationExactTests: XCTestCase {
     func testReplayLanesEqualsDotReplayEveryForm() {
         var seen = (product: 0, any: 0)
         var seenBlock = (product: 0, any: 0)
+        var seenSmall = (product: 0, any: 0)
         // Lane counts around the 16-lane chunk, steps around the blocks of 8.
         for (trial, lanes) in [1, 3, 15, 16, 17, 33].enumerated() {
             for n in [1, 7, 8, 9, 24, 61] {
@@ -98,6 +100,8 @@ final class FixedEmulationExactTests: XCTestCase {
                                       expectWraps: &seen)
                 checkAgainstDotReplay(lanes: lanes, outs: outs, n: n, wide: true, shift: [0, 9, 22, 31][n % 4],
                                       form: .perProduct, expectWraps: &seen)
+                checkAgainstDotReplay(lanes: lanes, outs: outs, n: n, wide: false, shift: 14, form: .perProduct,
+                                      smallW: true, expectWraps: &seenSmall)
                 checkAgainstDotReplay(lanes: lanes, outs: outs, n: n, wide: false, shift: 14, form: .blockSum8,
                                       expectWraps: &seenBlock)
                 checkAgainstDotReplay(lanes: lanes, outs: outs, n: n, wide: true, shift: 22, form: .blockSum8,
@@ -108,6 +112,8 @@ final class FixedEmulationExactTests: XCTestCase {
         XCTAssertGreaterThan(seen.product, 100)
         XCTAssertGreaterThan(seen.any - seen.product, 100)
         XCTAssertGreaterThan(seenBlock.any, 100)
+        XCTAssertEqual(seenSmall.product, 0)
+        XCTAssertGreaterThan(seenSmall.any, 100)
     }
 
     /// attention.cpp Q·K for one query replayed statement by statement: per block of 8 dims
@@ -151,10 +157,15 @@ final class FixedEmulationExactTests: XCTestCase {
     func testAttnVRotatedReplayEqualsStatementReplay() {
         // attention.cpp attn × V for one query: keys in the order o, o+1, …, T−1, 0, …, o−1;
         // acc = v*a (floored, wrapped), then acc += v*a. The emulation runs it as two segments.
+        // Weights below 2^21 (under 0.5) let no product leave fm_t (the kernels' no-check path); larger
+        // ones with hostile values wrap per product too.
         let keys = 37, hd = 32, ldv = 3 * hd
-        for o in [0, 1, 3] {
-            let v = (0..<(keys * ldv)).map { _ in hostileX() }
-            let a = (0..<keys).map { _ in Int32(truncatingIfNeeded: rng.next() % (1 << 31)) >> Int32(rng.next() % 20) }
+        for (o, smallA) in [(0, false), (1, false), (3, false), (0, true), (5, true)] {
+            // With the small weights, values of one sign (up to 512) so that the sums still wrap.
+            let v = (0..<(keys * ldv)).map { _ in smallA ? Int32(truncatingIfNeeded: (1 << 30) + rng.next() % (1 << 30)) : hostileX() }
+            let a = (0..<keys).map { _ in
+                Int32(truncatingIfNeeded: rng.next() % (1 << 31)) >> Int32(smallA ? 10 + rng.next() % 3 : rng.next() % 20)
+            }
             var expectedWraps = 0
             var expected = [Int32](repeating: 0, count: hd)
             for d in 0..<hd {
@@ -168,6 +179,9 @@ final class FixedEmulationExactTests: XCTestCase {
                 expected[d] = r
             }
             XCTAssertGreaterThan(expectedWraps, 0)
+            if smallA {
+                XCTAssertFalse((0..<keys).contains { k in (0..<hd).contains { outsideFm((Int64(v[k * ldv + $0]) * Int64(a[k])) >> 22) } })
+            }
             for isa in FixedEmulationFastPathTests.runnableISAs {
                 var acc = [Int32](repeating: 0, count: hd)
                 var wraps = 0

@@ -184,4 +184,27 @@ final class PackedLinearTests: XCTestCase {
             }
         }
     }
+
+    /// Batches for `moepack run`: consecutive, covering every frame once, at most `atMost` frames,
+    /// a multiple of the workers, and equal shares per worker (within one frame per batch).
+    func testBalancedBatches() {
+        XCTAssertEqual(balancedBatches(0, workers: 2, atMost: 4), [])
+        XCTAssertEqual(balancedBatches(1, workers: 2, atMost: 4), [0..<1])
+        XCTAssertEqual(balancedBatches(3, workers: 2, atMost: 4), [0..<2, 2..<3])
+        XCTAssertEqual(balancedBatches(20, workers: 2, atMost: 4), [0..<4, 4..<8, 8..<11, 11..<14, 14..<17, 17..<20])
+        XCTAssertEqual(balancedBatches(40, workers: 2, atMost: 4).map(\.count), [Int](repeating: 4, count: 10))
+        XCTAssertEqual(balancedBatches(5, workers: 2, atMost: 1), (0..<5).map { $0..<$0 + 1 })
+        for count in 1...50 {
+            for workers in 1...3 {
+                let b = balancedBatches(count, workers: workers, atMost: 4)
+                XCTAssertEqual(b.first?.lowerBound, 0)
+                XCTAssertEqual(b.last?.upperBound, count)
+                XCTAssertTrue(zip(b, b.dropFirst()).allSatisfy { $0.upperBound == $1.lowerBound })
+                XCTAssertTrue(b.allSatisfy { (1...4).contains($0.count) })
+                XCTAssertTrue(b.count % workers == 0 || b.count == count, "count \(count) workers \(workers)")
+                let shares = (0..<workers).map { w in stride(from: w, to: b.count, by: workers).map { b[$0].count }.reduce(0, +) }
+                XCTAssertLessThanOrEqual(shares.max()! - shares.min()!, (b.count + workers - 1) / workers, "count \(count) workers \(workers)")
+            }
+        }
+    }
 }
