@@ -23,6 +23,29 @@
 #undef ISA_VEC
 
 #if MOEPACK_X86
+/// GELU of bias_gelu (kernels_isa.h) on 8 lanes: the same arithmetic, the table read by gathers
+/// and floor(frac * (hi - lo) / 2^17) from 64-bit products (even and odd lanes), whose low 32 bits
+/// after a logical shift equal the floor's (it fits int32). Adds the INT32_MIN lanes to *wraps.
+__attribute__((target("avx2"))) static inline __m256i gelu8_avx2(__m256i x, const int32_t *table,
+                                                                 int32_t table_max, int64_t *wraps) {
+    const __m256i relu = _mm256_max_epi32(x, _mm256_setzero_si256());
+    const __m256i ax = _mm256_abs_epi32(x);   // INT32_MIN stays negative
+    const __m256i in_table = _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(table_max), ax),
+                                              _mm256_cmpgt_epi32(ax, _mm256_set1_epi32(-1)));
+    const __m256i index = _mm256_and_si256(_mm256_srli_epi32(ax, 17), in_table);
+    const __m256i lo = _mm256_i32gather_epi32((const int *)table, index, 4);
+    const __m256i hi = _mm256_i32gather_epi32((const int *)(table + 1), index, 4);
+    const __m256i frac = _mm256_and_si256(ax, _mm256_set1_epi32(0x1FFFF));
+    const __m256i diff = _mm256_sub_epi32(hi, lo);
+    const __m256i even = _mm256_srli_epi64(_mm256_mul_epi32(frac, diff), 17);
+    const __m256i odd = _mm256_srli_epi64(_mm256_mul_epi32(_mm256_srli_epi64(frac, 32), _mm256_srli_epi64(diff, 32)), 17);
+    const __m256i interp = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+    const __m256i delta = _mm256_and_si256(_mm256_add_epi32(lo, interp), in_table);
+    const __m256i is_min = _mm256_cmpeq_epi32(x, _mm256_set1_epi32(INT32_MIN));
+    *wraps += __builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(is_min)));
+    return _mm256_andnot_si256(is_min, _mm256_sub_epi32(relu, delta));
+}
+
 // AVX2: 16 int16 lanes; tiles of 2 input rows x 2 weight rows (16 ymm registers).
 #define ISA_SUFFIX avx2
 #define ISA_FN __attribute__((target("avx2")))

@@ -118,7 +118,15 @@ ISA_FN static int64_t ISA_NAME(bias_gelu_)(int32_t *restrict y, ptrdiff_t rows, 
         // floor(t * (hi - lo) / 2^22) with t = frac * 2^5 is floor(frac * (hi - lo) / 2^17), and
         // frac * (hi - lo) (< 2^17 * 2^32) is exact in a double, so its floor is the integer one.
         int64_t row_wraps = 0;
-        for (ptrdiff_t o = 0; o < m; o++) {
+        ptrdiff_t o = 0;
+#if ISA_VEC
+        for (; o + 8 <= m; o += 8) {
+            const __m256i x = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(row + o)),
+                                               _mm256_loadu_si256((const __m256i *)(bias + o)));
+            _mm256_storeu_si256((__m256i *)(row + o), gelu8_avx2(x, table, table_max, &row_wraps));
+        }
+#endif
+        for (; o < m; o++) {
             const int32_t x = (int32_t)((uint32_t)row[o] + (uint32_t)bias[o]);
             const int32_t relu = x < 0 ? 0 : x;
             const int32_t ax = (int32_t)(x < 0 ? 0u - (uint32_t)x : (uint32_t)x);   // INT32_MIN stays negative
@@ -146,35 +154,71 @@ ISA_FN static int64_t ISA_NAME(qk_scores_)(const uint32_t *qu, const uint32_t *q
     int64_t wraps = 0;
     for (ptrdiff_t k = 0; k < keys; k++) scores[k] = 0;
     for (ptrdiff_t b = 0; b < hd / 8; b++) {
-        for (ptrdiff_t k = 0; k < keys; k++) t[k] = 0;
-        for (ptrdiff_t j = b * 8; j < b * 8 + 8; j++) {
-            const uint64_t q = qu[j];
-            const uint32_t *kj = ku_t + j * ldk;
-            for (ptrdiff_t k = 0; k < keys; k++) t[k] += (uint32_t)((q * (uint64_t)kj[k]) >> 22);
+        // Per run of QK_KEYS keys the 8 floored products are summed in 64-bit lanes held in
+        // registers (only the sum mod 2^32 is kept), so each product costs a widening load, a
+        // 32 x 32 -> 64-bit multiply, a shift and an add.
+        enum { QK_KEYS = 16 };
+        ptrdiff_t k0 = 0;
+        for (; k0 + QK_KEYS <= keys; k0 += QK_KEYS) {
+            uint64_t acc[QK_KEYS];
+            for (int l = 0; l < QK_KEYS; l++) acc[l] = 0;
+            for (ptrdiff_t j = b * 8; j < b * 8 + 8; j++) {
+                const uint64_t q = qu[j];
+                const uint32_t *kj = ku_t + j * ldk + k0;
+                for (int l = 0; l < QK_KEYS; l++) acc[l] += (q * (uint64_t)kj[l]) >> 22;
+            }
+            for (int l = 0; l < QK_KEYS; l++) t[k0 + l] = (uint32_t)acc[l];
+        }
+        for (ptrdiff_t k = k0; k < keys; k++) {
+            uint32_t acc = 0;
+            for (ptrdiff_t j = b * 8; j < b * 8 + 8; j++) acc += (uint32_t)(((uint64_t)qu[j] * ku_t[j * ldk + k]) >> 22);
+            t[k] = acc;
         }
         // The block sum (fits fm_t by the caller's bound) times attn_scale assigned to fm_t, then
         // added to the score, each assignment wrapped and counted (mulFm, addFm).
         const uint32_t *kb = kblock9_t + b * ldk;
         const uint32_t qb = qblock9[b];
+        // In 32-bit lanes so the loop vectorises: p = floor(blk * scale / 2^22) leaves fm_t exactly
+        // when the product's high word lies outside [-2^21, 2^21); its low 32 bits are bits 22..53
+        // of the product (the same for a logical shift); s = score + p wraps exactly when both
+        // operands' signs differ from the sum's.
+        uint32_t block_wraps = 0;
         for (ptrdiff_t k = 0; k < keys; k++) {
             const int32_t blk = (int32_t)(t[k] - qb - kb[k]);
-            const int64_t p = ((int64_t)blk * (int64_t)scale) >> 22;
-            wraps += (p < INT32_MIN) | (p > INT32_MAX);
-            const int64_t s = (int64_t)scores[k] + (int64_t)(int32_t)(uint32_t)p;
-            wraps += (s < INT32_MIN) | (s > INT32_MAX);
-            scores[k] = (int32_t)(uint32_t)s;
+            const int64_t prod = (int64_t)blk * (int64_t)scale;
+            const int32_t high = (int32_t)(uint32_t)((uint64_t)prod >> 32);
+            const uint32_t p = (uint32_t)((uint64_t)prod >> 22);
+            block_wraps += (uint32_t)high + (1u << 21) >= (1u << 22);
+            const uint32_t sc = (uint32_t)scores[k], s = sc + p;
+            block_wraps += (uint32_t)(((sc ^ s) & (p ^ s)) >> 31);
+            scores[k] = (int32_t)s;
         }
+        wraps += block_wraps;
     }
     return wraps;
 }
 
 ISA_FN static void ISA_NAME(av_accumulate_)(const uint32_t *a, const int32_t *v, ptrdiff_t ldv, ptrdiff_t keys,
                                             ptrdiff_t hd, uint32_t *acc) {
-    for (ptrdiff_t d = 0; d < hd; d++) acc[d] = 0;
+    // Runs of AV_DIMS dims summed over all keys in 64-bit lanes held in registers (only the sum
+    // mod 2^32 is kept), then the remaining dims one key at a time.
+    enum { AV_DIMS = 32 };
+    ptrdiff_t d0 = 0;
+    for (; d0 + AV_DIMS <= hd; d0 += AV_DIMS) {
+        uint64_t s[AV_DIMS];
+        for (int l = 0; l < AV_DIMS; l++) s[l] = 0;
+        for (ptrdiff_t k = 0; k < keys; k++) {
+            const uint64_t ak = a[k];
+            const int32_t *vk = v + k * ldv + d0;
+            for (int l = 0; l < AV_DIMS; l++) s[l] += (((uint64_t)((uint32_t)vk[l] ^ 0x80000000u)) * ak) >> 22;
+        }
+        for (int l = 0; l < AV_DIMS; l++) acc[d0 + l] = (uint32_t)s[l];
+    }
+    for (ptrdiff_t d = d0; d < hd; d++) acc[d] = 0;
     for (ptrdiff_t k = 0; k < keys; k++) {
         const uint64_t ak = a[k];
         const int32_t *vk = v + k * ldv;
-        for (ptrdiff_t d = 0; d < hd; d++)
+        for (ptrdiff_t d = d0; d < hd; d++)
             acc[d] += (uint32_t)((((uint64_t)((uint32_t)vk[d] ^ 0x80000000u)) * ak) >> 22);
     }
 }

@@ -6,7 +6,7 @@
 // hls::exp(fm_t x) as E(x) = floor(exp_libm(x / 2^22) * 2^22) with the C library's double exp
 // (expFm in FixedEmulationKernels.swift). For an integer x in (-16*2^22, 0):
 //  1. x / 2^22 is exact. k = nearest integer to x/ln2 (any k with |r| <= 0.35 would do), and
-//     r = (x - k*LN2_HI) - k*LN2_LO: |k| <= 24, LN2_HI has 32 trailing zero bits, so k*LN2_HI is
+//     r = (x - k*LN2_HI) - k*LN2_LO: |k| <= 24, LN2_HI has 33 significant bits, so k*LN2_HI is
 //     exact and x - k*LN2_HI is exact (Sterbenz, or k = 0); the rest costs <= 2^-53 |r| + 24*2^-86,
 //     so |r| <= 0.347 and e^r_computed = e^r_true * (1 + e1), |e1| < 2^-52.
 //  2. p = sum_{i<=12} r^i / i! by Horner. Truncation: e^0.347 * 0.347^13 / 13! < 2.5e-16 < 2^-51

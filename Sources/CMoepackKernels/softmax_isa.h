@@ -11,7 +11,7 @@
 /// negative): the caller then asks the C library.
 ISA_FN static void SM_NAME(exp_fm_batch_)(const int32_t *x, ptrdiff_t n, int32_t *e) {
     const double inv_ln2 = 0x1.71547652b82fep0, shifter = 0x1.8p52;
-    const double ln2_hi = 0x1.62e42feep-1, ln2_lo = 0x1.a39ef35793c76p-33;   // LN2_HI: 32 trailing zero bits
+    const double ln2_hi = 0x1.62e42feep-1, ln2_lo = 0x1.a39ef35793c76p-33;   // LN2_HI: 33 significant bits
     const double delta = 0x1p-20;
     for (ptrdiff_t i = 0; i < n; i++) {
         const int32_t xi = x[i];
