@@ -16,7 +16,8 @@
 #   inspect      moepack inspect --json on models/m3vit-tiny-edge-moe.pth
 #   export       moepack export on models/m3vit-tiny-edge-moe.pth → safetensors
 #   run-float    moepack run --mode float, per frame = (T(N frames) − T(N/2 frames)) / (N/2), N = $BENCH_FRAMES
-#                (20): steady state, both cores busy; vs bench/reference_forward.py ms/frame (PyTorch CPU,
+#                (80; a 20-frame run differs from a 10-frame one by a few tenths of a second, within this VM's
+#                run-to-run noise): steady state, both cores busy; vs bench/reference_forward.py ms/frame (PyTorch CPU,
 #                2 threads). Also 1 frame, to show how cost grows with frames (slopes 1→N/2 and N/2→N)
 #   run-fixed    the same with --mode fixed (no reference)
 #   pack-small   pack on bench/out/train-small.pth (ViT-Small-sized, ~860 MB) with --profile bench/vit-small.json,
@@ -36,7 +37,7 @@
 # their date. Machines are noisy: compare medians and ratios, not single runs. Nothing here asserts
 # on timings.
 #
-# Environment: MOEPACK (binary, default .build/release/moepack), BENCH_RUNS (5), BENCH_FRAMES (20),
+# Environment: MOEPACK (binary, default .build/release/moepack), BENCH_RUNS (5), BENCH_FRAMES (80),
 # PYTHON, BENCH_REFERENCE=committed (use the committed reference figures even when torch is available).
 # A full run with torch also writes its reference medians to bench/out/reference-figures.json. Outputs and logs go to bench/out/ (git-ignored); the table is also written to
 # bench/out/results.md.
@@ -46,7 +47,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 BIN="${MOEPACK:-.build/release/moepack}"
 RUNS="${BENCH_RUNS:-5}"
-FRAMES="${BENCH_FRAMES:-20}"
+FRAMES="${BENCH_FRAMES:-80}"
 OUT=bench/out
 LOG="$OUT/logs"
 BUNDLED=models/m3vit-tiny-edge-moe.pth
