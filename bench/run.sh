@@ -22,8 +22,8 @@
 #   run-fixed    the same with --mode fixed (no reference)
 #   pack-small   pack on bench/out/train-small.pth (ViT-Small-sized, ~860 MB) with --profile bench/vit-small.json,
 #                both tools, plus the growth factors small ÷ tiny (file bytes, moepack, reference)
-#   run-small-*  moepack run --mode float / fixed on that image, per frame = (T(4 frames) − T(2 frames)) / 2,
-#                $BENCH_SMALL_RUNS (1) timed runs after the warm-up
+#   run-small-*  moepack run --mode float / fixed on that image, per frame = slope between N and 2N frames with
+#                full batches (float 8 → 16, fixed 4 → 8), $BENCH_SMALL_RUNS (1) timed runs after the warm-up
 #   heads        moepack heads (semseg + depth decoders) per frame vs bench/reference_heads.py
 #   cold-build   swift build -c release --product moepack in a fresh clone (1 run; BENCH_COLD_BUILD=0 skips)
 #   cold-test    make test in the same fresh clone, debug build from nothing (1 run; skipped with cold-build)
@@ -273,28 +273,31 @@ if [ -f "$CK_SMALL" ]; then
     have_ref && measure ref-pack-small "$PY" bench/reference_pack.py "$CK_SMALL" -o "$OUT/pack-ref-small" --profile "$PROFILE_SMALL"
 fi
 
-# (e2) run on the ViT-Small-sized image (1025 tokens), float and fixed: per frame = (T(4 frames) −
-# T(2 frames)) / 2, both cores busy; $BENCH_SMALL_RUNS (default 1) timed runs after the warm-up, since a
-# fixed frame takes seconds. The frame is 3×512×512 seeded pseudo-random bytes (awk's srand(1)).
+# (e2) run on the ViT-Small-sized image (1025 tokens), float and fixed, per frame in steady state: the
+# slope between N and 2N frames where every worker's batches are full (float takes batches of 4 frames,
+# fixed one frame at a time): float 8 → 16 frames, fixed 4 → 8. $BENCH_SMALL_RUNS (default 1) timed runs
+# after the warm-up, since a fixed frame takes seconds. The frame is 3×512×512 seeded pseudo-random bytes
+# (awk's srand(1)).
 SMALL_PACKED="$OUT/pack-moepack-small"
 if ! $REF_ONLY && [ -f "$SMALL_PACKED/manifest.json" ]; then
     SMALL_FRAME="$OUT/small-frame.u8"
     [ -f "$SMALL_FRAME" ] || LC_ALL=C awk 'BEGIN { srand(1); for (i = 0; i < 3 * 512 * 512; i++) printf "%c", int(rand() * 256) }' > "$SMALL_FRAME"
-    for n in 2 4; do
+    for n in 4 8 16; do
         d="$OUT/small-frames-$n"; rm -rf "$d"; mkdir -p "$d"
         for ((j = 0; j < n; j++)); do cp "$SMALL_FRAME" "$d/$(printf 'frame-%03d.u8' "$j")"; done
     done
     for mode in float fixed; do
+        if [ "$mode" = float ]; then lo=8; hi=16; else lo=4; hi=8; fi
         ok=true
-        for n in 2 4; do
+        for n in $lo $hi; do
             rm -rf "$OUT/run-small-$mode-$n"
             MEASURE_RUNS=${BENCH_SMALL_RUNS:-1} measure "run-small-$mode-$n" "$BIN" run "$SMALL_PACKED" --image "$OUT/small-frames-$n" \
                 --mode "$mode" -o "$OUT/run-small-$mode-$n" || ok=false
         done
         if $ok; then
-            WALL[run-small-$mode]=$(awk -v a="${WALL[run-small-$mode-2]}" -v b="${WALL[run-small-$mode-4]}" 'BEGIN { printf "%.3f", (b - a) * 1000 / 2 }')
-            RSS[run-small-$mode]=${RSS[run-small-$mode-4]}
-            SPREAD[run-small-$mode]=$(slope_spread "run-small-$mode-2" "run-small-$mode-4" 2 4)
+            WALL[run-small-$mode]=$(awk -v a="${WALL[run-small-$mode-$lo]}" -v b="${WALL[run-small-$mode-$hi]}" -v n="$lo" 'BEGIN { printf "%.3f", (b - a) * 1000 / n }')
+            RSS[run-small-$mode]=${RSS[run-small-$mode-$hi]}
+            SPREAD[run-small-$mode]=$(slope_spread "run-small-$mode-$lo" "run-small-$mode-$hi" "$lo" "$hi")
         else
             FAIL[run-small-$mode]=1
         fi
