@@ -1,2 +1,0 @@
-import XCTest
-final class VerifyTestsPlaceholder: XCTestCase { func testPlaceholder() {} }
