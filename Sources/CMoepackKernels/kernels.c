@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -114,14 +115,33 @@ int moepack_kernels_cpu_supports(moepack_isa isa) {
     }
 }
 
+static const char *isa_name(moepack_isa isa) {
+    return isa == MOEPACK_ISA_AVX512 ? "avx512" : isa == MOEPACK_ISA_AVX2 ? "avx2" : "portable";
+}
+
+// The best form the CPU runs, or the one MOEPACK_SIMD names. A value that names no form, or a form this
+// CPU cannot run, is said once on stderr (the CLI's warning format) and the best runnable form is used:
+// results are the same bits in every form, so a wrong setting costs speed, never correctness.
 static moepack_isa choose_isa(void) {
     const char *env = getenv("MOEPACK_SIMD");
     moepack_isa want = MOEPACK_ISA_AVX512;
-    if (env != NULL) {
+    int forced = 0;
+    if (env != NULL && env[0] != '\0') {
+        forced = 1;
         if (strcmp(env, "portable") == 0) want = MOEPACK_ISA_PORTABLE;
         else if (strcmp(env, "avx2") == 0) want = MOEPACK_ISA_AVX2;
+        else if (strcmp(env, "avx512") != 0) {
+            forced = 0;
+            while (want > MOEPACK_ISA_PORTABLE && !moepack_kernels_cpu_supports(want)) want = (moepack_isa)(want - 1);
+            fprintf(stderr, "moepack: warning: MOEPACK_SIMD=%s is not one of portable, avx2, avx512; using %s\n",
+                    env, isa_name(want));
+        }
     }
+    const moepack_isa asked = want;
     while (want > MOEPACK_ISA_PORTABLE && !moepack_kernels_cpu_supports(want)) want = (moepack_isa)(want - 1);
+    if (forced && want != asked)
+        fprintf(stderr, "moepack: warning: MOEPACK_SIMD=%s: this CPU does not run that form; using %s\n",
+                env, isa_name(want));
     return want;
 }
 

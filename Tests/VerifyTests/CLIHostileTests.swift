@@ -25,13 +25,14 @@ final class CLIHostileTests: XCTestCase {
     func moepack(_ args: [String]) throws -> Outcome { try Self.runMoepack(args) }
 
     /// Runs the debug binary with `args`; stdout and stderr go through files.
-    nonisolated static func runMoepack(_ args: [String]) throws -> Outcome {
+    nonisolated static func runMoepack(_ args: [String], environment extra: [String: String] = [:]) throws -> Outcome {
         guard FileManager.default.isExecutableFile(atPath: Self.binary) else {
             throw XCTSkip("\(Self.binary) is not built (run `swift build` first)")
         }
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Self.binary)
         p.arguments = args
+        if !extra.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(extra) { _, new in new } }
         // Output goes to files (not pipes) so nothing can block on a full pipe.
         let base = NSTemporaryDirectory() + "moepack-cli-\(UUID().uuidString)"
         FileManager.default.createFile(atPath: base + ".out", contents: nil)
@@ -101,6 +102,26 @@ final class CLIHostileTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
         addTeardownBlock { try? FileManager.default.removeItem(atPath: d) }
         return d
+    }
+
+    /// MOEPACK_SIMD chooses the integer kernels' form; a value naming no form is said in one warning line
+    /// and the best form the CPU runs is used. Every form gives the same bits, so the output is
+    /// identical whatever the variable says.
+    func testUnknownSimdFormWarnsOnceAndChangesNoBit() throws {
+        let tmp = try tempDir()
+        try packTrustImage(tmp + "/img")
+        func run(_ simd: String?, _ out: String) throws -> Outcome {
+            try Self.runMoepack(["run", tmp + "/img", "--image", Self.trustFrame, "--mode", "fixed", "-o", tmp + "/" + out],
+                                environment: simd.map { ["MOEPACK_SIMD": $0] } ?? [:])
+        }
+        let plain = try run(nil, "plain.npy"), bogus = try run("sse9", "bogus.npy"), portable = try run("portable", "portable.npy")
+        for r in [plain, bogus, portable] { XCTAssertEqual(r.status, 0, r.stderr) }
+        XCTAssertEqual(bogus.stderrLines.count, 1, bogus.stderr)
+        XCTAssertTrue(bogus.stderr.hasPrefix("moepack: warning: MOEPACK_SIMD=sse9 is not one of portable, avx2, avx512; using "), bogus.stderr)
+        XCTAssertEqual(portable.stderr, "")
+        let want = try Data(contentsOf: URL(fileURLWithPath: tmp + "/plain.npy"))
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: tmp + "/bogus.npy")), want)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: tmp + "/portable.npy")), want)
     }
 
     func fx(_ name: String) -> String { Self.hostile + "/" + name }
