@@ -2,36 +2,15 @@
 // AVX2 and AVX-512 (exact_isa.h), one chosen per process like the kernels of kernels.c.
 #include "moepack_exact.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#define EXACT_X86 1
-#else
-#define EXACT_X86 0
-#endif
+#include "isa_x86.h"
 
 // Lanes per chunk: one AVX-512 vector of int32 (two of AVX2).
 #define EXACT_LANES 16
 
-#define ISA_SUFFIX portable
-#define ISA_FN
-#include "exact_isa.h"
-#undef ISA_SUFFIX
-#undef ISA_FN
+#define ISA_FORMS_FILE "exact_isa.h"
+#include "isa_forms.h"
 
-#if EXACT_X86
-#define ISA_SUFFIX avx2
-#define ISA_FN __attribute__((target("avx2")))
-#include "exact_isa.h"
-#undef ISA_SUFFIX
-#undef ISA_FN
-
-#define ISA_SUFFIX avx512
-#define ISA_FN __attribute__((target("avx512f,avx512bw")))
-#include "exact_isa.h"
-#undef ISA_SUFFIX
-#undef ISA_FN
-#endif
-
-#if EXACT_X86
+#if MOEPACK_X86
 #include <immintrin.h>
 
 // AVX2 form of the replay that dominates, linear.cpp with the fast Int16 weights, in 32-bit lanes
@@ -261,18 +240,12 @@ __attribute__((target("avx2"))) static int64_t replay_block8_avx2(const int32_t 
 }
 #endif
 
-// A form this CPU cannot run is never entered: it degrades to the best one it can.
-static moepack_isa exact_runnable(moepack_isa isa) {
-    while (isa > MOEPACK_ISA_PORTABLE && !moepack_kernels_cpu_supports(isa)) isa = (moepack_isa)(isa - 1);
-    return isa;
-}
-
 int64_t moepack_replay_lanes(moepack_isa isa, const int32_t *x, ptrdiff_t ldx, ptrdiff_t lanes,
                              const int16_t *w16, const int32_t *w32, ptrdiff_t ldw, ptrdiff_t outs,
                              ptrdiff_t n, int shift, moepack_replay_form form, int32_t scale, int scale_shift,
                              int32_t *acc, ptrdiff_t ld_acc) {
-    switch (exact_runnable(isa)) {
-#if EXACT_X86
+    switch (moepack_kernels_runnable(isa)) {
+#if MOEPACK_X86
     case MOEPACK_ISA_AVX512:
         return replay_lanes_avx512(x, ldx, lanes, w16, w32, ldw, outs, n, shift, form, scale, scale_shift, acc, ld_acc);
     case MOEPACK_ISA_AVX2:

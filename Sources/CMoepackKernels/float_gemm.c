@@ -9,11 +9,9 @@
 // compiler on targets that have FMA, or its results would depend on the build target.
 #pragma STDC FP_CONTRACT OFF
 
-#if defined(__x86_64__) || defined(__i386__)
+#include "isa_x86.h"
+#if MOEPACK_X86
 #include <immintrin.h>
-#define FG_X86 1
-#else
-#define FG_X86 0
 #endif
 
 size_t moepack_sgemm_packed_count(ptrdiff_t out, ptrdiff_t in) {
@@ -70,28 +68,8 @@ static inline float fg_pow2_portable(float shifted) {
     return r;
 }
 #include "float_gemm_isa.h"
-#undef ISA_SUFFIX
-#undef ISA_FN
-#undef V
-#undef VM
-#undef VL
-#undef TILE_R
-#undef TILE_P
-#undef V_LOAD
-#undef V_STORE
-#undef V_SET1
-#undef V_ZERO
-#undef V_ADD
-#undef V_SUB
-#undef V_MUL
-#undef V_DIV
-#undef V_FMA
-#undef V_ABS
-#undef V_LT
-#undef V_SEL
-#undef V_POW2
 
-#if FG_X86
+#if MOEPACK_X86
 // AVX2 + FMA: 8 lanes; tiles of 6 rows × 1 panel (12 accumulators, 2 weight vectors, 1 broadcast).
 #define ISA_SUFFIX avx2
 #define ISA_FN __attribute__((target("avx2,fma")))
@@ -118,26 +96,6 @@ static inline float fg_pow2_portable(float shifted) {
                          _mm256_set1_epi32(127)),                                                          \
         23))
 #include "float_gemm_isa.h"
-#undef ISA_SUFFIX
-#undef ISA_FN
-#undef V
-#undef VM
-#undef VL
-#undef TILE_R
-#undef TILE_P
-#undef V_LOAD
-#undef V_STORE
-#undef V_SET1
-#undef V_ZERO
-#undef V_ADD
-#undef V_SUB
-#undef V_MUL
-#undef V_DIV
-#undef V_FMA
-#undef V_ABS
-#undef V_LT
-#undef V_SEL
-#undef V_POW2
 
 // AVX-512F: 16 lanes; tiles of 6 rows × 2 panels (12 accumulators).
 #define ISA_SUFFIX avx512
@@ -169,7 +127,7 @@ static inline float fg_pow2_portable(float shifted) {
 
 // A form this CPU cannot run is never entered. AVX2 here also needs FMA.
 moepack_isa moepack_sgemm_runnable(moepack_isa isa) {
-#if FG_X86
+#if MOEPACK_X86
     if (isa == MOEPACK_ISA_AVX512 && !__builtin_cpu_supports("avx512f")) isa = MOEPACK_ISA_AVX2;
     if (isa == MOEPACK_ISA_AVX2 && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
         isa = MOEPACK_ISA_PORTABLE;
@@ -185,7 +143,7 @@ void moepack_sgemm_linear(moepack_isa isa, ptrdiff_t m, const float *x, ptrdiff_
                           const float *row_scale, float *y, ptrdiff_t ldy, const int32_t *y_rows) {
     if (m <= 0 || out <= 0) return;
     switch (moepack_sgemm_runnable(isa)) {
-#if FG_X86
+#if MOEPACK_X86
     case MOEPACK_ISA_AVX512:
         sgemm_linear_avx512(m, x, ldx, x_rows, in, packed, out, epilogue, row_scale, y, ldy, y_rows);
         return;
@@ -201,7 +159,7 @@ void moepack_sgemm_linear(moepack_isa isa, ptrdiff_t m, const float *x, ptrdiff_
 
 static void fg_erf_array(moepack_isa isa, float *v, ptrdiff_t n, int gelu) {
     switch (moepack_sgemm_runnable(isa)) {
-#if FG_X86
+#if MOEPACK_X86
     case MOEPACK_ISA_AVX512: erf_array_avx512(v, n, gelu); return;
     case MOEPACK_ISA_AVX2: erf_array_avx2(v, n, gelu); return;
 #endif

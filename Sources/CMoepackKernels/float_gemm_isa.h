@@ -1,6 +1,6 @@
 // One instruction set's form of the float32 linear layer and GELU declared in
 // include/moepack_float_gemm.h. float_gemm.c includes this file once per form with the vector
-// primitives defined; the arithmetic is the same text in every form.
+// primitives defined; the arithmetic is the same text in every form. It undefines them at its end.
 //
 // Expected definitions: ISA_SUFFIX, ISA_FN (function attributes), V (vector of VL float lanes),
 // VM (comparison mask), VL, TILE_R (rows per tile), TILE_P (panels per tile), V_LOAD, V_STORE
@@ -188,3 +188,25 @@ ISA_FN static void FG_NAME(sgemm_linear_)(ptrdiff_t m, const float *x, ptrdiff_t
 #undef FG_NAME
 #undef FG_CAT
 #undef FG_CAT2
+
+// The form's parameters are consumed here, so float_gemm.c can define the next form's.
+#undef ISA_SUFFIX
+#undef ISA_FN
+#undef V
+#undef VM
+#undef VL
+#undef TILE_R
+#undef TILE_P
+#undef V_LOAD
+#undef V_STORE
+#undef V_SET1
+#undef V_ZERO
+#undef V_ADD
+#undef V_SUB
+#undef V_MUL
+#undef V_DIV
+#undef V_FMA
+#undef V_ABS
+#undef V_LT
+#undef V_SEL
+#undef V_POW2

@@ -7,11 +7,9 @@
 #include <stdio.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
+#include "isa_x86.h"
+#if MOEPACK_X86
 #include <immintrin.h>
-#define MOEPACK_X86 1
-#else
-#define MOEPACK_X86 0
 #endif
 
 // Portable C: no vector primitives, the compiler's baseline target.
@@ -132,13 +130,13 @@ static moepack_isa choose_isa(void) {
         else if (strcmp(env, "avx2") == 0) want = MOEPACK_ISA_AVX2;
         else if (strcmp(env, "avx512") != 0) {
             forced = 0;
-            while (want > MOEPACK_ISA_PORTABLE && !moepack_kernels_cpu_supports(want)) want = (moepack_isa)(want - 1);
+            want = moepack_kernels_runnable(want);
             fprintf(stderr, "moepack: warning: MOEPACK_SIMD=%s is not one of portable, avx2, avx512; using %s\n",
                     env, isa_name(want));
         }
     }
     const moepack_isa asked = want;
-    while (want > MOEPACK_ISA_PORTABLE && !moepack_kernels_cpu_supports(want)) want = (moepack_isa)(want - 1);
+    want = moepack_kernels_runnable(want);
     if (forced && want != asked)
         fprintf(stderr, "moepack: warning: MOEPACK_SIMD=%s: this CPU does not run that form; using %s\n",
                 env, isa_name(want));
@@ -156,15 +154,14 @@ moepack_isa moepack_kernels_isa(void) {
     return (moepack_isa)c;
 }
 
-// A form this CPU cannot run is never entered: it degrades like choose_isa.
-static moepack_isa runnable(moepack_isa isa) {
+moepack_isa moepack_kernels_runnable(moepack_isa isa) {
     while (isa > MOEPACK_ISA_PORTABLE && !moepack_kernels_cpu_supports(isa)) isa = (moepack_isa)(isa - 1);
     return isa;
 }
 
 void moepack_linear_dots(moepack_isa isa, const int16_t *a, const int16_t *b4, ptrdiff_t n, int rows,
                          const int16_t *w, ptrdiff_t m, int high_sum4, int32_t *dots, ptrdiff_t ld) {
-    switch (runnable(isa)) {
+    switch (moepack_kernels_runnable(isa)) {
 #if MOEPACK_X86
     case MOEPACK_ISA_AVX512: linear_dots_avx512(a, b4, n, rows, w, m, high_sum4, dots, ld); return;
     case MOEPACK_ISA_AVX2: linear_dots_avx2(a, b4, n, rows, w, m, high_sum4, dots, ld); return;
@@ -176,7 +173,7 @@ void moepack_linear_dots(moepack_isa isa, const int16_t *a, const int16_t *b4, p
 int64_t moepack_qk_scores(moepack_isa isa, const uint32_t *qu, const uint32_t *qblock9,
                           const uint32_t *ku_t, ptrdiff_t ldk, const uint32_t *kblock9_t, ptrdiff_t keys,
                           ptrdiff_t hd, int32_t scale, uint32_t *t, int32_t *scores) {
-    switch (runnable(isa)) {
+    switch (moepack_kernels_runnable(isa)) {
 #if MOEPACK_X86
     case MOEPACK_ISA_AVX512:
         return qk_scores_avx512(qu, qblock9, ku_t, ldk, kblock9_t, keys, hd, scale, t, scores);
@@ -190,7 +187,7 @@ int64_t moepack_qk_scores(moepack_isa isa, const uint32_t *qu, const uint32_t *q
 
 void moepack_av_accumulate(moepack_isa isa, const uint32_t *a, const int32_t *v, ptrdiff_t ldv,
                            ptrdiff_t keys, ptrdiff_t hd, uint32_t *acc) {
-    switch (runnable(isa)) {
+    switch (moepack_kernels_runnable(isa)) {
 #if MOEPACK_X86
     case MOEPACK_ISA_AVX512: av_accumulate_avx512(a, v, ldv, keys, hd, acc); return;
     case MOEPACK_ISA_AVX2: av_accumulate_avx2(a, v, ldv, keys, hd, acc); return;
@@ -201,7 +198,7 @@ void moepack_av_accumulate(moepack_isa isa, const uint32_t *a, const int32_t *v,
 
 int64_t moepack_bias_gelu(moepack_isa isa, int32_t *y, ptrdiff_t rows, ptrdiff_t m, ptrdiff_t ld,
                           const int32_t *bias, const int32_t *table, int32_t table_max) {
-    switch (runnable(isa)) {
+    switch (moepack_kernels_runnable(isa)) {
 #if MOEPACK_X86
     case MOEPACK_ISA_AVX512: return bias_gelu_avx512(y, rows, m, ld, bias, table, table_max);
     case MOEPACK_ISA_AVX2: return bias_gelu_avx2(y, rows, m, ld, bias, table, table_max);

@@ -6,11 +6,7 @@
 
 #include <math.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define MOEPACK_ROWS_X86 1
-#else
-#define MOEPACK_ROWS_X86 0
-#endif
+#include "isa_x86.h"
 
 /// sqrtFm (FixedEmulationKernels.swift): floor(sqrt(v * 2^22)) exactly; v < 0 gives 0 and a wrap.
 static int32_t rows_sqrt_fm(int32_t v, int64_t *wraps) {
@@ -36,35 +32,13 @@ static int32_t rows_recip_fm(int32_t d, int64_t *wraps) {
     return (int32_t)(uint32_t)q;
 }
 
-#define ISA_SUFFIX portable
-#define ISA_FN
-#include "rows_isa.h"
-#undef ISA_SUFFIX
-#undef ISA_FN
-
-#if MOEPACK_ROWS_X86
-#define ISA_SUFFIX avx2
-#define ISA_FN __attribute__((target("avx2")))
-#include "rows_isa.h"
-#undef ISA_SUFFIX
-#undef ISA_FN
-
-#define ISA_SUFFIX avx512
-#define ISA_FN __attribute__((target("avx512f,avx512bw")))
-#include "rows_isa.h"
-#undef ISA_SUFFIX
-#undef ISA_FN
-#endif
-
-static moepack_isa rows_runnable(moepack_isa isa) {
-    while (isa > MOEPACK_ISA_PORTABLE && !moepack_kernels_cpu_supports(isa)) isa = (moepack_isa)(isa - 1);
-    return isa;
-}
+#define ISA_FORMS_FILE "rows_isa.h"
+#include "isa_forms.h"
 
 int64_t moepack_layer_norm(moepack_isa isa, const int32_t *x, ptrdiff_t rows, ptrdiff_t n, int32_t inv_dim,
                            int64_t eps, const int32_t *weight, int weight_frac, const int32_t *bias, int32_t *out) {
-    switch (rows_runnable(isa)) {
-#if MOEPACK_ROWS_X86
+    switch (moepack_kernels_runnable(isa)) {
+#if MOEPACK_X86
     case MOEPACK_ISA_AVX512: return layer_norm_avx512(x, rows, n, inv_dim, eps, weight, weight_frac, bias, out);
     case MOEPACK_ISA_AVX2: return layer_norm_avx2(x, rows, n, inv_dim, eps, weight, weight_frac, bias, out);
 #endif
@@ -74,8 +48,8 @@ int64_t moepack_layer_norm(moepack_isa isa, const int32_t *x, ptrdiff_t rows, pt
 
 int moepack_linear_split_rows(moepack_isa isa, const int32_t *x, ptrdiff_t n, int rows, double *norms,
                               int16_t *a, int16_t *b4) {
-    switch (rows_runnable(isa)) {
-#if MOEPACK_ROWS_X86
+    switch (moepack_kernels_runnable(isa)) {
+#if MOEPACK_X86
     case MOEPACK_ISA_AVX512: return linear_split_rows_avx512(x, n, rows, norms, a, b4);
     case MOEPACK_ISA_AVX2: return linear_split_rows_avx2(x, n, rows, norms, a, b4);
 #endif

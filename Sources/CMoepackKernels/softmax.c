@@ -30,11 +30,7 @@
 #include <math.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#define MOEPACK_SOFTMAX_X86 1
-#else
-#define MOEPACK_SOFTMAX_X86 0
-#endif
+#include "isa_x86.h"
 
 #define FM_ONE (1 << 22)
 /// Below this argument (raw) E(x) = 0.
@@ -56,30 +52,8 @@ static int32_t exp_fm_libm(int32_t x, int64_t *wraps) {
     return (int32_t)s;
 }
 
-#define ISA_SUFFIX portable
-#define ISA_FN
-#include "softmax_isa.h"
-#undef ISA_SUFFIX
-#undef ISA_FN
-
-#if MOEPACK_SOFTMAX_X86
-#define ISA_SUFFIX avx2
-#define ISA_FN __attribute__((target("avx2")))
-#include "softmax_isa.h"
-#undef ISA_SUFFIX
-#undef ISA_FN
-
-#define ISA_SUFFIX avx512
-#define ISA_FN __attribute__((target("avx512f,avx512bw")))
-#include "softmax_isa.h"
-#undef ISA_SUFFIX
-#undef ISA_FN
-#endif
-
-static moepack_isa softmax_runnable(moepack_isa isa) {
-    while (isa > MOEPACK_ISA_PORTABLE && !moepack_kernels_cpu_supports(isa)) isa = (moepack_isa)(isa - 1);
-    return isa;
-}
+#define ISA_FORMS_FILE "softmax_isa.h"
+#include "isa_forms.h"
 
 int32_t moepack_exp_fm(int32_t x, int64_t *wraps) {
     int32_t e;
@@ -88,8 +62,8 @@ int32_t moepack_exp_fm(int32_t x, int64_t *wraps) {
 }
 
 void moepack_exp_fm_many(moepack_isa isa, const int32_t *x, ptrdiff_t n, int32_t *e, int64_t *wraps) {
-    switch (softmax_runnable(isa)) {
-#if MOEPACK_SOFTMAX_X86
+    switch (moepack_kernels_runnable(isa)) {
+#if MOEPACK_X86
     case MOEPACK_ISA_AVX512: exp_fm_batch_avx512(x, n, e); break;
     case MOEPACK_ISA_AVX2: exp_fm_batch_avx2(x, n, e); break;
 #endif
@@ -101,8 +75,8 @@ void moepack_exp_fm_many(moepack_isa isa, const int32_t *x, ptrdiff_t n, int32_t
 
 int64_t moepack_attn_softmax(moepack_isa isa, const int32_t *scores, ptrdiff_t keys, ptrdiff_t first,
                              int32_t *weights, int32_t *scratch, int64_t *abs_sum, int *all_nonneg) {
-    switch (softmax_runnable(isa)) {
-#if MOEPACK_SOFTMAX_X86
+    switch (moepack_kernels_runnable(isa)) {
+#if MOEPACK_X86
     case MOEPACK_ISA_AVX512: return attn_softmax_avx512(scores, keys, first, weights, scratch, abs_sum, all_nonneg);
     case MOEPACK_ISA_AVX2: return attn_softmax_avx2(scores, keys, first, weights, scratch, abs_sum, all_nonneg);
 #endif

@@ -27,6 +27,10 @@ moepack_isa moepack_kernels_isa(void);
 /// 1 when this CPU can run `isa`.
 int moepack_kernels_cpu_supports(moepack_isa isa);
 
+/// `isa`, or the best form below it that this CPU runs: every kernel dispatches through it, so a form
+/// the CPU cannot run is never entered.
+moepack_isa moepack_kernels_runnable(moepack_isa isa);
+
 /// Linear layer dot products (linear.cpp `compute_linear`, fast form): for `rows` (1..4) input
 /// rows given as a' / b4 parts (row r at a + r*n, b4 + r*n; see FixedEmulationKernels.swift
 /// `inPairRange`) and `m` weight rows w[o*n .. o*n+n) (int16, 14 fraction bits),
