@@ -4,18 +4,18 @@ import MoepackCore
 import MoepackModel
 @testable import MoepackInference
 import CMoepackKernels
+import TestSupport
 
 /// The C integer kernels (CMoepackKernels: linear dot products, bias + GELU, attention Q·K and
 /// attn × V), every form this CPU runs, and the blocked ``linearForward`` against the step-by-step
 /// replay of the kernel's statements (``dotReplay``, ``geluFm``, ``mulFm``/``addFm``), including the
 /// edges of the a′/b4 split.
 final class FixedEmulationFastPathTests: XCTestCase {
+    /// The high 31 bits of each MMIX LCG state.
     struct LCG {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            return state >> 33
-        }
+        var lcg: MMIXLCG
+        init(state: UInt64) { lcg = MMIXLCG(state: state) }
+        mutating func next() -> UInt64 { lcg.next() >> 33 }
     }
 
     /// Values that stress the split x = a·2^14 + b: b = 2^13 − 1, 2^13, 2^14 − 1, 0, and the ends of
@@ -146,44 +146,15 @@ final class FixedEmulationFastPathTests: XCTestCase {
     func testAttentionKernelsEveryFormEqualScalar() {
         var rng = LCG(state: 4242)
         for (keys, hd, shift) in [(129, 64, 9), (37, 32, 4), (5, 8, 2), (16, 16, 0)] {
-            let blocks = hd / 8
             // Block sums must fit fm_t (the caller's bound): values below 2^(31 − shift).
             func value() -> Int32 { Int32(truncatingIfNeeded: rng.next() << 31 | rng.next()) >> Int32(shift + 3) }
             let q = (0..<hd).map { _ in value() }
             let k = (0..<(keys * hd)).map { _ in value() }
             let scale = Int32(1 << 19) | Int32(rng.next() % 4096)
-            var expected = [Int32](repeating: 0, count: keys)
             var expectedWraps = 0
-            for key in 0..<keys {
-                var s: Int32 = 0
-                for b in 0..<blocks {
-                    var blockSum: Int32 = 0
-                    for j in (b * 8)..<(b * 8 + 8) {
-                        blockSum &+= Int32(truncatingIfNeeded: (Int64(q[j]) * Int64(k[key * hd + j])) >> 22)
-                    }
-                    let addend = mulFm(blockSum, scale, &expectedWraps)
-                    s = addFm(Int64(s), Int64(addend), &expectedWraps)
-                }
-                expected[key] = s
-            }
+            let expected = qkReplay(q: q, k: k, keys: keys, hd: hd, scale: scale, wraps: &expectedWraps)
             let off: UInt32 = 0x8000_0000
-            let qu = q.map { UInt32(bitPattern: $0) ^ off }
-            var kuT = [UInt32](repeating: 0, count: hd * keys)
-            var kb9 = [UInt32](repeating: 0, count: blocks * keys)
-            var qb9 = [UInt32](repeating: 0, count: blocks)
-            for b in 0..<blocks {
-                for j in (b * 8)..<(b * 8 + 8) { qb9[b] &+= qu[j] }
-                qb9[b] <<= 9
-                for key in 0..<keys {
-                    var bs: UInt32 = 0
-                    for j in (b * 8)..<(b * 8 + 8) {
-                        let u = UInt32(bitPattern: k[key * hd + j]) ^ off
-                        kuT[j * keys + key] = u
-                        bs &+= u
-                    }
-                    kb9[b * keys + key] = bs << 9
-                }
-            }
+            let ops = QKOperands(q: q, k: k, keys: keys, hd: hd)
             // attn × V with non-negative weights a < 2^31 and V rows of stride hd + 8.
             let ldv = hd + 8
             let v = (0..<(keys * ldv)).map { _ in Int32(truncatingIfNeeded: rng.next() << 31 | rng.next()) }
@@ -198,7 +169,7 @@ final class FixedEmulationFastPathTests: XCTestCase {
             for isa in Self.runnableISAs {
                 var scores = [Int32](repeating: 0, count: keys)
                 var t = [UInt32](repeating: 0, count: keys)
-                let wraps = moepack_qk_scores(isa, qu, qb9, kuT, keys, kb9, keys, hd, scale, &t, &scores)
+                let wraps = moepack_qk_scores(isa, ops.qU, ops.qBlock9, ops.kT, keys, ops.kBlock9T, keys, hd, scale, &t, &scores)
                 XCTAssertEqual(scores, expected, "form \(isa.rawValue) keys \(keys) hd \(hd)")
                 XCTAssertEqual(Int(wraps), expectedWraps, "form \(isa.rawValue) keys \(keys) hd \(hd)")
                 var acc = [UInt32](repeating: 1, count: hd)

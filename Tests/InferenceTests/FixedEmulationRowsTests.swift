@@ -124,45 +124,17 @@ final class FixedEmulationRowsTests: XCTestCase {
     func testQKScoresWrapCountsEveryFormEqualReplay() {
         var rng = LCG(state: 8080)
         for (keys, hd) in [(129, 64), (21, 16)] {
-            let blocks = hd / 8
             let q = (0..<hd).map { _ in Int32(truncatingIfNeeded: rng.next() << 31 | rng.next()) >> 7 }
             let k = (0..<(keys * hd)).map { _ in Int32(truncatingIfNeeded: rng.next() << 31 | rng.next()) >> 7 }
-            let off: UInt32 = 0x8000_0000
-            let qu = q.map { UInt32(bitPattern: $0) ^ off }
-            var kuT = [UInt32](repeating: 0, count: hd * keys), kb9 = [UInt32](repeating: 0, count: blocks * keys)
-            var qb9 = [UInt32](repeating: 0, count: blocks)
-            for b in 0..<blocks {
-                for j in (b * 8)..<(b * 8 + 8) { qb9[b] &+= qu[j] }
-                qb9[b] <<= 9
-                for key in 0..<keys {
-                    var bs: UInt32 = 0
-                    for j in (b * 8)..<(b * 8 + 8) {
-                        let u = UInt32(bitPattern: k[key * hd + j]) ^ off
-                        kuT[j * keys + key] = u
-                        bs &+= u
-                    }
-                    kb9[b * keys + key] = bs << 9
-                }
-            }
+            let ops = QKOperands(q: q, k: k, keys: keys, hd: hd)
             let scales: [Int32] = [Int32.max, -(1 << 30), (1 << 25) + 123, Int32.min, 1 << 19]
             for scale in scales {
-                var expected = [Int32](repeating: 0, count: keys)
                 var expectedWraps = 0
-                for key in 0..<keys {
-                    var sc: Int32 = 0
-                    for b in 0..<blocks {
-                        var blockSum: Int32 = 0
-                        for j in (b * 8)..<(b * 8 + 8) {
-                            blockSum &+= Int32(truncatingIfNeeded: (Int64(q[j]) * Int64(k[key * hd + j])) >> 22)
-                        }
-                        sc = addFm(Int64(sc), Int64(mulFm(blockSum, scale, &expectedWraps)), &expectedWraps)
-                    }
-                    expected[key] = sc
-                }
+                let expected = qkReplay(q: q, k: k, keys: keys, hd: hd, scale: scale, wraps: &expectedWraps)
                 if abs(Int64(scale)) >= 1 << 30 { XCTAssertGreaterThan(expectedWraps, 0, "scale \(scale)") }
                 for isa in FixedEmulationFastPathTests.runnableISAs {
                     var scores = [Int32](repeating: 0, count: keys), t = [UInt32](repeating: 0, count: keys)
-                    let wraps = moepack_qk_scores(isa, qu, qb9, kuT, keys, kb9, keys, hd, scale, &t, &scores)
+                    let wraps = moepack_qk_scores(isa, ops.qU, ops.qBlock9, ops.kT, keys, ops.kBlock9T, keys, hd, scale, &t, &scores)
                     XCTAssertEqual(scores, expected, "form \(isa.rawValue) scale \(scale)")
                     XCTAssertEqual(Int(wraps), expectedWraps, "form \(isa.rawValue) scale \(scale)")
                 }

@@ -2,6 +2,7 @@ import XCTest
 import Foundation
 import MoepackCore
 import MoepackModel
+import TestSupport
 @testable import MoepackInference
 
 /// Hand-worked checks of the Edge-MoE fixed-point datapath emulation. Raw values are fm_t
@@ -60,8 +61,8 @@ final class FixedEmulationTests: XCTestCase {
     func testFastDotPathsEqualStepByStepReplay() {
         // Seeded LCG values: rows with |x| < 128 (two-part split) and rows with large |x| (three-part
         // split); the vectorised wrapped sums must equal the exact replay modulo 2^32.
-        var state: UInt64 = 12345
-        func next() -> UInt64 { state = state &* 6364136223846793005 &+ 1442695040888963407; return state >> 33 }
+        var lcg = MMIXLCG(state: 12345)
+        func next() -> UInt64 { lcg.next() >> 33 }
         let n = 48
         var scratch = [Int16](repeating: 0, count: 3 * n)
         for trial in 0..<200 {

@@ -4,6 +4,7 @@ import CMoepackKernels
 import MoepackCore
 import MoepackModel
 @testable import MoepackInference
+import TestSupport
 
 /// moepack's float32 GEMM on packed weights (`PackedLinear`, float_gemm.c) against a plain triple
 /// loop in double precision, for every form this CPU runs, on shapes that are not multiples of the
@@ -12,11 +13,9 @@ import MoepackModel
 final class PackedLinearTests: XCTestCase {
     /// Seeded values in [-1, 1) (64-bit LCG, Knuth's MMIX constants): reproducible without a fixture.
     struct Values {
-        var state: UInt64
-        mutating func next() -> Float {
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            return Float(Int64(bitPattern: state) >> 40) / Float(1 << 23)
-        }
+        var lcg: MMIXLCG
+        init(state: UInt64) { lcg = MMIXLCG(state: state) }
+        mutating func next() -> Float { Float(Int64(bitPattern: lcg.next()) >> 40) / Float(1 << 23) }
         mutating func array(_ n: Int) -> [Float] { (0..<n).map { _ in next() } }
     }
 
