@@ -45,6 +45,34 @@ ISA_FN static void SM_NAME(exp_fm_batch_)(const int32_t *x, ptrdiff_t n, int32_t
     }
 }
 
+/// exp_fm_batch_ where most arguments lie at or below EXP_ZERO_BELOW (E = 0 without any
+/// arithmetic: attention's softmax when the scores spread over much more than 16): the arguments
+/// the formula decides are gathered per chunk, computed together and put back. Each lane's result
+/// is a function of its argument alone, so the bits are those of exp_fm_batch_.
+ISA_FN static void SM_NAME(exp_fm_sparse_)(const int32_t *x, ptrdiff_t n, int32_t *e) {
+    ptrdiff_t formula = 0;
+    for (ptrdiff_t i = 0; i < n; i++) formula += x[i] > EXP_ZERO_BELOW && x[i] < 0;
+    if (4 * formula >= n) {
+        SM_NAME(exp_fm_batch_)(x, n, e);
+        return;
+    }
+    enum { CHUNK = 256 };
+    int32_t at[CHUNK], xc[CHUNK], ec[CHUNK];
+    for (ptrdiff_t c0 = 0; c0 < n; c0 += CHUNK) {
+        const ptrdiff_t c1 = c0 + CHUNK < n ? c0 + CHUNK : n;
+        int m = 0;
+        for (ptrdiff_t i = c0; i < c1; i++) {
+            const int32_t xi = x[i];
+            e[i] = xi == 0 ? FM_ONE : (xi <= EXP_ZERO_BELOW ? 0 : -1);
+            at[m] = (int32_t)i;
+            xc[m] = xi;
+            m += xi > EXP_ZERO_BELOW && xi < 0;
+        }
+        SM_NAME(exp_fm_batch_)(xc, m, ec);
+        for (int j = 0; j < m; j++) e[at[j]] = ec[j];
+    }
+}
+
 /// See moepack_attn_softmax. scratch: 3 * keys values.
 ISA_FN static int64_t SM_NAME(attn_softmax_)(const int32_t *scores, ptrdiff_t keys, ptrdiff_t first,
                                              int32_t *weights, int32_t *scratch, int64_t *abs_sum,
@@ -65,7 +93,7 @@ ISA_FN static int64_t SM_NAME(attn_softmax_)(const int32_t *scores, ptrdiff_t ke
         if (is_new) bias = s;
         if (++ki == keys) ki = 0;
     }
-    SM_NAME(exp_fm_batch_)(arg, keys, ev);
+    SM_NAME(exp_fm_sparse_)(arg, keys, ev);
     // RunningSoftmax.update (FixedEmulationKernels.swift): the argument's and the exponential's
     // wraps count only while sum != 0; new maximum: sum = fm_t(sum * e) + 1, else sum += e.
     int32_t sum = 0;
@@ -101,7 +129,7 @@ ISA_FN static int64_t SM_NAME(attn_softmax_)(const int32_t *scores, ptrdiff_t ke
         wraps += (d < INT32_MIN) | (d > INT32_MAX);
         arg[k] = (int32_t)(uint32_t)d;
     }
-    SM_NAME(exp_fm_batch_)(arg, keys, ev);
+    SM_NAME(exp_fm_sparse_)(arg, keys, ev);
     for (ptrdiff_t k = 0; k < keys; k++)
         if (ev[k] < 0) ev[k] = exp_fm_libm(arg[k], &wraps);
     int64_t total = 0, pw = 0;
