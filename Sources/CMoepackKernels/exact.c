@@ -110,47 +110,56 @@ __attribute__((target("avx2"))) static int64_t replay_w16s14_avx2(const int32_t 
     return total;
 }
 
-/// Per product with int32 weights, one output, lanes in whole vectors of 8: the low dword of
+/// Per product with int32 weights, one output, G vectors of 8 lanes: the low dword of
 /// floor(x*w / 2^s) is that of the logical shift of the 64-bit product (they differ only above bit
 /// 63 - s >= 32), so each 8 lanes take two 32x32-bit products (even lanes, then odd lanes shifted
 /// down) and a blend. `check` (a constant at each call) counts the floored products that leave
 /// int32: floor(p / 2^s) lies in int32 iff -2^(31+s) <= p < 2^(31+s), i.e. iff p + 2^(31+s), read
 /// unsigned (it lies in [0, 2^63]), is below 2^(32+s). Without `check` the caller has proved that
 /// no product leaves int32.
+__attribute__((target("avx2"))) static inline __attribute__((always_inline)) void
+w32_group_avx2(const int32_t *x, ptrdiff_t ldx, const int32_t *w, ptrdiff_t n, int32_t *acc, __m128i sh,
+               __m128i sh_fit, __m256i fit_bias, __m256i *ov, __m256i *fit, const int check, const int G) {
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i a[4];
+    for (int g = 0; g < G; g++) a[g] = _mm256_loadu_si256((const __m256i *)(acc + 8 * g));
+    for (ptrdiff_t i = 0; i < n; i++) {
+        // A zero weight adds 0 (a product that fits) to every lane: nothing changes, nothing
+        // wraps (attention's weights are mostly 0 when the scores spread far).
+        if (w[i] == 0) continue;
+        const __m256i wv = _mm256_set1_epi32(w[i]);
+        const int32_t *xi = x + i * ldx;
+        for (int g = 0; g < G; g++) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xi + 8 * g));
+            const __m256i pe = _mm256_mul_epi32(xv, wv);
+            const __m256i po = _mm256_mul_epi32(_mm256_srli_epi64(xv, 32), wv);
+            if (check) {
+                const __m256i fe = _mm256_cmpeq_epi64(_mm256_srl_epi64(_mm256_add_epi64(pe, fit_bias), sh_fit), zero);
+                const __m256i fo = _mm256_cmpeq_epi64(_mm256_srl_epi64(_mm256_add_epi64(po, fit_bias), sh_fit), zero);
+                *fit = _mm256_add_epi64(*fit, _mm256_add_epi64(fe, fo));
+            }
+            const __m256i even = _mm256_srl_epi64(pe, sh);
+            const __m256i odd = _mm256_srl_epi64(po, sh);
+            a[g] = acc_add_avx2(a[g], _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA), ov);
+        }
+    }
+    for (int g = 0; g < G; g++) _mm256_storeu_si256((__m256i *)(acc + 8 * g), a[g]);
+}
+
+/// All lanes of one output in the form of w32_group_avx2; returns the wraps.
 __attribute__((target("avx2"))) static inline __attribute__((always_inline)) int64_t
 replay_w32_avx2(const int32_t *x, ptrdiff_t ldx, ptrdiff_t lanes, const int32_t *w, ptrdiff_t n, int shift,
                 int32_t *acc, const int check) {
     const __m128i sh = _mm_cvtsi32_si128(shift), sh_fit = _mm_cvtsi32_si128(32 + shift);
     const __m256i fit_bias = _mm256_set1_epi64x((int64_t)((uint64_t)1 << (31 + shift)));
-    const __m256i zero = _mm256_setzero_si256();
-    __m256i ov = zero, fit = zero;
-    // Up to 4 vectors (32 lanes: a row's whole cache lines) per step.
-    for (ptrdiff_t l0 = 0; l0 < lanes; l0 += 32) {
-        const int G = lanes - l0 >= 32 ? 4 : (int)((lanes - l0) / 8);
-        __m256i a[4];
-        for (int g = 0; g < G; g++) a[g] = _mm256_loadu_si256((const __m256i *)(acc + l0 + 8 * g));
-        for (ptrdiff_t i = 0; i < n; i++) {
-            // A zero weight adds 0 (a product that fits) to every lane: nothing changes, nothing
-            // wraps (attention's weights are mostly 0 when the scores spread far).
-            if (w[i] == 0) continue;
-            const __m256i wv = _mm256_set1_epi32(w[i]);
-            const int32_t *xi = x + i * ldx + l0;
-            for (int g = 0; g < G; g++) {
-                const __m256i xv = _mm256_loadu_si256((const __m256i *)(xi + 8 * g));
-                const __m256i pe = _mm256_mul_epi32(xv, wv);
-                const __m256i po = _mm256_mul_epi32(_mm256_srli_epi64(xv, 32), wv);
-                if (check) {
-                    const __m256i fe = _mm256_cmpeq_epi64(_mm256_srl_epi64(_mm256_add_epi64(pe, fit_bias), sh_fit), zero);
-                    const __m256i fo = _mm256_cmpeq_epi64(_mm256_srl_epi64(_mm256_add_epi64(po, fit_bias), sh_fit), zero);
-                    fit = _mm256_add_epi64(fit, _mm256_add_epi64(fe, fo));
-                }
-                const __m256i even = _mm256_srl_epi64(pe, sh);
-                const __m256i odd = _mm256_srl_epi64(po, sh);
-                a[g] = acc_add_avx2(a[g], _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA), &ov);
-            }
-        }
-        for (int g = 0; g < G; g++) _mm256_storeu_si256((__m256i *)(acc + l0 + 8 * g), a[g]);
-    }
+    __m256i ov = _mm256_setzero_si256(), fit = _mm256_setzero_si256();
+    // Groups of 4 vectors (32 lanes: a row's whole cache lines) per step, then single vectors;
+    // G is a constant at each call, so the accumulators stay in registers.
+    ptrdiff_t l0 = 0;
+    for (; l0 + 32 <= lanes; l0 += 32)
+        w32_group_avx2(x + l0, ldx, w, n, acc + l0, sh, sh_fit, fit_bias, &ov, &fit, check, 4);
+    for (; l0 < lanes; l0 += 8)
+        w32_group_avx2(x + l0, ldx, w, n, acc + l0, sh, sh_fit, fit_bias, &ov, &fit, check, 1);
     // ov holds -(accumulator wraps) per int32 lane (n <= 2^31 / 4 per lane), fit -(products that
     // fit) per int64 lane.
     int32_t v[8];
@@ -217,6 +226,58 @@ __attribute__((target("avx2"))) static inline __m256i floored_product_avx2(__m25
     return _mm256_sub_epi64(_mm256_xor_si256(_mm256_srl_epi64(_mm256_mul_epi32(x, wv), sh), m), m);
 }
 
+/// One group of G vectors (G a constant at each call, so u, k and v stay in registers) of one
+/// output of replay_block8_avx2; adds the equalities to *equal.
+__attribute__((target("avx2"))) static inline __attribute__((always_inline)) void
+block8_group_avx2(const int32_t *x, ptrdiff_t ldx, const int16_t *w16, const int32_t *w32, ptrdiff_t n, __m128i sh,
+                  __m256i m, int scaled, __m128i ssh, __m256i sm, __m256i sv, int32_t *ao, __m256i *equal,
+                  const int G) {
+    const __m256i half = _mm256_set1_epi64x((int64_t)1 << 31);
+    const __m256i low = _mm256_set1_epi64x(0xFFFFFFFFLL);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i v[4], u[4], k[4];
+    __m256i eq = *equal;
+    // V = A + 2^31 for the outer accumulator A (start value sign-extended).
+    for (int g = 0; g < G; g++)
+        v[g] = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(ao + 4 * g))), half);
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += 8) {
+        const ptrdiff_t i1 = i0 + 8 < n ? i0 + 8 : n;
+        // U = block sum + 2^31 (block sum 0), k its high dword (carried from step to step).
+        for (int g = 0; g < G; g++) { u[g] = half; k[g] = zero; }
+        for (ptrdiff_t i = i0; i < i1; i++) {
+            const __m256i wv = _mm256_set1_epi64x(w32 != NULL ? w32[i] : w16[i]);
+            const int32_t *xi = x + i * ldx;
+            for (int g = 0; g < G; g++) {
+                const __m256i xv = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(xi + 4 * g)));
+                u[g] = _mm256_add_epi64(u[g], floored_product_avx2(xv, wv, sh, m));
+                const __m256i kn = _mm256_srli_epi64(u[g], 32);
+                eq = _mm256_add_epi64(eq, _mm256_cmpeq_epi64(kn, k[g]));
+                k[g] = kn;
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            // The wrapped block sum + 2^31 (low dword of U).
+            __m256i addend = _mm256_and_si256(u[g], low);
+            if (scaled) {
+                // addend = fm_t(block sum * scale): mul_epi32 reads the low dword, signed.
+                const __m256i p = _mm256_add_epi64(floored_product_avx2(_mm256_sub_epi64(addend, half), sv, ssh, sm), half);
+                eq = _mm256_add_epi64(eq, _mm256_cmpeq_epi64(_mm256_srli_epi64(p, 32), zero));
+                addend = _mm256_and_si256(p, low);
+            }
+            const __m256i kv = _mm256_srli_epi64(v[g], 32);
+            v[g] = _mm256_add_epi64(v[g], _mm256_sub_epi64(addend, half));
+            eq = _mm256_add_epi64(eq, _mm256_cmpeq_epi64(_mm256_srli_epi64(v[g], 32), kv));
+        }
+    }
+    // The low dwords of V - 2^31, in lane order.
+    for (int g = 0; g < G; g++) {
+        const __m256i out = _mm256_permutevar8x32_epi32(_mm256_sub_epi64(v[g], half),
+                                                        _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+        _mm_storeu_si128((__m128i *)(ao + 4 * g), _mm256_castsi256_si128(out));
+    }
+    *equal = eq;
+}
+
 /// Block forms (moe.cpp's gate, attention.cpp's Q·K) in int64 lanes, 4 lanes per vector, whole
 /// vectors only. Wraps are counted from prefix sums instead of a chain of assignments: with S_j
 /// the exact sum of the first j addends of one accumulator (each addend exact for the block sum,
@@ -233,58 +294,17 @@ __attribute__((target("avx2"))) static int64_t replay_block8_avx2(const int32_t 
     const __m256i m = _mm256_set1_epi64x((int64_t)((uint64_t)1 << (63 - shift)));
     const __m256i sm = _mm256_set1_epi64x((int64_t)((uint64_t)1 << (63 - scale_shift)));
     const __m256i sv = _mm256_set1_epi64x(scale);
-    const __m256i half = _mm256_set1_epi64x((int64_t)1 << 31);
-    const __m256i low = _mm256_set1_epi64x(0xFFFFFFFFLL);
-    const __m256i zero = _mm256_setzero_si256();
     const ptrdiff_t blocks = (n + 7) / 8;
-    __m256i equal = zero;
+    __m256i equal = _mm256_setzero_si256();
     for (ptrdiff_t o = 0; o < outs; o++) {
-        // G vectors side by side (16 lanes: whole cache lines of x), then single vectors.
-        for (ptrdiff_t l0 = 0; l0 < lanes;) {
-            const int G = l0 + 16 <= lanes ? 4 : 1;
-            int32_t *ao = acc + o * ld_acc + l0;
-            __m256i v[4], u[4], k[4];
-            // V = A + 2^31 for the outer accumulator A (start value sign-extended).
-            for (int g = 0; g < G; g++)
-                v[g] = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(ao + 4 * g))), half);
-            for (ptrdiff_t i0 = 0; i0 < n; i0 += 8) {
-                const ptrdiff_t i1 = i0 + 8 < n ? i0 + 8 : n;
-                // U = block sum + 2^31 (block sum 0), k its high dword (carried from step to step).
-                for (int g = 0; g < G; g++) { u[g] = half; k[g] = zero; }
-                for (ptrdiff_t i = i0; i < i1; i++) {
-                    const __m256i wv = _mm256_set1_epi64x(w32 != NULL ? w32[o * ldw + i] : w16[o * ldw + i]);
-                    const int32_t *xi = x + i * ldx + l0;
-                    for (int g = 0; g < G; g++) {
-                        const __m256i xv = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(xi + 4 * g)));
-                        u[g] = _mm256_add_epi64(u[g], floored_product_avx2(xv, wv, sh, m));
-                        const __m256i kn = _mm256_srli_epi64(u[g], 32);
-                        equal = _mm256_add_epi64(equal, _mm256_cmpeq_epi64(kn, k[g]));
-                        k[g] = kn;
-                    }
-                }
-                for (int g = 0; g < G; g++) {
-                    // The wrapped block sum + 2^31 (low dword of U).
-                    __m256i addend = _mm256_and_si256(u[g], low);
-                    if (scaled) {
-                        // addend = fm_t(block sum * scale): mul_epi32 reads the low dword, signed.
-                        const __m256i p = _mm256_add_epi64(
-                            floored_product_avx2(_mm256_sub_epi64(addend, half), sv, ssh, sm), half);
-                        equal = _mm256_add_epi64(equal, _mm256_cmpeq_epi64(_mm256_srli_epi64(p, 32), zero));
-                        addend = _mm256_and_si256(p, low);
-                    }
-                    const __m256i kv = _mm256_srli_epi64(v[g], 32);
-                    v[g] = _mm256_add_epi64(v[g], _mm256_sub_epi64(addend, half));
-                    equal = _mm256_add_epi64(equal, _mm256_cmpeq_epi64(_mm256_srli_epi64(v[g], 32), kv));
-                }
-            }
-            // The low dwords of V - 2^31, in lane order.
-            for (int g = 0; g < G; g++) {
-                const __m256i out = _mm256_permutevar8x32_epi32(_mm256_sub_epi64(v[g], half),
-                                                                _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
-                _mm_storeu_si128((__m128i *)(ao + 4 * g), _mm256_castsi256_si128(out));
-            }
-            l0 += 4 * G;
-        }
+        const int16_t *wo16 = w16 != NULL ? w16 + o * ldw : NULL;
+        const int32_t *wo32 = w32 != NULL ? w32 + o * ldw : NULL;
+        // Groups of 4 vectors side by side (16 lanes: whole cache lines of x), then single vectors.
+        ptrdiff_t l0 = 0;
+        for (; l0 + 16 <= lanes; l0 += 16)
+            block8_group_avx2(x + l0, ldx, wo16, wo32, n, sh, m, scaled, ssh, sm, sv, acc + o * ld_acc + l0, &equal, 4);
+        for (; l0 < lanes; l0 += 4)
+            block8_group_avx2(x + l0, ldx, wo16, wo32, n, sh, m, scaled, ssh, sm, sv, acc + o * ld_acc + l0, &equal, 1);
     }
     int64_t e[4];
     _mm256_storeu_si256((__m256i *)e, equal);
