@@ -56,6 +56,7 @@ fixtures:
 	$(PYTHON) scripts/make_hostile_fixtures.py
 	$(PYTHON) Tests/Fixtures/emulation/make_emulation_ref.py
 	$(PYTHON) scripts/make_precision_fixtures.py
+	$(PYTHON) scripts/make_attention_fixture.py
 
 fuzz:
 	bash fuzz/run.sh
