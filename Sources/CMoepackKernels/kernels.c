@@ -159,14 +159,14 @@ moepack_isa moepack_kernels_runnable(moepack_isa isa) {
     return isa;
 }
 
-void moepack_linear_dots(moepack_isa isa, const int16_t *a, const int16_t *b4, ptrdiff_t n, int rows,
-                         const int16_t *w, ptrdiff_t m, int high_sum4, int32_t *dots, ptrdiff_t ld) {
+void moepack_linear_dots(moepack_isa isa, const int16_t *a, const int16_t *b4, ptrdiff_t n, ptrdiff_t rows,
+                         const int16_t *w, ptrdiff_t m, int high_chunks, int32_t *dots, ptrdiff_t ld) {
     switch (moepack_kernels_runnable(isa)) {
 #if MOEPACK_X86
-    case MOEPACK_ISA_AVX512: linear_dots_avx512(a, b4, n, rows, w, m, high_sum4, dots, ld); return;
-    case MOEPACK_ISA_AVX2: linear_dots_avx2(a, b4, n, rows, w, m, high_sum4, dots, ld); return;
+    case MOEPACK_ISA_AVX512: linear_dots_avx512(a, b4, n, rows, w, m, high_chunks, dots, ld); return;
+    case MOEPACK_ISA_AVX2: linear_dots_avx2(a, b4, n, rows, w, m, high_chunks, dots, ld); return;
 #endif
-    default: linear_dots_portable(a, b4, n, rows, w, m, high_sum4, dots, ld); return;
+    default: linear_dots_portable(a, b4, n, rows, w, m, high_chunks, dots, ld); return;
     }
 }
 
