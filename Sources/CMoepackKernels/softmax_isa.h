@@ -54,7 +54,7 @@ ISA_FN static int64_t SM_NAME(attn_softmax_)(const int32_t *scores, ptrdiff_t ke
     // Running update in the kernel's key order: the argument -|bias - s| against the running
     // maximum, whether s is a new maximum (bit 0) and whether the argument wraps (bit 1).
     int32_t bias = INT32_MIN;
-    ptrdiff_t ki = first;
+    ptrdiff_t ki = first, last_new = -1;
     for (ptrdiff_t step = 0; step < keys; step++) {
         const int32_t s = scores[ki];
         const int64_t d = (int64_t)bias - (int64_t)s;
@@ -62,17 +62,25 @@ ISA_FN static int64_t SM_NAME(attn_softmax_)(const int32_t *scores, ptrdiff_t ke
         const int64_t a = is_new ? d : -d;
         arg[step] = (int32_t)(uint32_t)a;
         flag[step] = is_new | ((a < INT32_MIN) << 1);
-        if (is_new) bias = s;
+        if (is_new) {
+            bias = s;
+            last_new = step;
+        }
         if (++ki == keys) ki = 0;
     }
     SM_NAME(exp_fm_batch_)(arg, keys, ev);
     // RunningSoftmax.update (FixedEmulationKernels.swift): the argument's and the exponential's
     // wraps count only while sum != 0; new maximum: sum = fm_t(sum * e) + 1, else sum += e.
+    // ev keeps each step's exponential and flag bit 2 its library wraps, for the weights below.
     int32_t sum = 0;
     for (ptrdiff_t step = 0; step < keys; step++) {
         int64_t ew = 0;
         int32_t e = ev[step];
-        if (e < 0) e = exp_fm_libm(arg[step], &ew);
+        if (e < 0) {
+            e = exp_fm_libm(arg[step], &ew);
+            ev[step] = e;
+            flag[step] |= (int32_t)(ew != 0) << 2;
+        }
         if (sum != 0) wraps += ((flag[step] >> 1) & 1) + ew;
         int64_t s;
         if (flag[step] & 1) {
@@ -95,19 +103,26 @@ ISA_FN static int64_t SM_NAME(attn_softmax_)(const int32_t *scores, ptrdiff_t ke
         wraps += (q < INT32_MIN) | (q > INT32_MAX);
         recip = (int32_t)(uint32_t)q;
     }
-    // weight_k = fm_t(exp(fm_t(s_k - bias)) * recip): independent per key, so in index order.
-    for (ptrdiff_t k = 0; k < keys; k++) {
-        const int64_t d = (int64_t)scores[k] - (int64_t)bias;
+    // weight_k = fm_t(exp(fm_t(s_k - bias)) * recip), by step (key first + step mod keys). A step
+    // after the last new maximum ran against the final bias, so its argument s_k - bias and its
+    // exponential are already in arg / ev (the library's wraps counted again, as a second call
+    // would); the steps up to it are computed here.
+    ki = first;
+    for (ptrdiff_t step = 0; step < keys; step++) {
+        const int64_t d = (int64_t)scores[ki] - (int64_t)bias;
         wraps += (d < INT32_MIN) | (d > INT32_MAX);
-        arg[k] = (int32_t)(uint32_t)d;
+        if (step <= last_new) arg[step] = (int32_t)(uint32_t)d;
+        else wraps += (flag[step] >> 2) & 1;
+        if (++ki == keys) ki = 0;
     }
-    SM_NAME(exp_fm_batch_)(arg, keys, ev);
-    for (ptrdiff_t k = 0; k < keys; k++)
-        if (ev[k] < 0) ev[k] = exp_fm_libm(arg[k], &wraps);
+    SM_NAME(exp_fm_batch_)(arg, last_new + 1, ev);
+    for (ptrdiff_t step = 0; step <= last_new; step++)
+        if (ev[step] < 0) ev[step] = exp_fm_libm(arg[step], &wraps);
     int64_t total = 0, pw = 0;
     int negative = 0;
     for (ptrdiff_t k = 0; k < keys; k++) {
-        const int64_t p = ((int64_t)ev[k] * (int64_t)recip) >> 22;
+        const ptrdiff_t step = k >= first ? k - first : k + keys - first;
+        const int64_t p = ((int64_t)ev[step] * (int64_t)recip) >> 22;
         pw += (p < INT32_MIN) | (p > INT32_MAX);
         const int32_t a = (int32_t)(uint32_t)p;
         weights[k] = a;
