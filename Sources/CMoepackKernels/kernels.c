@@ -66,7 +66,16 @@ __attribute__((target("avx2"))) static inline uint32_t hsum_avx2(__m256i v) {
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
     return (uint32_t)_mm_cvtsi128_si32(s);
 }
+#define V_HSUM32X4 hsum4_avx2
+/// The lane sums of four vectors (out[j] for vj): two rounds of pairwise horizontal adds, then the
+/// two 128-bit halves added.
+__attribute__((target("avx2"))) static inline void hsum4_avx2(__m256i v0, __m256i v1, __m256i v2, __m256i v3,
+                                                              uint32_t *out) {
+    const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+    _mm_storeu_si128((__m128i *)out, _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1)));
+}
 #include "kernels_isa.h"
+#undef V_HSUM32X4
 #undef ISA_SUFFIX
 #undef ISA_FN
 #undef TILE_MAX_R

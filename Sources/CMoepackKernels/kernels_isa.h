@@ -6,7 +6,7 @@
 // Expected definitions: ISA_SUFFIX, ISA_FN (function attributes), and for the vector forms
 // ISA_VEC (1 when V_* exist), V (vector type), V_LANES16 (int16 lanes), V_LOAD, V_ZERO, V_ADD32,
 // V_ADD16, V_MADD (pairwise int16 products summed to int32), V_MULHI (signed high half), V_ONES16,
-// V_HSUM32.
+// V_HSUM32, and optionally V_HSUM32X4(v0, v1, v2, v3, out) (out[j] = the lane sum of vj).
 
 #define ISA_CAT2(a, b) a##b
 #define ISA_CAT(a, b) ISA_CAT2(a, b)
@@ -61,6 +61,16 @@ ISA_NAME(tile_)(const int16_t *a, const int16_t *b4, ptrdiff_t n, const int16_t 
                 acc[r][o] = V_ADD32(acc[r][o], V_ADD32(V_MADD(av, wv[o]), V_MADD(V_MULHI(bv, wv[o]), ones)));
         }
     }
+#ifdef V_HSUM32X4
+    if (NR == 2 && NO == 2) {
+        // The four sums at once (res order: (r0,o0), (r1,o0), (r0,o1), (r1,o1)).
+        V_HSUM32X4(acc[0][0], acc[1][0], acc[0][1], acc[1][1], res);
+        for (int r = 0; r < NR; r++)
+            for (int o = 0; o < NO; o++)
+                res[o * NR + r] += ISA_NAME(dot_tail_)(a + r * n, b4 + r * n, w + o * n, i, n);
+        return;
+    }
+#endif
     for (int r = 0; r < NR; r++)
         for (int o = 0; o < NO; o++)
             res[o * NR + r] = V_HSUM32(acc[r][o]) + ISA_NAME(dot_tail_)(a + r * n, b4 + r * n, w + o * n, i, n);
