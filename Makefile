@@ -33,10 +33,12 @@ demo: release
 	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --heads $(CKPT)
 	$(BIN) verify $(OUT) --checkpoint $(CKPT) --image $(FRAME) --mode fixed --heads $(CKPT)
 
-# Test classes run in parallel processes, one per core: most tests wait on moepack processes or files.
+# Test cases run in parallel processes: one more than the cores, because the board tests spend
+# seconds asleep waiting for a simulated board's timeout while the others need the CPU.
+TEST_WORKERS := $(shell echo $$(( $$(nproc) + 1 )))
 test: deps
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build --disable-swift-testing --parallel
+	$(SWIFT) test --skip-build --disable-swift-testing --parallel --num-workers $(TEST_WORKERS)
 
 bench: release
 	bash bench/run.sh
@@ -54,6 +56,7 @@ fixtures:
 	$(PYTHON) scripts/make_hostile_fixtures.py
 	$(PYTHON) Tests/Fixtures/emulation/make_emulation_ref.py
 	$(PYTHON) scripts/make_precision_fixtures.py
+	$(PYTHON) scripts/make_attention_fixture.py
 
 fuzz:
 	bash fuzz/run.sh

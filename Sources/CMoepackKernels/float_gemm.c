@@ -3,6 +3,7 @@
 // (moepack_kernels_isa).
 #include "moepack_float_gemm.h"
 
+#include <math.h>
 #include <string.h>
 
 // Products and sums are rounded as written: the portable form must not be fused differently by the
@@ -19,16 +20,48 @@ size_t moepack_sgemm_packed_count(ptrdiff_t out, ptrdiff_t in) {
     return panels * (size_t)(in + 1) * MOEPACK_SGEMM_PANEL;
 }
 
-void moepack_sgemm_pack(const float *w, const float *bias, ptrdiff_t out, ptrdiff_t in, float *packed) {
+// moepack_sgemm_pack with W's rows `ldw` floats apart and no bias (attention's K: rows of the
+// stacked Q|K|V activations).
+static void fg_pack_rows(const float *w, ptrdiff_t ldw, const float *bias, ptrdiff_t out, ptrdiff_t in,
+                         float *packed) {
     const ptrdiff_t panels = (out + MOEPACK_SGEMM_PANEL - 1) / MOEPACK_SGEMM_PANEL;
     for (ptrdiff_t p = 0; p < panels; p++) {
         float *dst = packed + p * (in + 1) * MOEPACK_SGEMM_PANEL;
         for (ptrdiff_t j = 0; j < MOEPACK_SGEMM_PANEL; j++) {
             const ptrdiff_t o = p * MOEPACK_SGEMM_PANEL + j;
-            for (ptrdiff_t k = 0; k < in; k++) dst[k * MOEPACK_SGEMM_PANEL + j] = o < out ? w[o * in + k] : 0.0f;
+            for (ptrdiff_t k = 0; k < in; k++) dst[k * MOEPACK_SGEMM_PANEL + j] = o < out ? w[o * ldw + k] : 0.0f;
             dst[in * MOEPACK_SGEMM_PANEL + j] = (o < out && bias != NULL) ? bias[o] : 0.0f;
         }
     }
+}
+
+void moepack_sgemm_pack(const float *w, const float *bias, ptrdiff_t out, ptrdiff_t in, float *packed) {
+    fg_pack_rows(w, in, bias, out, in, packed);
+}
+
+// Attention's K [tokens, hd] (row stride ld) packed as the weight of a layer with `tokens` outputs:
+// Q·Kᵀ is then that layer applied to Q.
+static void fg_pack_strided(const float *k, ptrdiff_t ld, ptrdiff_t tokens, ptrdiff_t hd, float *packed) {
+    fg_pack_rows(k, ld, NULL, tokens, hd, packed);
+}
+
+// Attention's V [tokens, hd] (row stride ld) packed as the weight Vᵀ [hd, tokens] of a layer with
+// `hd` outputs: A·V is that layer applied to A. Panel p holds V[t][16p + j] at [t][j]: row slices.
+static void fg_pack_transposed(const float *v, ptrdiff_t ld, ptrdiff_t tokens, ptrdiff_t hd, float *packed) {
+    const ptrdiff_t panels = (hd + MOEPACK_SGEMM_PANEL - 1) / MOEPACK_SGEMM_PANEL;
+    for (ptrdiff_t p = 0; p < panels; p++) {
+        float *dst = packed + p * (tokens + 1) * MOEPACK_SGEMM_PANEL;
+        const ptrdiff_t o = p * MOEPACK_SGEMM_PANEL;
+        const ptrdiff_t n = hd - o < MOEPACK_SGEMM_PANEL ? hd - o : MOEPACK_SGEMM_PANEL;
+        for (ptrdiff_t t = 0; t <= tokens; t++)
+            for (ptrdiff_t j = 0; j < MOEPACK_SGEMM_PANEL; j++)
+                dst[t * MOEPACK_SGEMM_PANEL + j] = (t < tokens && j < n) ? v[t * ld + o + j] : 0.0f;
+    }
+}
+
+size_t moepack_attention_work_count(ptrdiff_t tokens, ptrdiff_t head_dim) {
+    return moepack_sgemm_packed_count(tokens, head_dim) + moepack_sgemm_packed_count(head_dim, tokens) +
+           (size_t)tokens * (size_t)tokens;
 }
 
 // Portable C: one lane; 2 rows × 16 outputs per tile.
@@ -170,3 +203,15 @@ static void fg_erf_array(moepack_isa isa, float *v, ptrdiff_t n, int gelu) {
 void moepack_erf_f32(moepack_isa isa, float *v, ptrdiff_t n) { fg_erf_array(isa, v, n, 0); }
 
 void moepack_gelu_f32(moepack_isa isa, float *v, ptrdiff_t n) { fg_erf_array(isa, v, n, 1); }
+
+void moepack_attention_f32(moepack_isa isa, ptrdiff_t tokens, ptrdiff_t head_dim, float scale, const float *q,
+                           const float *k, const float *v, ptrdiff_t ld, float *out, ptrdiff_t ldo, float *work) {
+    if (tokens <= 0 || head_dim <= 0) return;
+    switch (moepack_sgemm_runnable(isa)) {
+#if MOEPACK_X86
+    case MOEPACK_ISA_AVX512: attention_avx512(tokens, head_dim, scale, q, k, v, ld, out, ldo, work); return;
+    case MOEPACK_ISA_AVX2: attention_avx2(tokens, head_dim, scale, q, k, v, ld, out, ldo, work); return;
+#endif
+    default: attention_portable(tokens, head_dim, scale, q, k, v, ld, out, ldo, work); return;
+    }
+}

@@ -184,6 +184,63 @@ ISA_FN static void FG_NAME(sgemm_linear_)(ptrdiff_t m, const float *x, ptrdiff_t
     }
 }
 
+/// Row softmax in place on s [rows, cols] (row stride ld) of scale·s: e = exp(scale·s − m) with m
+/// the row maximum of scale·s, then e·(1/Σe), Σ over the row's lanes in VL partial sums (added lane
+/// by lane at the end, in lane order). A partial last vector goes through a padded copy (−∞ → 0).
+ISA_FN static void FG_NAME(softmax_rows_)(float *s, ptrdiff_t rows, ptrdiff_t cols, ptrdiff_t ld, float scale) {
+    const V sc = V_SET1(scale);
+    const ptrdiff_t full = cols / VL * VL;
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        float *row = s + r * ld;
+        V mx = V_SET1(-INFINITY);
+        for (ptrdiff_t j = 0; j < full; j += VL) {
+            const V a = V_MUL(V_LOAD(row + j), sc);
+            mx = V_SEL(V_LT(mx, a), a, mx);
+        }
+        float lanes[VL];
+        V_STORE(lanes, mx);
+        float m = -INFINITY;
+        for (int j = 0; j < VL; j++) m = lanes[j] > m ? lanes[j] : m;
+        for (ptrdiff_t j = full; j < cols; j++) m = row[j] * scale > m ? row[j] * scale : m;
+        const V mv = V_SET1(m);
+        V acc = V_ZERO;
+        for (ptrdiff_t j = 0; j < full; j += VL) {
+            const V e = FG_NAME(exp_)(V_SUB(V_MUL(V_LOAD(row + j), sc), mv));
+            V_STORE(row + j, e);
+            acc = V_ADD(acc, e);
+        }
+        if (full < cols) {
+            float pad[VL];
+            for (ptrdiff_t j = 0; j < VL; j++) pad[j] = full + j < cols ? row[full + j] * scale : -INFINITY;
+            const V e = FG_NAME(exp_)(V_SUB(V_LOAD(pad), mv));
+            V_STORE(pad, e);
+            acc = V_ADD(acc, e);
+            for (ptrdiff_t j = 0; full + j < cols; j++) row[full + j] = pad[j];
+        }
+        V_STORE(lanes, acc);
+        float sum = 0.0f;
+        for (int j = 0; j < VL; j++) sum += lanes[j];
+        const V inv = V_SET1(1.0f / sum);
+        for (ptrdiff_t j = 0; j < full; j += VL) V_STORE(row + j, V_MUL(V_LOAD(row + j), inv));
+        for (ptrdiff_t j = full; j < cols; j++) row[j] *= 1.0f / sum;
+    }
+}
+
+/// One attention head (see moepack_attention_f32): K and V packed as the linear layer's weights
+/// (panels of 16 keys with Kᵀ, panels of 16 value dimensions with V), Q·Kᵀ and A·V by the linear
+/// layer's tiles, the softmax between them on rows of A held in `work`.
+ISA_FN static void FG_NAME(attention_)(ptrdiff_t tokens, ptrdiff_t hd, float scale, const float *q, const float *k,
+                                      const float *v, ptrdiff_t ld, float *out, ptrdiff_t ldo, float *work) {
+    float *kp = work;
+    float *vp = kp + moepack_sgemm_packed_count(tokens, hd);
+    float *a = vp + moepack_sgemm_packed_count(hd, tokens);
+    fg_pack_strided(k, ld, tokens, hd, kp);
+    fg_pack_transposed(v, ld, tokens, hd, vp);
+    FG_NAME(sgemm_linear_)(tokens, q, ld, NULL, hd, kp, tokens, MOEPACK_EPILOGUE_STORE, NULL, a, tokens, NULL);
+    FG_NAME(softmax_rows_)(a, tokens, tokens, tokens, scale);
+    FG_NAME(sgemm_linear_)(tokens, a, tokens, NULL, tokens, vp, hd, MOEPACK_EPILOGUE_STORE, NULL, out, ldo, NULL);
+}
+
 #undef FG_NV
 #undef FG_NAME
 #undef FG_CAT

@@ -5,9 +5,8 @@ import Glibc
 import Darwin
 #endif
 
-/// Thin wrappers over OpenBLAS `cblas_sgemm` (row-major, float32) used by the float reference for the
-/// products whose operands both change with every frame (attention's Q·Kᵀ and A·V); the linear layers
-/// use weights packed once (`PackedLinear`).
+/// OpenBLAS settings for the task heads' convolutions (`cblas_sgemm` in MoepackHeads); the backbone
+/// uses moepack's own kernels (`PackedLinear`, `moepack_attention_f32`).
 ///
 /// Thread count: when the environment sets `OPENBLAS_NUM_THREADS` (or `OMP_NUM_THREADS`), OpenBLAS
 /// honours it itself and moepack leaves it alone; otherwise moepack uses one BLAS thread: the
@@ -81,22 +80,6 @@ enum BLAS {
         if flags.contains("avx2"), flags.contains("fma") { return "Haswell" }
         if flags.contains("avx") { return "Sandybridge" }
         return nil
-    }
-
-    /// C[m,n] = alpha · op(A)[m,k] · op(B)[k,n] + beta · C, all row-major.
-    ///
-    /// `transA`/`transB` select Aᵀ/Bᵀ; `lda`, `ldb`, `ldc` are the row strides (in elements) of the
-    /// matrices as stored.
-    @inline(__always)
-    static func gemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
-                     alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
-                     b: UnsafePointer<Float>, ldb: Int,
-                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        _ = threads
-        if m == 0 || n == 0 { return }
-        cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                    blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb),
-                    beta, c, blasint(ldc))
     }
 }
 

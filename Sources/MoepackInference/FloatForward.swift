@@ -1,4 +1,5 @@
 import CMoepackKernels
+import Foundation
 import MoepackCore
 import MoepackModel
 #if canImport(Glibc)
@@ -64,18 +65,23 @@ public struct ForwardResult: Sendable {
 ///
 /// Linear layers (patch embedding, QKV, projection, MLP, gate, experts) run on weights packed once
 /// when the backbone is built (`PackedLinear`, moepack's own float32 GEMM with the bias, GELU and the
-/// experts' weighted scatter in its epilogue); the attention products Q·Kᵀ and A·V, whose operands
-/// change with every frame, go through OpenBLAS `cblas_sgemm` (see `BLAS`). Frames can run in batches
-/// (`forward(batch:)`, each weight read once per batch); a frame's result does not depend on which
-/// frames run before, after or beside it, in a batch or on other threads. The object is immutable and
-/// can be shared between threads; each `forward` call allocates its own scratch once and reuses it
-/// across blocks.
+/// experts' weighted scatter in its epilogue); attention runs per frame and head in one C call
+/// (`moepack_attention_f32`: K and V packed like weights, Q·Kᵀ and A·V on the same tiles, the
+/// softmax between them in cache). Frames can run in batches (`forward(batch:)`, each weight read
+/// once per batch); a frame's result does not depend on which frames run before, after or beside
+/// it, in a batch or on other threads. The object can be shared between threads; each `forward`
+/// call holds its own scratch (kept for later calls) and reuses it across blocks.
 public final class FloatBackbone: Sendable {
     public let weights: BackboneWeights
     /// Packed linear layers (empty when `validationError` is set: nothing is read from bad weights).
     private let packed: PackedBackbone?
     /// First inconsistency found in `weights` (thrown by `forward`).
     private let validationError: MoepackError?
+    /// Scratch kept between `forward` calls (a fresh one per batch cost a tenth of the time in page
+    /// faults and zeroing).
+    private let scratchPool = ScratchPool()
+    /// Form of the C kernels (GEMM, attention).
+    private let isa: moepack_isa
 
     /// Checks `weights` (a problem is thrown by `forward`) and packs the linear layers.
     public convenience init(weights: BackboneWeights) {
@@ -85,6 +91,7 @@ public final class FloatBackbone: Sendable {
     /// The same with the GEMM form chosen by the caller (tests compare every form with PyTorch).
     init(weights: BackboneWeights, isa: moepack_isa) {
         self.weights = weights
+        self.isa = isa
         self.validationError = FloatBackbone.validate(weights)
         self.packed = validationError == nil ? PackedBackbone(weights, isa: isa) : nil
     }
@@ -210,7 +217,8 @@ public final class FloatBackbone: Sendable {
         if batch.isEmpty { return [] }
         let p = packed!  // set whenever validationError is nil
         let B = batch.count, T = c.tokens, D = c.embedDim
-        let s = Scratch(config: c, frames: B)
+        let s = scratchPool.take(config: c, frames: B)
+        defer { scratchPool.give(s) }
         for (f, pixels) in batch.enumerated() {
             pixels.withUnsafeBufferPointer { patchEmbed(pixels: $0.baseAddress!, frame: f, layer: p.patchEmbed, s: s) }
         }
@@ -271,11 +279,7 @@ public final class FloatBackbone: Sendable {
             let qkv = s.qkv + f * T * ld, attnOut = s.attnOut + f * T * D
             for head in 0..<c.heads {
                 let q = qkv + head * hd, k = qkv + D + head * hd, v = qkv + 2 * D + head * hd
-                let scores = s.scores + head * T * T
-                BLAS.gemm(transB: true, m: T, n: T, k: hd, alpha: c.attentionScale, a: q, lda: ld, b: k, ldb: ld,
-                          beta: 0, c: scores, ldc: T)
-                softmaxRows(scores, rows: T, cols: T)
-                BLAS.gemm(m: T, n: hd, k: T, a: scores, lda: T, b: v, ldb: ld, beta: 0, c: attnOut + head * hd, ldc: D)
+                moepack_attention_f32(isa, T, hd, c.attentionScale, q, k, v, ld, attnOut + head * hd, D, s.attention)
             }
         }
         layers.proj.apply(rows: rows, x: s.attnOut, .accumulate, y: s.x)
@@ -521,16 +525,22 @@ func softmaxRows(_ x: UnsafeMutablePointer<Float>, rows: Int, cols: Int) {
 
 // MARK: - Scratch
 
-/// Per-forward scratch buffers, allocated once and reused by every block.
+/// Per-forward scratch buffers, allocated once and reused by every block (and by later `forward`
+/// calls through `ScratchPool`). Every stage writes what it reads later, so nothing left from an
+/// earlier call reaches a result.
 final class Scratch {
-    /// Frames in the batch; token rows are frame-major, [frames·tokens, ·].
-    let frames: Int
-    /// scores: one frame's [heads, T, T]; patches: one frame's im2col; the rest for all frames.
-    let x, h, qkv, scores, attnOut, hidden, mlp, logits, patches, rowScale: UnsafeMutablePointer<Float>
+    /// Frames in the current batch (≤ `capacity`); token rows are frame-major, [frames·tokens, ·].
+    var frames: Int
+    /// Frames the buffers hold.
+    let capacity: Int
+    /// attention: one head's work area (`moepack_attention_work_count`: packed K and V, [T, T]
+    /// scores); patches: one frame's im2col; the rest for all frames.
+    let x, h, qkv, attention, attnOut, hidden, mlp, logits, patches, rowScale: UnsafeMutablePointer<Float>
     private let all: [UnsafeMutablePointer<Float>]
 
     init(config c: M3ViTConfig, frames: Int = 1) {
         self.frames = frames
+        self.capacity = frames
         let T = frames * c.tokens, D = c.embedDim
         func alloc(_ n: Int) -> UnsafeMutablePointer<Float> {
             let p = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
@@ -538,12 +548,35 @@ final class Scratch {
             return p
         }
         x = alloc(T * D); h = alloc(T * D); qkv = alloc(T * 3 * D)
-        scores = alloc(c.heads * c.tokens * c.tokens); attnOut = alloc(T * D)
+        attention = alloc(moepack_attention_work_count(c.tokens, c.headDim)); attnOut = alloc(T * D)
         hidden = alloc(T * max(c.mlpHidden, c.expertHidden))
         mlp = alloc(T * D); logits = alloc(T * max(c.experts, 1)); rowScale = alloc(T)
         patches = alloc(c.patches * c.inChans * c.patchSize * c.patchSize)
-        all = [x, h, qkv, scores, attnOut, hidden, mlp, logits, patches, rowScale]
+        all = [x, h, qkv, attention, attnOut, hidden, mlp, logits, patches, rowScale]
     }
 
     deinit { for p in all { p.deallocate() } }
+}
+
+/// Scratch buffers handed from one `forward` call to the next (each call holds its own while it
+/// runs; concurrent calls get different ones). Keeps at most `limit` idle.
+final class ScratchPool: @unchecked Sendable {
+    private let lock = NSLock()
+    private var idle: [Scratch] = []
+    private let limit = 8
+
+    /// A scratch for `frames` frames: an idle one large enough, else a new one.
+    func take(config: M3ViTConfig, frames: Int) -> Scratch {
+        lock.lock()
+        let found = idle.firstIndex { $0.capacity >= frames }.map { idle.remove(at: $0) }
+        lock.unlock()
+        let s = found ?? Scratch(config: config, frames: frames)
+        s.frames = frames
+        return s
+    }
+
+    func give(_ s: Scratch) {
+        lock.lock(); defer { lock.unlock() }
+        if idle.count < limit { idle.append(s) }
+    }
 }

@@ -21,8 +21,8 @@ enum BoardTestSupport {
         init(_ exe: String, _ args: [String], cwd: URL? = nil, env: [String: String]? = nil) throws {
             let base = NSTemporaryDirectory() + "moepack-board-proc-\(UUID().uuidString)"
             outFile = base + ".out"; errFile = base + ".err"
-            FileManager.default.createFile(atPath: outFile, contents: nil)
-            FileManager.default.createFile(atPath: errFile, contents: nil)
+            _ = FileManager.default.createFile(atPath: outFile, contents: nil)
+            _ = FileManager.default.createFile(atPath: errFile, contents: nil)
             process.executableURL = URL(fileURLWithPath: exe)
             process.arguments = args
             process.currentDirectoryURL = cwd ?? BoardTestSupport.repo

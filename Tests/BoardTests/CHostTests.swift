@@ -131,11 +131,11 @@ final class CHostTests: XCTestCase {
                                   file: StaticString = #filePath, line: UInt = #line) throws {
         try S.edit(host + "/moepack_host.c", replacing: hostChange.old, with: hostChange.new)
         try make()
-        let (h, sim) = try runOnBoard(["--image", dir + "/frame0.bin", "-o", dir + "/out.bin"], hostTimeout: "2")
+        let (h, sim) = try runOnBoard(["--image", dir + "/frame0.bin", "-o", dir + "/out.bin"], hostTimeout: "1")
         XCTAssertEqual(sim.status, 2, sim.stderr, file: file, line: line)
         assertOneLine(sim.stderr, contains: boardSays, file: file, line: line)
         XCTAssertEqual(h.status, 1, h.stderr, file: file, line: line)
-        assertOneLine(h.stderr, contains: "moepack_host: ViT_compute: no ap_done within 2 s", file: file, line: line)
+        assertOneLine(h.stderr, contains: "moepack_host: ViT_compute: no ap_done within 1 s", file: file, line: line)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/out.bin"), file: file, line: line)
     }
 
@@ -229,7 +229,7 @@ final class CHostTests: XCTestCase {
         _ = sim.wait(timeout: 10)
         for fifo in ["sync_for_device", "sync_for_cpu"] {   // as sysfs attributes: plain files
             try? FileManager.default.removeItem(atPath: dir + "/udmabuf0/" + fifo)
-            FileManager.default.createFile(atPath: dir + "/udmabuf0/" + fifo, contents: nil)
+            _ = FileManager.default.createFile(atPath: dir + "/udmabuf0/" + fifo, contents: nil)
         }
         let t0 = Date()
         let h = try S.run(host + "/moepack_host", ["--image", dir + "/frame0.bin", "-o", dir + "/out.bin", "--timeout", "0.5"] + S.boardArgs(dir), timeout: 20)
@@ -277,7 +277,7 @@ final class CHostTests: XCTestCase {
     func testBoardRefusesUndefinedDebugIDRegister() throws {
         try S.edit(host + "/moepack_host.c", replacing: "write_reg(c, MOEPACK_REG_DEBUG_ID, debug_id);", with: "write_reg(c, MOEPACK_REG_DEBUG_ID, 4000 + 0 * debug_id);")
         try make()
-        let (h, sim) = try runOnBoard(["--image", dir + "/frame0.bin", "-o", dir + "/out.bin"], hostTimeout: "2")
+        let (h, sim) = try runOnBoard(["--image", dir + "/frame0.bin", "-o", dir + "/out.bin"], hostTimeout: "1")
         XCTAssertEqual(sim.status, 64, sim.stderr)
         assertOneLine(sim.stderr, contains: "'debug_id': 4000 is not 0, 256 or layer*16+k with layer < 4")
         XCTAssertEqual(h.status, 1, h.stderr)

@@ -40,7 +40,7 @@ final class PYNQDriverTests: XCTestCase {
 
         """
         try hwh.write(toFile: dir + "/bitstream.hwh", atomically: true, encoding: .utf8)
-        FileManager.default.createFile(atPath: dir + "/bitstream.bit", contents: Data([0]))
+        _ = FileManager.default.createFile(atPath: dir + "/bitstream.bit", contents: Data([0]))
     }
 
     private func driver(_ args: [String], env extra: [String: String] = [:]) throws -> Proc {
@@ -145,7 +145,7 @@ final class PYNQDriverTests: XCTestCase {
         // A board whose kernel never answers: the cache requests succeed (plain files), ap_done never comes.
         for fifo in ["sync_for_device", "sync_for_cpu"] {
             try? FileManager.default.removeItem(atPath: dir + "/udmabuf0/" + fifo)
-            FileManager.default.createFile(atPath: dir + "/udmabuf0/" + fifo, contents: nil)
+            _ = FileManager.default.createFile(atPath: dir + "/udmabuf0/" + fifo, contents: nil)
         }
         h = try driver(["--image", dir + "/frame.bin", "--timeout", "0.5", "-o", dir + "/out.npy"], env: ["MOEPACK_FAKE_SYNC_FILES": "1"])
         XCTAssertEqual(h.status, 1, h.stderr)

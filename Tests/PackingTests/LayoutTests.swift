@@ -37,7 +37,7 @@ final class LayoutTests: XCTestCase {
             for part in [r.w1, r.b1, r.w2, r.b2] { XCTAssertEqual(part % 64, 0, "part 64-byte aligned") }
             XCTAssertEqual(r.w1, r.offset)
             XCTAssertEqual(r.b1, r.offset + w1)              // 1024 B, already 64-aligned
-            XCTAssertEqual(r.w2, r.offset + w1 + 64)         // b1 is 32 B, padded to 64
+            XCTAssertEqual(r.w2, r.offset + w1 + (b1 + 63) / 64 * 64)  // b1 (32 B) padded to 64
             XCTAssertEqual(r.b2, r.w2 + w2)
             XCTAssertEqual(r.offset, region.offset + i * 4096)
             // Each part's bytes equal the kernel layout's slice of the same expert.

@@ -21,7 +21,7 @@ public func runProcess(_ executable: String, _ arguments: [String], in directory
     -> (status: Int32, stdout: String, stderr: String) {
     let base = NSTemporaryDirectory() + "moepack-test-process-\(UUID().uuidString)"
     let files = [base + ".out", base + ".err"]
-    for f in files { FileManager.default.createFile(atPath: f, contents: nil) }
+    for f in files { _ = FileManager.default.createFile(atPath: f, contents: nil) }
     defer { for f in files { try? FileManager.default.removeItem(atPath: f) } }
     let p = Process()
     p.executableURL = URL(fileURLWithPath: executable)
