@@ -53,15 +53,19 @@ static void fg_pack_transposed(const float *v, ptrdiff_t ld, ptrdiff_t tokens, p
         float *dst = packed + p * (tokens + 1) * MOEPACK_SGEMM_PANEL;
         const ptrdiff_t o = p * MOEPACK_SGEMM_PANEL;
         const ptrdiff_t n = hd - o < MOEPACK_SGEMM_PANEL ? hd - o : MOEPACK_SGEMM_PANEL;
-        for (ptrdiff_t t = 0; t <= tokens; t++)
-            for (ptrdiff_t j = 0; j < MOEPACK_SGEMM_PANEL; j++)
-                dst[t * MOEPACK_SGEMM_PANEL + j] = (t < tokens && j < n) ? v[t * ld + o + j] : 0.0f;
+        for (ptrdiff_t t = 0; t < tokens; t++) {
+            float *row = dst + t * MOEPACK_SGEMM_PANEL;
+            memcpy(row, v + t * ld + o, (size_t)n * sizeof(float));
+            for (ptrdiff_t j = n; j < MOEPACK_SGEMM_PANEL; j++) row[j] = 0.0f;
+        }
+        memset(dst + tokens * MOEPACK_SGEMM_PANEL, 0, MOEPACK_SGEMM_PANEL * sizeof(float));
     }
 }
 
 size_t moepack_attention_work_count(ptrdiff_t tokens, ptrdiff_t head_dim) {
+    const ptrdiff_t rows = tokens < MOEPACK_ATTENTION_ROWS ? tokens : MOEPACK_ATTENTION_ROWS;
     return moepack_sgemm_packed_count(tokens, head_dim) + moepack_sgemm_packed_count(head_dim, tokens) +
-           (size_t)tokens * (size_t)tokens;
+           (size_t)rows * (size_t)tokens;
 }
 
 // Portable C: one lane; 2 rows × 16 outputs per tile.

@@ -49,7 +49,7 @@ final class FloatAttentionTests: XCTestCase {
     /// |out − PyTorch float64| < 8e-6 everywhere. Outputs are O(1) (values N(0, 1.5²)); the error is
     /// float32 rounding of scores up to |scale·q·k| ≈ 10 (relative 2⁻²⁴ per term over 64 terms), a
     /// 2-ulp exp and sums over 129 tokens: measured 4.0e-6 (portable) and 3.5e-6 (AVX2) on the
-    /// bundled shape, under 2e-6 on the odd one.
+    /// bundled shape (three blocks of query rows, MOEPACK_ATTENTION_ROWS), under 2e-6 on the odd one.
     func testMatchesPyTorchFloat64() throws {
         let cases = try Self.loadCases()
         XCTAssertEqual(cases.map(\.name), ["bundled", "odd"])

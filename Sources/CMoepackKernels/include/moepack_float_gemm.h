@@ -71,13 +71,18 @@ void moepack_erf_f32(moepack_isa isa, float *v, ptrdiff_t n);
 /// Exact GELU in place on n float32 values: 0.5·v·(1 + erf(v/√2)) with moepack_erf_f32's erf.
 void moepack_gelu_f32(moepack_isa isa, float *v, ptrdiff_t n);
 
+/// Query rows moepack_attention_f32 takes at a time (a multiple of every form's tile rows).
+#define MOEPACK_ATTENTION_ROWS 48
+
 /// Floats of `work` moepack_attention_f32 needs: K and V packed (moepack_sgemm_packed_count(tokens,
-/// head_dim) + moepack_sgemm_packed_count(head_dim, tokens)) and the attention matrix [tokens, tokens].
+/// head_dim) + moepack_sgemm_packed_count(head_dim, tokens)) and a block of attention rows
+/// [min(tokens, MOEPACK_ATTENTION_ROWS), tokens].
 size_t moepack_attention_work_count(ptrdiff_t tokens, ptrdiff_t head_dim);
 
 /// Scaled dot-product attention of one head, softmax(scale·Q·Kᵀ)·V:
 /// q, k, v: [tokens, head_dim] float32, row r at q + r·ld (likewise k, v; e.g. one head's slices of
 /// the stacked Q|K|V activations); out: [tokens, head_dim], row r at out + r·ldo.
+/// Query rows go in blocks of MOEPACK_ATTENTION_ROWS (their scores stay in cache); within a block,
 /// Q·Kᵀ and A·V run on moepack_sgemm_linear's tiles (each score and each output one multiply-add
 /// chain over its input axis in ascending order, from 0); the softmax per row of A [tokens, tokens]:
 /// s = scale·(q·k) rounded, e = exp(s − max s) (the Cephes expf of moepack_erf_f32, about 2 ulp),
