@@ -19,6 +19,8 @@ EXACT_NAME(replay_chunk_)(const int32_t *x, ptrdiff_t ldx, const int L, const in
     if (form == MOEPACK_REPLAY_PER_PRODUCT) {
         for (ptrdiff_t i = 0; i < n; i++) {
             const int64_t wi = wide ? (int64_t)w32[i] : (int64_t)w16[i];
+            // A zero weight adds 0 (a product that fits) to every lane: nothing changes, nothing wraps.
+            if (wi == 0) continue;
             const int32_t *xi = x + i * ldx;
             for (int l = 0; l < L; l++) {
                 // addend = fm_t(in * w): a wrap when the floored product leaves int32.

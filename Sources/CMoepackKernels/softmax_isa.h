@@ -45,45 +45,67 @@ ISA_FN static void SM_NAME(exp_fm_batch_)(const int32_t *x, ptrdiff_t n, int32_t
     }
 }
 
+/// One step of RunningSoftmax.update (FixedEmulationKernels.swift) after the exponential e of its
+/// argument (-1: ask the C library): the argument's and the exponential's wraps count only while
+/// sum != 0; new maximum (flag bit 0): sum = fm_t(sum * e) + 1, else sum += e.
+ISA_FN static inline __attribute__((always_inline)) int32_t
+SM_NAME(sum_step_)(int32_t sum, int32_t e, int32_t arg, int32_t flag, int64_t *wraps) {
+    int64_t ew = 0;
+    if (e < 0) e = exp_fm_libm(arg, &ew);
+    if (sum != 0) *wraps += ((flag >> 1) & 1) + ew;
+    int64_t s;
+    if (flag & 1) {
+        const int64_t p = ((int64_t)sum * (int64_t)e) >> 22;
+        *wraps += (p < INT32_MIN) | (p > INT32_MAX);
+        s = (int64_t)(int32_t)(uint32_t)p + FM_ONE;
+    } else {
+        s = (int64_t)sum + (int64_t)e;
+    }
+    *wraps += (s < INT32_MIN) | (s > INT32_MAX);
+    return (int32_t)(uint32_t)s;
+}
+
 /// See moepack_attn_softmax. scratch: 3 * keys values.
+///
+/// When the scores spread far (most exp arguments at or below EXP_ZERO_BELOW, where E = 0), only
+/// the steps that can change anything are computed: a step of the running sum whose exponential is
+/// 0 and that is no new maximum adds 0 (no wrap; its argument did not wrap either, since a wrapped
+/// argument is positive), and a weight fm_t(0 * recip) is 0. The steps that remain are gathered
+/// (at most a quarter of them, else every step is computed as is), so the bits are the same.
 ISA_FN static int64_t SM_NAME(attn_softmax_)(const int32_t *scores, ptrdiff_t keys, ptrdiff_t first,
                                              int32_t *weights, int32_t *scratch, int64_t *abs_sum,
                                              int *all_nonneg) {
     int32_t *arg = scratch, *ev = scratch + keys, *flag = scratch + 2 * keys;
+    // Gathered steps, when at most a quarter: their indices, arguments and exponentials in ev.
+    int32_t *at = ev;
     int64_t wraps = 0;
     // Running update in the kernel's key order: the argument -|bias - s| against the running
     // maximum, whether s is a new maximum (bit 0) and whether the argument wraps (bit 1).
     int32_t bias = INT32_MIN;
-    ptrdiff_t ki = first;
+    ptrdiff_t ki = first, m = 0;
     for (ptrdiff_t step = 0; step < keys; step++) {
         const int32_t s = scores[ki];
         const int64_t d = (int64_t)bias - (int64_t)s;
         const int is_new = d < 0;
         const int64_t a = is_new ? d : -d;
-        arg[step] = (int32_t)(uint32_t)a;
+        const int32_t x = (int32_t)(uint32_t)a;
+        arg[step] = x;
         flag[step] = is_new | ((a < INT32_MIN) << 1);
+        at[m] = (int32_t)step;
+        m += is_new | (x > EXP_ZERO_BELOW);
         if (is_new) bias = s;
         if (++ki == keys) ki = 0;
     }
-    SM_NAME(exp_fm_batch_)(arg, keys, ev);
-    // RunningSoftmax.update (FixedEmulationKernels.swift): the argument's and the exponential's
-    // wraps count only while sum != 0; new maximum: sum = fm_t(sum * e) + 1, else sum += e.
     int32_t sum = 0;
-    for (ptrdiff_t step = 0; step < keys; step++) {
-        int64_t ew = 0;
-        int32_t e = ev[step];
-        if (e < 0) e = exp_fm_libm(arg[step], &ew);
-        if (sum != 0) wraps += ((flag[step] >> 1) & 1) + ew;
-        int64_t s;
-        if (flag[step] & 1) {
-            const int64_t p = ((int64_t)sum * (int64_t)e) >> 22;
-            wraps += (p < INT32_MIN) | (p > INT32_MAX);
-            s = (int64_t)(int32_t)(uint32_t)p + FM_ONE;
-        } else {
-            s = (int64_t)sum + (int64_t)e;
-        }
-        wraps += (s < INT32_MIN) | (s > INT32_MAX);
-        sum = (int32_t)(uint32_t)s;
+    if (4 * m < keys) {
+        int32_t *xc = at + m, *ec = at + 2 * m;
+        for (ptrdiff_t j = 0; j < m; j++) xc[j] = arg[at[j]];
+        SM_NAME(exp_fm_batch_)(xc, m, ec);
+        for (ptrdiff_t j = 0; j < m; j++) sum = SM_NAME(sum_step_)(sum, ec[j], xc[j], flag[at[j]], &wraps);
+    } else {
+        SM_NAME(exp_fm_batch_)(arg, keys, ev);
+        for (ptrdiff_t step = 0; step < keys; step++)
+            sum = SM_NAME(sum_step_)(sum, ev[step], arg[step], flag[step], &wraps);
     }
     // recipFm
     int32_t recip;
@@ -96,23 +118,47 @@ ISA_FN static int64_t SM_NAME(attn_softmax_)(const int32_t *scores, ptrdiff_t ke
         recip = (int32_t)(uint32_t)q;
     }
     // weight_k = fm_t(exp(fm_t(s_k - bias)) * recip): independent per key, so in index order.
+    ptrdiff_t nonzero = 0;
     for (ptrdiff_t k = 0; k < keys; k++) {
         const int64_t d = (int64_t)scores[k] - (int64_t)bias;
         wraps += (d < INT32_MIN) | (d > INT32_MAX);
         arg[k] = (int32_t)(uint32_t)d;
+        nonzero += arg[k] > EXP_ZERO_BELOW;
     }
-    SM_NAME(exp_fm_batch_)(arg, keys, ev);
-    for (ptrdiff_t k = 0; k < keys; k++)
-        if (ev[k] < 0) ev[k] = exp_fm_libm(arg[k], &wraps);
     int64_t total = 0, pw = 0;
     int negative = 0;
-    for (ptrdiff_t k = 0; k < keys; k++) {
-        const int64_t p = ((int64_t)ev[k] * (int64_t)recip) >> 22;
-        pw += (p < INT32_MIN) | (p > INT32_MAX);
-        const int32_t a = (int32_t)(uint32_t)p;
-        weights[k] = a;
-        total += a < 0 ? -(int64_t)a : (int64_t)a;
-        negative |= a < 0;
+    if (4 * nonzero < keys) {
+        // Gather the keys whose exponential is not 0; every other weight is 0.
+        ptrdiff_t j = 0;
+        for (ptrdiff_t k = 0; k < keys; k++) {
+            at[j] = (int32_t)k;
+            j += arg[k] > EXP_ZERO_BELOW;
+            weights[k] = 0;
+        }
+        int32_t *xc = at + nonzero, *ec = at + 2 * nonzero;
+        for (j = 0; j < nonzero; j++) xc[j] = arg[at[j]];
+        SM_NAME(exp_fm_batch_)(xc, nonzero, ec);
+        for (j = 0; j < nonzero; j++) {
+            const int32_t e = ec[j] < 0 ? exp_fm_libm(xc[j], &wraps) : ec[j];
+            const int64_t p = ((int64_t)e * (int64_t)recip) >> 22;
+            pw += (p < INT32_MIN) | (p > INT32_MAX);
+            const int32_t a = (int32_t)(uint32_t)p;
+            weights[at[j]] = a;
+            total += a < 0 ? -(int64_t)a : (int64_t)a;
+            negative |= a < 0;
+        }
+    } else {
+        SM_NAME(exp_fm_batch_)(arg, keys, ev);
+        for (ptrdiff_t k = 0; k < keys; k++)
+            if (ev[k] < 0) ev[k] = exp_fm_libm(arg[k], &wraps);
+        for (ptrdiff_t k = 0; k < keys; k++) {
+            const int64_t p = ((int64_t)ev[k] * (int64_t)recip) >> 22;
+            pw += (p < INT32_MIN) | (p > INT32_MAX);
+            const int32_t a = (int32_t)(uint32_t)p;
+            weights[k] = a;
+            total += a < 0 ? -(int64_t)a : (int64_t)a;
+            negative |= a < 0;
+        }
     }
     *abs_sum = total;
     *all_nonneg = !negative;

@@ -13,11 +13,15 @@ public struct TaskHead: Sendable {
     public let imageWidth: Int
     public let patch: Int
 
+    /// Each convolution's weights tap by tap (``ConvTaps``), laid out once here rather than per frame.
+    let taps: [ConvTaps]
+
     public init(weights: TaskHeadWeights, imageHeight: Int, imageWidth: Int, patch: Int = 16) {
         self.weights = weights
         self.imageHeight = imageHeight
         self.imageWidth = imageWidth
         self.patch = patch
+        taps = weights.convs.map(ConvTaps.init)
     }
 
     public var task: String { weights.info.task }
@@ -54,7 +58,7 @@ public struct TaskHead: Sendable {
             switch step {
             case .conv(let i):
                 let conv = weights.convs[i]
-                map = convolve(map, channels: c, height: h, width: w, conv)
+                map = convolve(map, channels: c, height: h, width: w, conv, taps: taps[i])
                 c = conv.outChannels
             case .upsample2:
                 map = bilinear(map, channels: c, inH: h, inW: w, outH: 2 * h, outW: 2 * w); h *= 2; w *= 2
@@ -88,45 +92,78 @@ public struct TaskHead: Sendable {
     }
 }
 
-/// Convolution (stride 1; 3×3 with padding 1, or 1×1) with its folded bias and optional ReLU:
-/// im2col tiles of output columns multiplied by the weights with OpenBLAS `sgemm`, tiles spread over
-/// the cores (one BLAS thread each).
-/// - Parameters: `input` `[Cin, H, W]`; returns `[Cout, H, W]`.
-func convolve(_ input: [Float], channels cin: Int, height h: Int, width w: Int, _ conv: FoldedConv) -> [Float] {
-    let hw = h * w, cout = conv.outChannels, k = conv.kernel
-    let kk = cin * k * k
+/// A convolution's weights regrouped by kernel tap: `[k·k, Cout, Cin]` float32, tap `ky·k + kx`, so
+/// that each tap is the A matrix of one GEMM (PyTorch's `[Cout, Cin, k, k]` interleaves the taps).
+struct ConvTaps: Sendable {
+    let weights: [Float]
+
+    init(_ conv: FoldedConv) {
+        let k2 = conv.kernel * conv.kernel, cin = conv.inChannels, cout = conv.outChannels
+        var t = [Float](repeating: 0, count: conv.weight.count)
+        for o in 0..<cout {
+            for c in 0..<cin {
+                for k in 0..<k2 { t[(k * cout + o) * cin + c] = conv.weight[(o * cin + c) * k2 + k] }
+            }
+        }
+        weights = t
+    }
+}
+
+/// Convolution (stride 1; 3×3 with padding 1, or 1×1) with its folded bias and optional ReLU, on
+/// OpenBLAS `sgemm` (one BLAS thread per core, tiles of output rows spread over the cores).
+///
+/// A 3×3 convolution is nine accumulated GEMMs, one per tap, on the zero-padded map `[Cin, H+2, W+2]`
+/// shifted by the tap: output pixel (y, x) of tap (ky, kx) reads padded (y+ky, x+kx), so with the
+/// output rows computed `W+2` wide every tap's B matrix is the padded map at offset `ky·(W+2) + kx`
+/// with row stride `(H+2)·(W+2)`; the two extra columns per row are dropped. No im2col matrix is built.
+/// - Parameters: `input` `[Cin, H, W]`; `taps`: `conv`'s weights by tap; returns `[Cout, H, W]`.
+func convolve(_ input: [Float], channels cin: Int, height h: Int, width w: Int, _ conv: FoldedConv, taps: ConvTaps) -> [Float] {
+    let hw = h * w, cout = conv.outChannels
     var out = [Float](repeating: 0, count: cout * hw)
     let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
-    let tile = max(64, min(512, (hw + cores - 1) / cores))
-    let tiles = (hw + tile - 1) / tile
-    input.withUnsafeBufferPointer { src in
-        conv.weight.withUnsafeBufferPointer { wt in
+    if conv.kernel == 1 {
+        let tile = max(64, min(512, (hw + cores - 1) / cores))
+        input.withUnsafeBufferPointer { src in
+            conv.weight.withUnsafeBufferPointer { wt in
+                out.withUnsafeMutableBufferPointer { dst in
+                    nonisolated(unsafe) let src = src.baseAddress!, wt = wt.baseAddress!, dst = dst.baseAddress!
+                    DispatchQueue.concurrentPerform(iterations: (hw + tile - 1) / tile) { ti in
+                        let n0 = ti * tile, n = min(tile, hw - n0)
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(cout), blasint(n), blasint(cin),
+                                    1, wt, blasint(cin), src + n0, blasint(hw), 0, dst + n0, blasint(hw))
+                        addBias(conv, rows: dst + n0, rowStride: hw, count: n)
+                    }
+                }
+            }
+        }
+        return out
+    }
+    let pw = w + 2, plane = (h + 2) * pw
+    let padded = zeroPadded(input, channels: cin, height: h, width: w)
+    // Rows per tile: about 512 GEMM columns, and at least one tile per core.
+    let rows = max(1, min((h + cores - 1) / cores, (512 + pw - 1) / pw))
+    padded.withUnsafeBufferPointer { src in
+        taps.weights.withUnsafeBufferPointer { wt in
             out.withUnsafeMutableBufferPointer { dst in
-                nonisolated(unsafe) let src = src.baseAddress!
-                nonisolated(unsafe) let wt = wt.baseAddress!
-                nonisolated(unsafe) let dst = dst.baseAddress!
-                DispatchQueue.concurrentPerform(iterations: tiles) { ti in
-                    let n0 = ti * tile, n = min(tile, hw - n0)
-                    if k == 1 {
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(cout), blasint(n), blasint(kk),
-                                    1, wt, blasint(kk), src + n0, blasint(hw), 0, dst + n0, blasint(hw))
-                    } else {
-                        var col = [Float](repeating: 0, count: kk * n)
-                        col.withUnsafeMutableBufferPointer { cb in
-                            im2col3x3(src, channels: cin, height: h, width: w, from: n0, count: n, into: cb.baseAddress!)
-                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(cout), blasint(n), blasint(kk),
-                                        1, wt, blasint(kk), cb.baseAddress!, blasint(n), 0, dst + n0, blasint(hw))
+                nonisolated(unsafe) let src = src.baseAddress!, wt = wt.baseAddress!, dst = dst.baseAddress!
+                DispatchQueue.concurrentPerform(iterations: (h + rows - 1) / rows) { ti in
+                    let y0 = ti * rows, r = min(rows, h - y0), n = r * pw
+                    // Tap 0's GEMM overwrites (beta 0): no need to zero the accumulator.
+                    let a = UnsafeMutablePointer<Float>.allocate(capacity: cout * n)
+                    defer { a.deallocate() }
+                    do {
+                        for tap in 0..<9 {
+                            let b = src + (y0 + tap / 3) * pw + tap % 3
+                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(cout), blasint(n), blasint(cin),
+                                        1, wt + tap * cout * cin, blasint(cin), b, blasint(plane), tap == 0 ? 0 : 1, a, blasint(n))
+                        }
+                        for o in 0..<cout {
+                            for y in 0..<r {
+                                (dst + o * hw + (y0 + y) * w).update(from: a + o * n + y * pw, count: w)
+                            }
                         }
                     }
-                    for o in 0..<cout {
-                        let row = dst + o * hw + n0
-                        let b = conv.bias[o]
-                        if conv.relu {
-                            for j in 0..<n { row[j] = max(row[j] + b, 0) }
-                        } else {
-                            for j in 0..<n { row[j] += b }
-                        }
-                    }
+                    addBias(conv, rows: dst + y0 * w, rowStride: hw, count: r * w)
                 }
             }
         }
@@ -134,23 +171,32 @@ func convolve(_ input: [Float], channels cin: Int, height h: Int, width w: Int, 
     return out
 }
 
-/// Columns `[from, from+count)` of the 3×3, padding 1 im2col matrix `[Cin·9, H·W]` (row
-/// `(c·3 + ky)·3 + kx`, zero outside the map), written as `[Cin·9, count]`.
-func im2col3x3(_ src: UnsafePointer<Float>, channels cin: Int, height h: Int, width w: Int,
-               from n0: Int, count n: Int, into col: UnsafeMutablePointer<Float>) {
-    for c in 0..<cin {
-        let plane = src + c * h * w
-        for ky in 0..<3 {
-            for kx in 0..<3 {
-                let row = col + ((c * 3 + ky) * 3 + kx) * n
-                var y = n0 / w, x = n0 % w
-                for j in 0..<n {
-                    let iy = y + ky - 1, ix = x + kx - 1
-                    row[j] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? plane[iy * w + ix] : 0
-                    x += 1
-                    if x == w { x = 0; y += 1 }
+/// `[Cin, H, W]` inside a zero border of one pixel: `[Cin, H+2, W+2]`, plus two zeros at the end so
+/// that the last tap's shifted read of the two dropped columns stays inside the buffer.
+func zeroPadded(_ input: [Float], channels cin: Int, height h: Int, width w: Int) -> [Float] {
+    let pw = w + 2, plane = (h + 2) * pw
+    var padded = [Float](repeating: 0, count: cin * plane + 2)
+    input.withUnsafeBufferPointer { src in
+        padded.withUnsafeMutableBufferPointer { dst in
+            for c in 0..<cin {
+                for y in 0..<h {
+                    (dst.baseAddress! + c * plane + (y + 1) * pw + 1).update(from: src.baseAddress! + (c * h + y) * w, count: w)
                 }
             }
+        }
+    }
+    return padded
+}
+
+/// Adds the folded bias to `count` columns of each output channel's row (`rows + o·rowStride`), then ReLU when the layer has one.
+private func addBias(_ conv: FoldedConv, rows: UnsafeMutablePointer<Float>, rowStride: Int, count n: Int) {
+    for o in 0..<conv.outChannels {
+        let row = rows + o * rowStride
+        let b = conv.bias[o]
+        if conv.relu {
+            for j in 0..<n { row[j] = max(row[j] + b, 0) }
+        } else {
+            for j in 0..<n { row[j] += b }
         }
     }
 }

@@ -53,26 +53,31 @@ func linearReplayRows(_ layer: FixedLinear, input: UnsafePointer<Int32>, rowIndi
     let shift = Int32(layer.weightFrac)
     layer.w.withUnsafeBufferPointer { w16 in
     layer.wideW.withUnsafeBufferPointer { w32 in
+        // Always whole blocks of `width` lanes (the kernels' vector forms): a last, shorter block is
+        // padded with rows of zeros, whose products are 0 and whose sums never wrap, so they add
+        // no count and their outputs are dropped.
+        let width = replayRowBlock
         var start = 0
         while start < rowIndices.count {
-            let lanes = min(replayRowBlock, rowIndices.count - start)
+            let lanes = min(width, rowIndices.count - start)
             // Lane l = row rowIndices[start + l]; input i of every lane is one contiguous run.
             for l in 0..<lanes {
                 let x = input + rowIndices[start + l] * n
-                for i in 0..<n { xt[i * lanes + l] = x[i] }
+                for i in 0..<n { xt[i * width + l] = x[i] }
             }
+            if lanes < width { for i in 0..<n { for l in lanes..<width { xt[i * width + l] = 0 } } }
             for o in 0..<m {
                 let b = layer.bias[o]
-                for l in 0..<lanes { acc[o * lanes + l] = b }
+                for l in 0..<width { acc[o * width + l] = b }
             }
-            wraps += Int(moepack_replay_lanes(simdKernels, xt, lanes, lanes,
+            wraps += Int(moepack_replay_lanes(simdKernels, xt, width, width,
                                               layer.isFast ? w16.baseAddress : nil,
                                               layer.isFast ? nil : w32.baseAddress,
-                                              n, m, n, shift, form.replayForm, 0, 0, acc, lanes))
+                                              n, m, n, shift, form.replayForm, 0, 0, acc, width))
             for l in 0..<lanes {
                 let out = output + rowIndices[start + l] * m
                 for o in 0..<m {
-                    let v = acc[o * lanes + l]
+                    let v = acc[o * width + l]
                     out[o] = gelu ? geluFm(v, &geluWraps) : v
                 }
             }

@@ -211,7 +211,7 @@ public final class TaskHeadsCheckpoint: @unchecked Sendable {
     }
 }
 
-/// A convolution with its BatchNorm folded in, ready for im2col + GEMM.
+/// A convolution with its BatchNorm folded in, ready for GEMMs.
 public struct FoldedConv: Sendable {
     /// Weights [out, in·k·k] row-major (PyTorch's [out, in, k, k] flattened), BatchNorm scale applied.
     public var weight: [Float]

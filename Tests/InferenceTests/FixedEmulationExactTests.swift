@@ -92,8 +92,8 @@ final class FixedEmulationExactTests: XCTestCase {
         var seen = (product: 0, any: 0)
         var seenBlock = (product: 0, any: 0)
         var seenSmall = (product: 0, any: 0)
-        // Lane counts around the 16-lane chunk, steps around the blocks of 8.
-        for (trial, lanes) in [1, 3, 15, 16, 17, 33].enumerated() {
+        // Lane counts around the 16-lane chunk and the vectors of 8, steps around the blocks of 8.
+        for (trial, lanes) in [1, 3, 8, 15, 16, 17, 32, 33, 40].enumerated() {
             for n in [1, 7, 8, 9, 24, 61] {
                 let outs = 1 + (trial + n) % 3
                 checkAgainstDotReplay(lanes: lanes, outs: outs, n: n, wide: false, shift: 14, form: .perProduct,
@@ -158,10 +158,18 @@ final class FixedEmulationExactTests: XCTestCase {
         // attention.cpp attn × V for one query: keys in the order o, o+1, …, T−1, 0, …, o−1;
         // acc = v*a (floored, wrapped), then acc += v*a. The emulation runs it as two segments.
         // Weights below 2^21 (under 0.5) let no product leave fm_t (the kernels' no-check path); larger
-        // ones with hostile values wrap per product too.
-        let keys = 37, hd = 32, ldv = 3 * hd
-        for (o, smallA, smallV) in [(0, false, false), (1, false, false), (3, false, false), (0, true, false),
-                                    (5, true, false), (2, true, false), (4, false, true)] {
+        // ones with hostile values wrap per product too (the per-product check). Head widths 32 and 64
+        // fill whole groups of 4 vectors, 8 and 40 end in a shorter group; `zeros` makes two keys in
+        // three weigh exactly 0 (the kernels skip those keys: they add nothing and cannot wrap).
+        let keys = 37
+        var seenProductWraps = 0
+        for (o, smallA, smallV, hd, zeros) in [(0, false, false, 32, false), (1, false, false, 32, false),
+                                               (3, false, false, 32, false), (0, true, false, 32, false),
+                                               (5, true, false, 32, false), (2, true, false, 32, false),
+                                               (4, false, true, 32, false), (1, false, false, 64, false),
+                                               (2, false, false, 40, true), (3, false, false, 8, false),
+                                               (6, false, false, 64, true), (1, true, false, 40, true)] {
+            let ldv = 3 * hd
             // With the small weights, values of one sign (up to 512) so that the sums still wrap.
             // smallV: positive values below 2^19, so that weights up to 2^31 give no product outside
             // fm_t while the sums still wrap.
@@ -172,27 +180,27 @@ final class FixedEmulationExactTests: XCTestCase {
             var a = (0..<keys).map { _ in
                 Int32(truncatingIfNeeded: rng.next() % (1 << 31)) >> Int32(smallA ? 10 + rng.next() % 3 : smallV ? 0 : rng.next() % 20)
             }
+            if zeros { for k in 0..<keys where k % 3 != 1 { a[k] = 0 } }
             if o == 2 {
                 // The ends: a weight of exactly 1.0 against fm_t's extremes.
                 a[2] = 1 << 22
                 v[2 * ldv] = Int32.min; v[2 * ldv + 1] = Int32.max; v[2 * ldv + 2] = Int32.min + 1
             }
-            var expectedWraps = 0
+            var expectedWraps = 0, productWraps = 0
             var expected = [Int32](repeating: 0, count: hd)
             for d in 0..<hd {
                 var r: Int32 = 0
                 for step in 0..<keys {
                     let ki = (o + step) % keys
                     let prod = (Int64(v[ki * ldv + d]) * Int64(a[ki])) >> 22
-                    if outsideFm(prod) { expectedWraps += 1 }
+                    if outsideFm(prod) { expectedWraps += 1; productWraps += 1 }
                     r = step == 0 ? wrapFm(prod) : addFm(Int64(wrapFm(prod)), Int64(r), &expectedWraps)
                 }
                 expected[d] = r
             }
-            XCTAssertGreaterThan(expectedWraps, 0)
-            if smallA || smallV {
-                XCTAssertFalse((0..<keys).contains { k in (0..<hd).contains { outsideFm((Int64(v[k * ldv + $0]) * Int64(a[k])) >> 22) } })
-            }
+            XCTAssertGreaterThan(expectedWraps, productWraps, "accumulator wraps, o \(o) hd \(hd)")
+            seenProductWraps += productWraps
+            if smallA || smallV { XCTAssertEqual(productWraps, 0) }
             for isa in FixedEmulationFastPathTests.runnableISAs {
                 var acc = [Int32](repeating: 0, count: hd)
                 var wraps = 0
@@ -205,10 +213,12 @@ final class FixedEmulationExactTests: XCTestCase {
                                                           o, 1, o, 22, MOEPACK_REPLAY_PER_PRODUCT, 0, 0, &acc, hd))
                     }
                 }
-                XCTAssertEqual(acc, expected, "form \(isa.rawValue) o \(o)")
-                XCTAssertEqual(wraps, expectedWraps, "form \(isa.rawValue) o \(o)")
+                XCTAssertEqual(acc, expected, "form \(isa.rawValue) o \(o) hd \(hd)")
+                XCTAssertEqual(wraps, expectedWraps, "form \(isa.rawValue) o \(o) hd \(hd)")
             }
         }
+        // Weights above 1.0 against hostile values: products outside fm_t occur (the checked form).
+        XCTAssertGreaterThan(seenProductWraps, 100)
     }
 
     /// A ViT-Small-shaped layer (inDim 384, 12 heads' worth of rows) with activations that wrap:

@@ -106,7 +106,9 @@ final class FixedEmulationSoftmaxTests: XCTestCase {
     func testAttentionSoftmaxEveryFormEqualsReplay() {
         var rng = LCG(state: 31337)
         var cases: [[Int32]] = []
-        for keys in [5, 37, 129, 197] {
+        // 300 and 1025 keys (ViT-Small-sized): the wide and full-range cases, where fewer than a
+        // quarter of the arguments lie in (−16, 0), take the gathered exponential over several chunks.
+        for keys in [5, 37, 129, 197, 300, 1025] {
             // Realistic scores (|s| < 8), wide ones (exp arguments below −16), full-range ones
             // (wrapped differences), all equal, and the minimum value (first-step edge).
             cases.append((0..<keys).map { _ in Int32(truncatingIfNeeded: rng.next() % (16 << 22)) - (8 << 22) })
@@ -114,6 +116,10 @@ final class FixedEmulationSoftmaxTests: XCTestCase {
             cases.append((0..<keys).map { _ in Int32(truncatingIfNeeded: rng.next() << 31 | rng.next()) })
             cases.append([Int32](repeating: 3 << 21, count: keys))
             cases.append([Int32](repeating: Int32.min, count: keys))
+            // The last new maximum at the last step (ascending) and at the first (descending): the
+            // weights' exponentials all recomputed, or all taken from the running pass.
+            cases.append((0..<keys).map { Int32($0) << 18 })
+            cases.append((0..<keys).map { -(Int32($0) << 18) })
             var mixed = (0..<keys).map { _ in Int32(truncatingIfNeeded: rng.next() % (4 << 22)) }
             mixed[keys / 2] = Int32.max; mixed[0] = Int32.min; mixed[keys - 1] = Int32.min + 1
             cases.append(mixed)
