@@ -66,7 +66,16 @@ __attribute__((target("avx2"))) static inline uint32_t hsum_avx2(__m256i v) {
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
     return (uint32_t)_mm_cvtsi128_si32(s);
 }
+#define V_HSUM32X4 hsum4_avx2
+/// The lane sums of four vectors (out[j] for vj): two rounds of pairwise horizontal adds, then the
+/// two 128-bit halves added.
+__attribute__((target("avx2"))) static inline void hsum4_avx2(__m256i v0, __m256i v1, __m256i v2, __m256i v3,
+                                                              uint32_t *out) {
+    const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
+    _mm_storeu_si128((__m128i *)out, _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1)));
+}
 #include "kernels_isa.h"
+#undef V_HSUM32X4
 #undef ISA_SUFFIX
 #undef ISA_FN
 #undef TILE_MAX_R
@@ -159,14 +168,14 @@ moepack_isa moepack_kernels_runnable(moepack_isa isa) {
     return isa;
 }
 
-void moepack_linear_dots(moepack_isa isa, const int16_t *a, const int16_t *b4, ptrdiff_t n, int rows,
-                         const int16_t *w, ptrdiff_t m, int high_sum4, int32_t *dots, ptrdiff_t ld) {
+void moepack_linear_dots(moepack_isa isa, const int16_t *a, const int16_t *b4, ptrdiff_t n, ptrdiff_t rows,
+                         const int16_t *w, ptrdiff_t m, int high_chunks, int32_t *dots, ptrdiff_t ld) {
     switch (moepack_kernels_runnable(isa)) {
 #if MOEPACK_X86
-    case MOEPACK_ISA_AVX512: linear_dots_avx512(a, b4, n, rows, w, m, high_sum4, dots, ld); return;
-    case MOEPACK_ISA_AVX2: linear_dots_avx2(a, b4, n, rows, w, m, high_sum4, dots, ld); return;
+    case MOEPACK_ISA_AVX512: linear_dots_avx512(a, b4, n, rows, w, m, high_chunks, dots, ld); return;
+    case MOEPACK_ISA_AVX2: linear_dots_avx2(a, b4, n, rows, w, m, high_chunks, dots, ld); return;
 #endif
-    default: linear_dots_portable(a, b4, n, rows, w, m, high_sum4, dots, ld); return;
+    default: linear_dots_portable(a, b4, n, rows, w, m, high_chunks, dots, ld); return;
     }
 }
 

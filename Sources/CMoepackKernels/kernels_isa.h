@@ -6,7 +6,7 @@
 // Expected definitions: ISA_SUFFIX, ISA_FN (function attributes), and for the vector forms
 // ISA_VEC (1 when V_* exist), V (vector type), V_LANES16 (int16 lanes), V_LOAD, V_ZERO, V_ADD32,
 // V_ADD16, V_MADD (pairwise int16 products summed to int32), V_MULHI (signed high half), V_ONES16,
-// V_HSUM32.
+// V_HSUM32, and optionally V_HSUM32X4(v0, v1, v2, v3, out) (out[j] = the lane sum of vj).
 
 #define ISA_CAT2(a, b) a##b
 #define ISA_CAT(a, b) ISA_CAT2(a, b)
@@ -27,22 +27,23 @@ ISA_FN static inline uint32_t ISA_NAME(dot_tail_)(const int16_t *a, const int16_
 /// NR input rows x NO weight rows (NR, NO constants after inlining): res[o*NR + r].
 ISA_FN static inline __attribute__((always_inline)) void
 ISA_NAME(tile_)(const int16_t *a, const int16_t *b4, ptrdiff_t n, const int16_t *w, const int NR, const int NO,
-                int high_sum4, uint32_t *res) {
+                int high_chunks, uint32_t *res) {
     V acc[TILE_MAX_R][2], h[TILE_MAX_R][2], wv[2];
     const V ones = V_ONES16;
     for (int r = 0; r < NR; r++) for (int o = 0; o < NO; o++) acc[r][o] = V_ZERO;
     ptrdiff_t i = 0;
-    if (high_sum4) {
-        // Four chunks of high halves summed in int16 lanes (exact by the caller's bound), then one
-        // pairwise sum against ones.
-        const ptrdiff_t end = n - n % (4 * V_LANES16);
-        for (; i < end; i += 4 * V_LANES16) {
+    if (high_chunks >= 2) {
+        // Runs of up to high_chunks chunks of high halves summed in int16 lanes (exact by the
+        // caller's bound), then one pairwise sum against ones per run.
+        const ptrdiff_t full = n - n % V_LANES16;
+        while (i < full) {
+            ptrdiff_t chunks = (full - i) / V_LANES16;
+            if (chunks > high_chunks) chunks = high_chunks;
             for (int r = 0; r < NR; r++) for (int o = 0; o < NO; o++) h[r][o] = V_ZERO;
-            for (int c = 0; c < 4; c++) {
-                const ptrdiff_t off = i + c * V_LANES16;
-                for (int o = 0; o < NO; o++) wv[o] = V_LOAD(w + o * n + off);
+            for (ptrdiff_t c = 0; c < chunks; c++, i += V_LANES16) {
+                for (int o = 0; o < NO; o++) wv[o] = V_LOAD(w + o * n + i);
                 for (int r = 0; r < NR; r++) {
-                    const V av = V_LOAD(a + r * n + off), bv = V_LOAD(b4 + r * n + off);
+                    const V av = V_LOAD(a + r * n + i), bv = V_LOAD(b4 + r * n + i);
                     for (int o = 0; o < NO; o++) {
                         acc[r][o] = V_ADD32(acc[r][o], V_MADD(av, wv[o]));
                         h[r][o] = V_ADD16(h[r][o], V_MULHI(bv, wv[o]));
@@ -60,44 +61,65 @@ ISA_NAME(tile_)(const int16_t *a, const int16_t *b4, ptrdiff_t n, const int16_t 
                 acc[r][o] = V_ADD32(acc[r][o], V_ADD32(V_MADD(av, wv[o]), V_MADD(V_MULHI(bv, wv[o]), ones)));
         }
     }
+#ifdef V_HSUM32X4
+    if (NR == 2 && NO == 2) {
+        // The four sums at once (res order: (r0,o0), (r1,o0), (r0,o1), (r1,o1)).
+        V_HSUM32X4(acc[0][0], acc[1][0], acc[0][1], acc[1][1], res);
+        for (int r = 0; r < NR; r++)
+            for (int o = 0; o < NO; o++)
+                res[o * NR + r] += ISA_NAME(dot_tail_)(a + r * n, b4 + r * n, w + o * n, i, n);
+        return;
+    }
+#endif
     for (int r = 0; r < NR; r++)
         for (int o = 0; o < NO; o++)
             res[o * NR + r] = V_HSUM32(acc[r][o]) + ISA_NAME(dot_tail_)(a + r * n, b4 + r * n, w + o * n, i, n);
 }
+
+/// Rows per block of linear_dots_: the block's a' / b4 parts (4n bytes a row) stay within 16 KiB of
+/// L1 while every weight row passes over them; a whole number of tiles.
+ISA_FN static inline ptrdiff_t ISA_NAME(row_block_)(ptrdiff_t n) {
+    const ptrdiff_t fit = n > 0 ? 16384 / (4 * n) : TILE_MAX_R;
+    return fit < TILE_MAX_R ? TILE_MAX_R : fit - fit % TILE_MAX_R;
+}
 #endif
 
-ISA_FN static void ISA_NAME(linear_dots_)(const int16_t *a, const int16_t *b4, ptrdiff_t n, int rows,
-                                          const int16_t *w, ptrdiff_t m, int high_sum4, int32_t *dots,
+ISA_FN static void ISA_NAME(linear_dots_)(const int16_t *a, const int16_t *b4, ptrdiff_t n, ptrdiff_t rows,
+                                          const int16_t *w, ptrdiff_t m, int high_chunks, int32_t *dots,
                                           ptrdiff_t ld) {
 #if ISA_VEC
-    ptrdiff_t o = 0;
     uint32_t res[2 * TILE_MAX_R];
-    for (; o + 2 <= m; o += 2) {
-        const int16_t *wo = w + o * n;
-        int r = 0;
-        for (; r + TILE_MAX_R <= rows; r += TILE_MAX_R) {
-            ISA_NAME(tile_)(a + r * n, b4 + r * n, n, wo, TILE_MAX_R, 2, high_sum4, res);
-            for (int rr = 0; rr < TILE_MAX_R; rr++) {
-                dots[(r + rr) * ld + o] = (int32_t)res[rr];
-                dots[(r + rr) * ld + o + 1] = (int32_t)res[TILE_MAX_R + rr];
+    const ptrdiff_t block = ISA_NAME(row_block_)(n);
+    for (ptrdiff_t r0 = 0; r0 < rows; r0 += block) {
+        const ptrdiff_t r1 = r0 + block < rows ? r0 + block : rows;
+        ptrdiff_t o = 0;
+        for (; o + 2 <= m; o += 2) {
+            const int16_t *wo = w + o * n;
+            ptrdiff_t r = r0;
+            for (; r + TILE_MAX_R <= r1; r += TILE_MAX_R) {
+                ISA_NAME(tile_)(a + r * n, b4 + r * n, n, wo, TILE_MAX_R, 2, high_chunks, res);
+                for (int rr = 0; rr < TILE_MAX_R; rr++) {
+                    dots[(r + rr) * ld + o] = (int32_t)res[rr];
+                    dots[(r + rr) * ld + o + 1] = (int32_t)res[TILE_MAX_R + rr];
+                }
+            }
+            for (; r < r1; r++) {
+                ISA_NAME(tile_)(a + r * n, b4 + r * n, n, wo, 1, 2, high_chunks, res);
+                dots[r * ld + o] = (int32_t)res[0];
+                dots[r * ld + o + 1] = (int32_t)res[1];
             }
         }
-        for (; r < rows; r++) {
-            ISA_NAME(tile_)(a + r * n, b4 + r * n, n, wo, 1, 2, high_sum4, res);
-            dots[r * ld + o] = (int32_t)res[0];
-            dots[r * ld + o + 1] = (int32_t)res[1];
-        }
-    }
-    for (; o < m; o++) {
-        for (int r = 0; r < rows; r++) {
-            ISA_NAME(tile_)(a + r * n, b4 + r * n, n, w + o * n, 1, 1, high_sum4, res);
-            dots[r * ld + o] = (int32_t)res[0];
+        for (; o < m; o++) {
+            for (ptrdiff_t r = r0; r < r1; r++) {
+                ISA_NAME(tile_)(a + r * n, b4 + r * n, n, w + o * n, 1, 1, high_chunks, res);
+                dots[r * ld + o] = (int32_t)res[0];
+            }
         }
     }
 #else
-    (void)high_sum4;
+    (void)high_chunks;
     for (ptrdiff_t o = 0; o < m; o++)
-        for (int r = 0; r < rows; r++)
+        for (ptrdiff_t r = 0; r < rows; r++)
             dots[r * ld + o] = (int32_t)ISA_NAME(dot_tail_)(a + r * n, b4 + r * n, w + o * n, 0, n);
 #endif
 }

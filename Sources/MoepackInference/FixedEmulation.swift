@@ -372,6 +372,7 @@ extension FixedBackbone {
         let expertOut = UnsafeMutablePointer<Int32>.allocate(capacity: T * D)
         let hidden = UnsafeMutablePointer<Int32>.allocate(capacity: T * maxHidden)
         let scratch = UnsafeMutablePointer<Int16>.allocate(capacity: 3 * maxHidden)
+        let pairs = PairRowsBuffer(rows: T, n: maxHidden)   // each linear layer's input, split once
         defer {
             for p in [x, h, qb, kb, vb, y, gathered, expertOut, hidden] { p.deallocate() }
             scratch.deallocate()
@@ -391,14 +392,19 @@ extension FixedBackbone {
             var w = 0, w2 = 0
             layerNorm(x, out: h, weight: layer.norm1Weight, bias: layer.norm1Bias, wraps: &w)
             ledger.add(l, "ln1", w); w = 0
-            linearForward(layer.q, input: h, rows: T, output: qb, gelu: false, scratch: scratch, wraps: &w, geluWraps: &w2)
+            let hSplit = pairs.split(h, rows: T, n: D)   // Q, K and V read the same rows
+            linearForward(layer.q, input: h, rows: T, output: qb, gelu: false, scratch: scratch, wraps: &w, geluWraps: &w2,
+                          split: hSplit)
             ledger.add(l, "attn.q", w); w = 0
-            linearForward(layer.k, input: h, rows: T, output: kb, gelu: false, scratch: scratch, wraps: &w, geluWraps: &w2)
+            linearForward(layer.k, input: h, rows: T, output: kb, gelu: false, scratch: scratch, wraps: &w, geluWraps: &w2,
+                          split: hSplit)
             ledger.add(l, "attn.k", w); w = 0
-            linearForward(layer.v, input: h, rows: T, output: vb, gelu: false, scratch: scratch, wraps: &w, geluWraps: &w2)
+            linearForward(layer.v, input: h, rows: T, output: vb, gelu: false, scratch: scratch, wraps: &w, geluWraps: &w2,
+                          split: hSplit)
             ledger.add(l, "attn.v", w); w = 0
             attention(q: qb, k: kb, v: vb, out: h, layer: l, ledger: &ledger)
-            linearForward(layer.proj, input: h, rows: T, output: y, gelu: false, scratch: scratch, wraps: &w, geluWraps: &w2)
+            linearForward(layer.proj, input: h, rows: T, output: y, gelu: false, scratch: scratch, wraps: &w, geluWraps: &w2,
+                          split: pairs.split(h, rows: T, n: D))
             ledger.add(l, "attn.proj", w); w = 0
             residualAdd(x, y, count: T * D, wraps: &w)
             ledger.add(l, "add.attn", w); w = 0
@@ -407,14 +413,16 @@ extension FixedBackbone {
             ledger.add(l, "ln2", w); w = 0
             switch layer.mlp {
             case let .dense(fc1, fc2):
-                linearForward(fc1, input: h, rows: T, output: hidden, gelu: true, scratch: scratch, wraps: &w, geluWraps: &w2)
+                linearForward(fc1, input: h, rows: T, output: hidden, gelu: true, scratch: scratch, wraps: &w, geluWraps: &w2,
+                              split: pairs.split(h, rows: T, n: D))
                 ledger.add(l, "mlp.fc1", w); ledger.add(l, "mlp.gelu", w2); w = 0; w2 = 0
-                linearForward(fc2, input: hidden, rows: T, output: y, gelu: false, scratch: scratch, wraps: &w, geluWraps: &w2)
+                linearForward(fc2, input: hidden, rows: T, output: y, gelu: false, scratch: scratch, wraps: &w, geluWraps: &w2,
+                              split: pairs.split(hidden, rows: T, n: fc2.inDim))
                 ledger.add(l, "mlp.fc2", w); w = 0
             case let .moe(gate, fc1, fc2):
                 routing.append(moe(input: h, out: y, gate: gate, fc1: fc1, fc2: fc2, layer: l,
                                    gathered: gathered, hidden: hidden, expertOut: expertOut, scratch: scratch,
-                                   ledger: &ledger))
+                                   pairs: pairs, ledger: &ledger))
             }
             residualAdd(x, y, count: T * D, wraps: &w)
             ledger.add(l, "add.mlp", w)
@@ -552,20 +560,20 @@ extension FixedBackbone {
             var maxAbsV: Int64 = 0
             for t in 0..<T { for d in 0..<hd { maxAbsV = max(maxAbsV, abs(Int64(v[t * D + off + d]))) } }
             var maxAbsK: Int64 = 0
-            for t in 0..<T { for d in 0..<hd { maxAbsK = max(maxAbsK, abs(Int64(k[t * D + off + d]))) } }
             for t in 0..<T {
                 for b in 0..<blocks {
                     var bs: UInt32 = 0
                     for j in 0..<8 {
                         let kv = k[t * D + off + b * 8 + j]
+                        maxAbsK = max(maxAbsK, abs(Int64(kv)))
                         let u = UInt32(bitPattern: kv) ^ 0x8000_0000
                         kT[(b * 8 + j) * T + t] = u
-                        kS[(b * 8 + j) * T + t] = kv
                         bs &+= u
                     }
                     kBlock9T[b * T + t] = bs &<< 9
                 }
             }
+            var kSFilled = false   // kS is filled for this head when its first query needs the replay
             for qi in 0..<T {
                 let qRow = q + qi * D + off
                 var maxAbsQ: Int64 = 0
@@ -594,6 +602,10 @@ extension FixedBackbone {
                 } else {
                     // Q·K replayed for all keys side by side: per block of 8 dims addend += q*k (exact
                     // product, floored), addend *= scale, score += addend, every assignment counted.
+                    if !kSFilled {
+                        for t in 0..<T { for j in 0..<hd { kS[j * T + t] = k[t * D + off + j] } }
+                        kSFilled = true
+                    }
                     scores.withUnsafeMutableBufferPointer { sb in
                         for ki in 0..<T { sb[ki] = 0 }
                         wQK += Int(moepack_replay_lanes(simdKernels, kS.baseAddress!, T, T, nil, qRow, hd, 1, hd,
@@ -659,13 +671,13 @@ extension FixedBackbone {
              fc1: [FixedLinear], fc2: [FixedLinear], layer: Int,
              gathered: UnsafeMutablePointer<Int32>, hidden: UnsafeMutablePointer<Int32>,
              expertOut: UnsafeMutablePointer<Int32>, scratch: UnsafeMutablePointer<Int16>,
-             ledger: inout WrapLedger) -> MoERouting {
+             pairs: PairRowsBuffer, ledger: inout WrapLedger) -> MoERouting {
         let D = config.embedDim, T = config.tokens, E = config.experts, K = config.topK
         var wGate = 0, wSoft = 0, wExpert = 0, wExpertGelu = 0, wCombine = 0, unused = 0
         var logits = [Int32](repeating: 0, count: T * E)
         logits.withUnsafeMutableBufferPointer { lb in
             linearForward(gate, input: input, rows: T, output: lb.baseAddress!, gelu: false, scratch: scratch,
-                          wraps: &wGate, geluWraps: &unused, form: .blockSum8)
+                          wraps: &wGate, geluWraps: &unused, form: .blockSum8, split: pairs.split(input, rows: T, n: D))
         }
         var topExperts = [Int32](repeating: 0, count: T * K)
         var topWeights = [Float](repeating: 0, count: T * K)
@@ -698,9 +710,10 @@ extension FixedBackbone {
                 (gathered + j * D).update(from: input + Int(tok) * D, count: D)
             }
             linearForward(fc1[e], input: gathered, rows: n, output: hidden, gelu: true, scratch: scratch,
-                          wraps: &wExpert, geluWraps: &wExpertGelu)
+                          wraps: &wExpert, geluWraps: &wExpertGelu, split: pairs.split(gathered, rows: n, n: D))
             linearForward(fc2[e], input: hidden, rows: n, output: expertOut, gelu: false, scratch: scratch,
-                          wraps: &wExpert, geluWraps: &wExpertGelu)
+                          wraps: &wExpert, geluWraps: &wExpertGelu,
+                          split: pairs.split(hidden, rows: n, n: fc2[e].inDim))
             for (j, tok) in queues[e].enumerated() {
                 let s = queueScores[e][j]
                 let dst = out + Int(tok) * D, src = expertOut + j * D

@@ -229,9 +229,9 @@ struct FixedLinear: Sendable {
     /// max_o ‖w_o‖ and max_o |bias_o| (raw), for a per-row bound covering every output.
     let maxRowNorm: Double
     let maxAbsBias: Int64
-    /// True when four `pmulhw` results of this weight matrix can be summed in Int16 lanes exactly
-    /// (`high_sum4` of `moepack_linear_dots`).
-    let highSum4: Bool
+    /// How many `pmulhw` results of this weight matrix can be summed in one Int16 lane exactly
+    /// (`high_chunks` of `moepack_linear_dots`).
+    let highChunks: Int32
 
     /// The fast form from weights already in Int16 with ``fastWeightFrac`` fraction bits.
     init(outDim: Int, inDim: Int, w: [Int16], bias: [Int32]) {
@@ -266,9 +266,9 @@ struct FixedLinear: Sendable {
         maxRowNorm = norms.max() ?? 0
         maxAbsBias = bias.reduce(Int64(0)) { max($0, abs(Int64($1))) }
         let maxAbsW = (0..<(outDim * inDim)).reduce(Int64(0)) { max($0, abs(value($1))) }
-        // |floor(b4·w / 2^16)| ≤ |w|/2 + 1 for b4 ∈ [−2^15, 2^15): four of them fit Int16 when
-        // 4·(max|w|/2 + 1) ≤ 32767.
-        highSum4 = 4 * (maxAbsW / 2 + 1) <= 32_767
+        // |floor(b4·w / 2^16)| ≤ |w|/2 + 1 for b4 ∈ [−2^15, 2^15): k of them fit Int16 when
+        // k·(max|w|/2 + 1) ≤ 32767 (k capped where the saving stops mattering).
+        highChunks = Int32(min(64, 32_767 / (maxAbsW / 2 + 1)))
     }
 }
 
@@ -428,117 +428,150 @@ func dotReplay<Weight: FixedWidthInteger>(x: UnsafePointer<Int32>, w: UnsafePoin
     }
 }
 
+/// An input block of `rows` × `n` fm_t values split once for the fast linear kernels, so layers that
+/// read the same input (Q, K and V) share it: per row its L2 norm (raw units, for the no-wrap bound
+/// of ``linearForward``), whether every value is in ``inPairRange``, and for such rows the a′ / b4
+/// parts (row r at a + r·n, b4 + r·n; ``splitPairRow``). Views memory a ``PairRowsBuffer`` owns.
+struct PairRows {
+    let input: UnsafePointer<Int32>
+    let rows: Int
+    let n: Int
+    let norms: UnsafeMutablePointer<Double>
+    let inRange: UnsafeMutablePointer<Bool>
+    let a: UnsafeMutablePointer<Int16>
+    let b4: UnsafeMutablePointer<Int16>
+}
+
+/// Memory for ``PairRows`` of up to `rows` × `n` values, reused across the layers of a forward pass.
+final class PairRowsBuffer {
+    let capacity: Int
+    let rowCapacity: Int
+    private let norms: UnsafeMutablePointer<Double>
+    private let inRange: UnsafeMutablePointer<Bool>
+    private let a: UnsafeMutablePointer<Int16>
+    private let b4: UnsafeMutablePointer<Int16>
+
+    init(rows: Int, n: Int) {
+        rowCapacity = max(rows, 1)
+        capacity = max(rows * n, 1)
+        norms = .allocate(capacity: rowCapacity)
+        inRange = .allocate(capacity: rowCapacity)
+        a = .allocate(capacity: capacity)
+        b4 = .allocate(capacity: capacity)
+    }
+    deinit { norms.deallocate(); inRange.deallocate(); a.deallocate(); b4.deallocate() }
+
+    /// Splits `rows` × `n` fm_t values at `input` (rows·n ≤ the capacity, rows ≤ the row capacity);
+    /// the result is valid until the next call.
+    func split(_ input: UnsafePointer<Int32>, rows: Int, n: Int) -> PairRows {
+        precondition(rows <= rowCapacity && rows * n <= capacity, "PairRowsBuffer too small")
+        for r in 0..<rows {
+            // One row per call: a row outside ``inPairRange`` leaves only itself unsplit.
+            inRange[r] = moepack_linear_split_rows(simdKernels, input + r * n, n, 1, norms + r,
+                                                   a + r * n, b4 + r * n) != 0
+        }
+        return PairRows(input: input, rows: rows, n: n, norms: norms, inRange: inRange, a: a, b4: b4)
+    }
+}
+
 /// `compute_linear` on `rows` contiguous input rows of `layer.inDim` fm_t values, writing
 /// `rows × layer.outDim` fm_t values: out = bias, then per input in order `addend = in*w` (floored,
 /// wrapped), `out += addend`; optionally GELU on the result (use_gelu). `scratch` holds
 /// ≥ 3·inDim values. Adds the wraps it observes to `wraps` (and GELU wraps to `geluWraps`).
+/// `split`, when given, is `input` already split (``PairRowsBuffer/split(_:rows:n:)``).
 ///
 /// Value and wrap count of every output are decided per (row, output) exactly as by a step-by-step
-/// replay: when the bound |bias| + ‖x‖·‖w_o‖/2^14 + n + 1 on every partial sum stays below 2^31 no
-/// assignment can wrap and the wrapped sum is computed with 16-bit SIMD (CMoepackKernels, four rows
-/// at a time, bias and GELU in C when every output of the block is safe);
-/// otherwise ``dotReplay`` counts the wraps.
+/// replay: when the bound max|bias| + ‖x‖·max_o‖w_o‖/2^14 + n + 1 on every partial sum stays below
+/// 2^31 no assignment can wrap and the wrapped sums are computed with 16-bit SIMD (CMoepackKernels,
+/// bias and GELU in C); rows where it fails are replayed exactly (``linearReplayRows``).
 func linearForward(_ layer: FixedLinear, input: UnsafePointer<Int32>, rows: Int,
                    output: UnsafeMutablePointer<Int32>, gelu: Bool,
                    scratch: UnsafeMutablePointer<Int16>,
-                   wraps: inout Int, geluWraps: inout Int, form: DotForm = .perProduct) {
+                   wraps: inout Int, geluWraps: inout Int, form: DotForm = .perProduct, split: PairRows? = nil) {
     let n = layer.inDim, m = layer.outDim
     guard rows > 0, m > 0 else { return }
-    // Rows whose partial sums may wrap are replayed exactly, many at a time; the rest (every output
-    // provably wrap-free) take the kernels below.
-    let replay = rowsNeedingReplay(layer, input: input, rows: rows)
-    if !replay.isEmpty {
+    guard layer.isFast else {
+        // Rows whose partial sums may wrap are replayed exactly, many at a time; the rest (every
+        // output provably wrap-free) take the general kernels.
+        let replay = rowsNeedingReplay(layer, input: input, rows: rows)
         linearReplayRows(layer, input: input, rowIndices: replay, output: output, gelu: gelu,
                          wraps: &wraps, geluWraps: &geluWraps, form: form)
         forEachRun(outside: replay, rows: rows) { from, count in
-            linearForward(layer, input: input + from * n, rows: count, output: output + from * m, gelu: gelu,
-                          scratch: scratch, wraps: &wraps, geluWraps: &geluWraps, form: form)
+            linearForwardGeneral(layer, input: input + from * n, rows: count, output: output + from * m, gelu: gelu,
+                                 wraps: &wraps, geluWraps: &geluWraps, form: form)
         }
         return
     }
-    guard layer.isFast else {
-        linearForwardGeneral(layer, input: input, rows: rows, output: output, gelu: gelu,
-                             wraps: &wraps, geluWraps: &geluWraps, form: form)
-        return
+    if let split {
+        precondition(split.input == input && split.rows == rows && split.n == n, "split of another input")
+        linearForwardFast(layer, split: split, output: output, gelu: gelu, scratch: scratch,
+                          wraps: &wraps, geluWraps: &geluWraps, form: form)
+    } else {
+        let buffer = PairRowsBuffer(rows: rows, n: n)
+        linearForwardFast(layer, split: buffer.split(input, rows: rows, n: n), output: output, gelu: gelu,
+                          scratch: scratch, wraps: &wraps, geluWraps: &geluWraps, form: form)
     }
-    withUnsafeTemporaryAllocation(of: Double.self, capacity: 4) { normBuf in
-    withUnsafeTemporaryAllocation(of: Int16.self, capacity: 8 * max(n, 1)) { pairBuf in
+}
+
+/// ``linearForward`` for the fast (Int16) weight form on an already split input.
+private func linearForwardFast(_ layer: FixedLinear, split: PairRows, output: UnsafeMutablePointer<Int32>,
+                               gelu: Bool, scratch: UnsafeMutablePointer<Int16>,
+                               wraps: inout Int, geluWraps: inout Int, form: DotForm) {
+    let n = layer.inDim, m = layer.outDim, rows = split.rows
+    let input = split.input
+    // The bound with max |bias| and max ‖w_o‖ from each row's one norm: where it holds, every
+    // output's own bound holds too (rounding is monotonic), so no partial sum of the row can wrap.
+    var replay: [Int] = []
+    var safe = [Bool](repeating: true, count: rows)
+    for r in 0..<rows where !(Double(layer.maxAbsBias) + split.norms[r] * layer.maxRowNorm / fastWeightScale
+                              + Double(n) + 1 < 2_147_483_647.0) {
+        replay.append(r)
+        safe[r] = false
+    }
+    linearReplayRows(layer, input: input, rowIndices: replay, output: output, gelu: gelu,
+                     wraps: &wraps, geluWraps: &geluWraps, form: form)
     layer.w.withUnsafeBufferPointer { wb in
         layer.bias.withUnsafeBufferPointer { bb in
             layer.rowNorm.withUnsafeBufferPointer { nb in
                 let wp = wb.baseAddress!
-                let pa = pairBuf.baseAddress!, pb4 = pa + 4 * n
                 let xc = scratch, xd = scratch + n, xb = scratch + 2 * n
-                var norms = SIMD4<Double>(repeating: 0)
-                var r0 = 0
-                while r0 < rows {
-                    let count = min(4, rows - r0)
-                    // Norms of the rows, and when every value is in ``inPairRange`` their a′ / b4
-                    // parts (``splitPairRow``) for the blocked kernel.
-                    let allInRange = moepack_linear_split_rows(simdKernels, input + r0 * n, n, Int32(count),
-                                                               normBuf.baseAddress!, pa, pb4) != 0
-                    for j in 0..<count { norms[j] = normBuf[j] }
-                    if allInRange {
-                        // The same bound with max |bias| and max ‖w_o‖: rounding is monotonic, so
-                        // when it is below 2^31 every per-output bound is too.
-                        var rowSafe = SIMD4<Int32>(repeating: 0) .== SIMD4<Int32>(repeating: 1)
-                        for j in 0..<count {
-                            rowSafe[j] = Double(layer.maxAbsBias) + norms[j] * layer.maxRowNorm / fastWeightScale
-                                + Double(n) + 1 < 2_147_483_647.0
-                        }
-                        // Dot products straight into the output rows, then bias (+ GELU) in place.
-                        let block = output + r0 * m
-                        moepack_linear_dots(simdKernels, pa, pb4, n, Int32(count), wp, m,
-                                            layer.highSum4 ? 1 : 0, block, m)
-                        if rowSafe[0] && (count < 2 || rowSafe[1]) && (count < 3 || rowSafe[2]) && (count < 4 || rowSafe[3]) {
-                            geluWraps += Int(moepack_bias_gelu(simdKernels, block, count, m, m, bb.baseAddress!,
-                                                               gelu ? geluDeltaTablePointer : nil, geluTableMaxRaw))
-                        } else {
-                            for o in 0..<m {
-                                let wRow = wp + o * n
-                                let b = bb[o]
-                                for j in 0..<count {
-                                    // |every partial sum| ≤ |b| + Σ|x_i w_i|/2^14 + n ≤ |b| + ‖x‖‖w_o‖/2^14 + n.
-                                    var v: Int32
-                                    if rowSafe[j] || Double(abs(Int64(b))) + norms[j] * nb[o] / fastWeightScale + Double(n) + 1
-                                        < 2_147_483_647.0 {
-                                        v = b &+ block[j * m + o]
-                                    } else {
-                                        v = dotReplay(x: input + (r0 + j) * n, w: wRow, n: n, start: b,
-                                                      shift: Int64(fastWeightFrac), form: form, wraps: &wraps)
-                                    }
-                                    if gelu { v = geluFm(v, &geluWraps) }
-                                    block[j * m + o] = v
-                                }
-                            }
-                        }
-                    } else {
-                        for j in 0..<count {
-                            let r = r0 + j
-                            let x = input + r * n
-                            let (xNorm, small) = splitRow(x, n: n, xc: xc, xd: xd, xb: xb)
-                            let out = output + r * m
-                            for o in 0..<m {
-                                let wRow = wp + o * n
-                                let b = bb[o]
-                                let bound = Double(abs(Int64(b))) + xNorm * nb[o] / fastWeightScale + Double(n) + 1
-                                var v: Int32
-                                if bound < 2_147_483_647.0 {
-                                    v = b &+ (small ? dotWrapped14Small(xa: xd, xb: xb, w: wRow, n: n)
-                                                   : dotWrapped14(xc: xc, xd: xd, xb: xb, w: wRow, n: n))
-                                } else {
-                                    v = dotReplay(x: x, w: wRow, n: n, start: b, shift: Int64(fastWeightFrac), form: form, wraps: &wraps)
-                                }
-                                if gelu { v = geluFm(v, &geluWraps) }
-                                out[o] = v
-                            }
-                        }
+                var r = 0
+                while r < rows {
+                    guard safe[r] else { r += 1; continue }
+                    if split.inRange[r] {
+                        // A run of safe, split rows: dot products straight into the output rows,
+                        // then bias (+ GELU) in place.
+                        var end = r + 1
+                        while end < rows && safe[end] && split.inRange[end] { end += 1 }
+                        let block = output + r * m
+                        moepack_linear_dots(simdKernels, split.a + r * n, split.b4 + r * n, n, end - r, wp, m,
+                                            layer.highChunks, block, m)
+                        geluWraps += Int(moepack_bias_gelu(simdKernels, block, end - r, m, m, bb.baseAddress!,
+                                                           gelu ? geluDeltaTablePointer : nil, geluTableMaxRaw))
+                        r = end
+                        continue
                     }
-                    r0 += count
+                    // A value outside ``inPairRange``: the wider split, its own norm per output.
+                    let x = input + r * n
+                    let (xNorm, small) = splitRow(x, n: n, xc: xc, xd: xd, xb: xb)
+                    let out = output + r * m
+                    for o in 0..<m {
+                        let wRow = wp + o * n
+                        let b = bb[o]
+                        let bound = Double(abs(Int64(b))) + xNorm * nb[o] / fastWeightScale + Double(n) + 1
+                        var v: Int32
+                        if bound < 2_147_483_647.0 {
+                            v = b &+ (small ? dotWrapped14Small(xa: xd, xb: xb, w: wRow, n: n)
+                                           : dotWrapped14(xc: xc, xd: xd, xb: xb, w: wRow, n: n))
+                        } else {
+                            v = dotReplay(x: x, w: wRow, n: n, start: b, shift: Int64(fastWeightFrac), form: form, wraps: &wraps)
+                        }
+                        if gelu { v = geluFm(v, &geluWraps) }
+                        out[o] = v
+                    }
+                    r += 1
                 }
             }
         }
-    }
-    }
     }
 }

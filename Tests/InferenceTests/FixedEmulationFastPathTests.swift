@@ -49,11 +49,16 @@ final class FixedEmulationFastPathTests: XCTestCase {
         let isas = Self.runnableISAs
         XCTAssertTrue(isas.contains(MOEPACK_ISA_PORTABLE))
         for trial in 0..<240 {
-            // Widths around the 16- and 32-lane vectors and their 4-chunk blocks, with tails.
+            // Widths around the 16- and 32-lane vectors and their runs of chunks, with tails; row
+            // counts across the kernels' tiles and row blocks (20 rows at n = 192 for AVX2).
             let n = [8, 16, 24, 40, 64, 72, 96, 127, 128, 129, 192, 200][trial % 12]
-            let rowCount = 1 + trial % 4
+            let rowCount = [1, 2, 3, 4, 5, 9, 23][trial % 7]
             let m = 1 + (trial / 4) % 5
-            let smallW = trial % 3 != 0          // |w| ≤ 16380 allows the Int16 high-half sums
+            // Weight classes: any Int16 (no Int16 high-half sums), |w| ≤ 16380 (runs of up to 4),
+            // |w| ≤ 1024 (runs of up to 63: 63·(1024/2 + 1) ≤ 32767).
+            let weightClass = trial % 3
+            let smallW = weightClass != 0
+            let wLimit: Int16 = weightClass == 2 ? 1024 : 16380
             var x = [Int32](repeating: 0, count: rowCount * n)
             for i in 0..<x.count {
                 if rng.next() % 4 == 0 {
@@ -66,12 +71,12 @@ final class FixedEmulationFastPathTests: XCTestCase {
             let w: [Int16] = (0..<(m * n)).map { _ in
                 if rng.next() % 5 == 0 {
                     let e = Self.edgeW[Int(rng.next() % UInt64(Self.edgeW.count))]
-                    return smallW ? max(-16380, min(16380, e)) : e
+                    return smallW ? max(-wLimit, min(wLimit, e)) : e
                 }
                 let r = Int16(truncatingIfNeeded: rng.next())
-                return smallW ? r / 2 : r
+                return !smallW ? r : weightClass == 1 ? r / 2 : r / 32
             }
-            var a = [Int16](repeating: 0, count: 4 * n), b4 = [Int16](repeating: 0, count: 4 * n)
+            var a = [Int16](repeating: 0, count: rowCount * n), b4 = [Int16](repeating: 0, count: rowCount * n)
             x.withUnsafeBufferPointer { xb in
                 a.withUnsafeMutableBufferPointer { ab in
                     b4.withUnsafeMutableBufferPointer { bb in
@@ -84,9 +89,10 @@ final class FixedEmulationFastPathTests: XCTestCase {
             }
             let ld = m + 3                        // a row stride wider than m: columns m..<ld untouched
             for isa in isas {
-                for useHigh in smallW ? [false, true] : [false] {
+                let chunkCounts: [Int32] = [[0, 1], [0, 1, 2, 4], [0, 2, 3, 12, 63]][weightClass]
+                for chunks in chunkCounts {
                     var dots = [Int32](repeating: 0x5A5A_5A5A, count: rowCount * ld)
-                    moepack_linear_dots(isa, a, b4, n, Int32(rowCount), w, m, useHigh ? 1 : 0, &dots, ld)
+                    moepack_linear_dots(isa, a, b4, n, rowCount, w, m, chunks, &dots, ld)
                     for r in 0..<rowCount {
                         for o in 0..<m {
                             var ignored = 0
@@ -97,7 +103,7 @@ final class FixedEmulationFastPathTests: XCTestCase {
                                 }
                             }
                             XCTAssertEqual(dots[r * ld + o], exact,
-                                           "form \(isa.rawValue) trial \(trial) row \(r) output \(o) highSum4 \(useHigh)")
+                                           "form \(isa.rawValue) trial \(trial) row \(r) output \(o) high chunks \(chunks)")
                         }
                         for o in m..<ld { XCTAssertEqual(dots[r * ld + o], 0x5A5A_5A5A) }
                     }
@@ -179,9 +185,18 @@ final class FixedEmulationFastPathTests: XCTestCase {
         }
     }
 
+    func testHighChunksFollowTheInt16Bound() {
+        // k·(max|w|/2 + 1) ≤ 32767, capped at 64: 16385 → 1, 8191 → 4, 513 → 63, 1 → 64.
+        for (maxW, chunks) in [(Int16.min, Int32(1)), (16380, 4), (-16384, 3), (1024, 63), (1, 64), (0, 64)] {
+            let layer = FixedLinear(outDim: 2, inDim: 3, w: [0, 1, -1, maxW, 0, 0], bias: [0, 0])
+            XCTAssertEqual(layer.highChunks, chunks, "max |w| \(maxW)")
+        }
+    }
+
     func testBlockedLinearEqualsReplayWithWrapCounts() {
-        // 7 rows (a block of 4 and a remainder of 3), outputs whose bound forces the replay next to
-        // outputs on the SIMD path, and one row outside the pair range (three-part fallback).
+        // 7 rows (runs of rows between replayed ones), rows whose bound forces the replay next to
+        // rows on the SIMD path, and one row outside the pair range (three-part fallback); once with
+        // the input split by the caller (shared as by Q, K and V), once split inside.
         var rng = LCG(state: 77)
         let n = 48, m = 6, rows = 7
         var w = [Int16](repeating: 0, count: m * n)
@@ -207,6 +222,20 @@ final class FixedEmulationFastPathTests: XCTestCase {
             var wraps = 0, geluWraps = 0
             linearForward(layer, input: x, rows: rows, output: &out, gelu: false, scratch: &scratch,
                           wraps: &wraps, geluWraps: &geluWraps)
+            let pairs = PairRowsBuffer(rows: rows, n: n)
+            var outShared = [Int32](repeating: 0, count: rows * m)
+            var wrapsShared = 0
+            x.withUnsafeBufferPointer { xb in
+                let split = pairs.split(xb.baseAddress!, rows: rows, n: n)
+                XCTAssertEqual(split.inRange[5], !big)
+                for _ in 0..<2 {   // the same split read twice
+                    wrapsShared = 0
+                    linearForward(layer, input: xb.baseAddress!, rows: rows, output: &outShared, gelu: false,
+                                  scratch: &scratch, wraps: &wrapsShared, geluWraps: &geluWraps, split: split)
+                }
+            }
+            XCTAssertEqual(outShared, out, "big \(big)")
+            XCTAssertEqual(wrapsShared, wraps, "big \(big)")
             var expectedWraps = 0
             for r in 0..<rows {
                 for o in 0..<m {

@@ -116,6 +116,10 @@ final class FixedEmulationSoftmaxTests: XCTestCase {
             cases.append((0..<keys).map { _ in Int32(truncatingIfNeeded: rng.next() << 31 | rng.next()) })
             cases.append([Int32](repeating: 3 << 21, count: keys))
             cases.append([Int32](repeating: Int32.min, count: keys))
+            // The last new maximum at the last step (ascending) and at the first (descending): the
+            // weights' exponentials all recomputed, or all taken from the running pass.
+            cases.append((0..<keys).map { Int32($0) << 18 })
+            cases.append((0..<keys).map { -(Int32($0) << 18) })
             var mixed = (0..<keys).map { _ in Int32(truncatingIfNeeded: rng.next() % (4 << 22)) }
             mixed[keys / 2] = Int32.max; mixed[0] = Int32.min; mixed[keys - 1] = Int32.min + 1
             cases.append(mixed)

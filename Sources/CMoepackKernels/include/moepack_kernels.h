@@ -31,14 +31,15 @@ int moepack_kernels_cpu_supports(moepack_isa isa);
 /// the CPU cannot run is never entered.
 moepack_isa moepack_kernels_runnable(moepack_isa isa);
 
-/// Linear layer dot products (linear.cpp `compute_linear`, fast form): for `rows` (1..4) input
-/// rows given as a' / b4 parts (row r at a + r*n, b4 + r*n; see FixedEmulationKernels.swift
-/// `inPairRange`) and `m` weight rows w[o*n .. o*n+n) (int16, 14 fraction bits),
+/// Linear layer dot products (linear.cpp `compute_linear`, fast form): for `rows` input rows given
+/// as a' / b4 parts (row r at a + r*n, b4 + r*n; see FixedEmulationKernels.swift `inPairRange`) and
+/// `m` weight rows w[o*n .. o*n+n) (int16, 14 fraction bits),
 ///   dots[r*ld + o] = sum_i a'[r][i]*w[o][i] + floor(b4[r][i]*w[o][i] / 2^16)   (mod 2^32).
-/// `high_sum4` may be nonzero only when four floor(b4*w/2^16) terms always sum within int16
-/// (every |w| <= 16380); it lets the kernels add high halves in 16-bit lanes.
-void moepack_linear_dots(moepack_isa isa, const int16_t *a, const int16_t *b4, ptrdiff_t n, int rows,
-                         const int16_t *w, ptrdiff_t m, int high_sum4, int32_t *dots, ptrdiff_t ld);
+/// `high_chunks` >= 2 lets the vector forms add up to that many floor(b4*w/2^16) terms in one
+/// 16-bit lane before widening; allowed only when high_chunks * (max|w|/2 + 1) <= 32767 (each term
+/// has |floor(b4*w/2^16)| <= |w|/2 + 1). 0 or 1: every term is widened at once. Same bits either way.
+void moepack_linear_dots(moepack_isa isa, const int16_t *a, const int16_t *b4, ptrdiff_t n, ptrdiff_t rows,
+                         const int16_t *w, ptrdiff_t m, int high_chunks, int32_t *dots, ptrdiff_t ld);
 
 /// The end of linear.cpp for outputs none of whose partial sums can wrap: y[r*ld + o] =
 /// wrap(y + bias[o]) for r < rows, o < m, then, when `table` is not NULL, gelu.cpp's GELU with
