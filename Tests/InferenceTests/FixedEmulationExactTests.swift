@@ -132,6 +132,49 @@ final class FixedEmulationExactTests: XCTestCase {
         return s
     }
 
+    /// linear.cpp's per-product form with Int16 weights where no product leaves fm_t (|x| < 2^25,
+    /// |w| < 2^12: the kernels' form without the per-product check), whole and partial 16-lane
+    /// chunks: outputs whose lanes all start small next to outputs with a lane started at fm_t's
+    /// upper end, which wrap; against ``dotReplay``.
+    func testPerProductReplayWithoutProductWraps() {
+        for (lanes, n) in [(16, 200), (32, 61), (16, 8), (48, 333)] {
+            let outs = 6
+            var x = [Int32](repeating: 0, count: n * lanes)
+            for i in 0..<x.count { x[i] = Int32(truncatingIfNeeded: rng.next()) >> 7 }
+            let w: [Int16] = (0..<(outs * n)).map { _ in Int16(truncatingIfNeeded: rng.next()) >> 4 }
+            var start = [Int32](repeating: 0, count: outs * lanes)
+            for o in 0..<outs {
+                for l in 0..<lanes {
+                    start[o * lanes + l] = o % 2 == 0 ? Int32(truncatingIfNeeded: rng.next()) >> 8
+                        : (l == o ? Int32.max - Int32(o) : Int32(truncatingIfNeeded: rng.next()) >> 2)
+                }
+            }
+            var expected = [Int32](repeating: 0, count: outs * lanes)
+            var expectedWraps = 0
+            for o in 0..<outs {
+                for l in 0..<lanes {
+                    let column = (0..<n).map { x[$0 * lanes + l] }
+                    let row = Array(w[(o * n)..<(o * n + n)])
+                    XCTAssertEqual(productWraps(column, row, shift: 14), 0)
+                    expected[o * lanes + l] = column.withUnsafeBufferPointer { xb in
+                        row.withUnsafeBufferPointer { wb in
+                            dotReplay(x: xb.baseAddress!, w: wb.baseAddress!, n: n, start: start[o * lanes + l],
+                                      shift: 14, form: .perProduct, wraps: &expectedWraps)
+                        }
+                    }
+                }
+            }
+            XCTAssertGreaterThan(expectedWraps, 0, "lanes \(lanes) n \(n)")
+            for isa in FixedEmulationFastPathTests.runnableISAs {
+                var acc = start
+                let wraps = moepack_replay_lanes(isa, x, lanes, lanes, w, nil, n, outs, n, 14, MOEPACK_REPLAY_PER_PRODUCT,
+                                                 0, 0, &acc, lanes)
+                XCTAssertEqual(acc, expected, "form \(isa.rawValue) lanes \(lanes) n \(n)")
+                XCTAssertEqual(Int(wraps), expectedWraps, "form \(isa.rawValue) lanes \(lanes) n \(n)")
+            }
+        }
+    }
+
     func testQKScaledReplayEqualsStatementReplay() {
         for (keys, hd) in [(1, 8), (17, 16), (40, 32), (33, 64)] {
             let q = (0..<hd).map { _ in hostileX() }
