@@ -82,7 +82,7 @@ ISA_FN static int64_t SM_NAME(attn_softmax_)(const int32_t *scores, ptrdiff_t ke
     // Running update in the kernel's key order: the argument -|bias - s| against the running
     // maximum, whether s is a new maximum (bit 0) and whether the argument wraps (bit 1).
     int32_t bias = INT32_MIN;
-    ptrdiff_t ki = first, m = 0;
+    ptrdiff_t ki = first, m = 0, last_new = -1;
     for (ptrdiff_t step = 0; step < keys; step++) {
         const int32_t s = scores[ki];
         const int64_t d = (int64_t)bias - (int64_t)s;
@@ -93,19 +93,32 @@ ISA_FN static int64_t SM_NAME(attn_softmax_)(const int32_t *scores, ptrdiff_t ke
         flag[step] = is_new | ((a < INT32_MIN) << 1);
         at[m] = (int32_t)step;
         m += is_new | (x > EXP_ZERO_BELOW);
-        if (is_new) bias = s;
+        if (is_new) {
+            bias = s;
+            last_new = step;
+        }
         if (++ki == keys) ki = 0;
     }
     int32_t sum = 0;
-    if (4 * m < keys) {
+    // Whether ev keeps every step's exponential (the library's where the formula did not decide;
+    // flag bit 2: that call wrapped), for the weights below.
+    const int dense = 4 * m >= keys;
+    if (!dense) {
         int32_t *xc = at + m, *ec = at + 2 * m;
         for (ptrdiff_t j = 0; j < m; j++) xc[j] = arg[at[j]];
         SM_NAME(exp_fm_batch_)(xc, m, ec);
         for (ptrdiff_t j = 0; j < m; j++) sum = SM_NAME(sum_step_)(sum, ec[j], xc[j], flag[at[j]], &wraps);
     } else {
         SM_NAME(exp_fm_batch_)(arg, keys, ev);
-        for (ptrdiff_t step = 0; step < keys; step++)
+        for (ptrdiff_t step = 0; step < keys; step++) {
+            if (ev[step] < 0) {
+                int64_t ew = 0;
+                ev[step] = exp_fm_libm(arg[step], &ew);
+                flag[step] |= (int32_t)(ew != 0) << 2;
+                if (sum != 0) wraps += ew;   // as sum_step_ counts it
+            }
             sum = SM_NAME(sum_step_)(sum, ev[step], arg[step], flag[step], &wraps);
+        }
     }
     // recipFm
     int32_t recip;
@@ -144,6 +157,29 @@ ISA_FN static int64_t SM_NAME(attn_softmax_)(const int32_t *scores, ptrdiff_t ke
             pw += (p < INT32_MIN) | (p > INT32_MAX);
             const int32_t a = (int32_t)(uint32_t)p;
             weights[at[j]] = a;
+            total += a < 0 ? -(int64_t)a : (int64_t)a;
+            negative |= a < 0;
+        }
+    } else if (dense) {
+        // By step (key first + step mod keys): a step after the last new maximum ran against the
+        // final bias, so its argument s_k - bias and exponential are the running pass's, in ev (the
+        // library's wraps counted again, as a second call would). Steps up to it are computed, their
+        // arguments gathered in step order into flag once its bits are read.
+        for (ptrdiff_t step = last_new + 1; step < keys; step++) wraps += (flag[step] >> 2) & 1;
+        ki = first;
+        for (ptrdiff_t step = 0; step <= last_new; step++) {
+            flag[step] = arg[ki];
+            if (++ki == keys) ki = 0;
+        }
+        SM_NAME(exp_fm_batch_)(flag, last_new + 1, ev);
+        for (ptrdiff_t step = 0; step <= last_new; step++)
+            if (ev[step] < 0) ev[step] = exp_fm_libm(flag[step], &wraps);
+        for (ptrdiff_t k = 0; k < keys; k++) {
+            const int32_t e = ev[k >= first ? k - first : k + keys - first];
+            const int64_t p = ((int64_t)e * (int64_t)recip) >> 22;
+            pw += (p < INT32_MIN) | (p > INT32_MAX);
+            const int32_t a = (int32_t)(uint32_t)p;
+            weights[k] = a;
             total += a < 0 ? -(int64_t)a : (int64_t)a;
             negative |= a < 0;
         }
