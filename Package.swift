@@ -5,11 +5,12 @@ import PackageDescription
 // Core → Checkpoint → Model → Packing → Inference → Heads → Verify → CLI, and the optimiser is most of
 // it. Modules whose run time is dominated by system libraries or by other modules' loops skip it in
 // release builds: the checkpoint readers (bytes come from pread, zlib, HDF5; conversions are in Core),
-// the M³ViT name tables and folds, the board's host-program generator, the reports and the CLI.
-// Measured by `perf stat` task-clock on pack (bundled and 216 MB training checkpoint), verify, check
-// and run: unchanged within noise; `inspect` 31 → 70 ms (Swift generic metadata at start-up). The
-// arithmetic stays optimised: Core (dtype conversion, SHA-256 glue), FixedPoint (the encoder), Packing
-// (`suggest`'s statistics run 5× slower unoptimised), Inference and Heads.
+// the M³ViT name tables and folds, packing (its element loops are FixedPoint's encoder, SHA-256 is
+// libcrypto; `suggest` takes each tensor's range from the encoder's statistics), the board's
+// host-program generator, the reports and the CLI. Measured by task-clock / `time` on pack (bundled,
+// 216 MB and 861 MB training checkpoints, with --report), suggest, sweep, verify, check and run:
+// unchanged within noise; `inspect` 31 → 70 ms (Swift generic metadata at start-up). The arithmetic
+// stays optimised: Core (dtype conversion, SHA-256 glue), FixedPoint (the encoder), Inference and Heads.
 let unoptimizedInRelease: [SwiftSetting] = [.unsafeFlags(["-Onone"], .when(configuration: .release))]
 // The fixed-point encoder's SIMD paths are tested exhaustively; in debug builds its module is still
 // optimised, so `make test` checks the code the release binary runs and takes seconds, not a minute.
@@ -48,7 +49,7 @@ let package = Package(
         // Stage 4: kernel profile, DDR layout, image + manifest + C header.
         .target(name: "MoepackPacking",
                 dependencies: ["MoepackCore", "MoepackCheckpoint", "MoepackModel", "MoepackFixedPoint"],
-                resources: [.copy("Profiles")]),
+                resources: [.copy("Profiles")], swiftSettings: unoptimizedInRelease),
         // moepack's own integer kernels of the fixed-point emulation (portable C, AVX2, AVX-512;
         // chosen per process at run time), in C because Swift has no per-function target attributes.
         .target(name: "CMoepackKernels"),

@@ -117,12 +117,11 @@ public func suggestTypes(kernel: KernelTensors, profile: KernelProfile, task: In
         for name in buffers {
             try kernel.forEachPart(of: name, task: task) { part in
                 names.append(part.name)
-                for v in part.values {
-                    let x = Double(v)
-                    if x < lo { lo = x }
-                    if x > hi { hi = x }
-                }
-                cur.add(try quantizationStats(part.values, as: current, scratch: &scratch))
+                // The encoder's statistics carry the range (KernelTensors refuses NaN/Inf before this).
+                let stats = try quantizationStats(part.values, as: current, scratch: &scratch)
+                lo = min(lo, stats.min)
+                hi = max(hi, stats.max)
+                cur.add(stats)
             }
         }
         let maxAbs = names.isEmpty || !lo.isFinite ? 0 : max(abs(lo), abs(hi))
