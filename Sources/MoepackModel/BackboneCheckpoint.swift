@@ -247,7 +247,9 @@ public final class BackboneCheckpoint: @unchecked Sendable {
                 throw MoepackError(.badInput, file: path, item: shown, "missing tensor (expected shape \(shapeString(want)))\(hint)")
             }
             // pos_embed may come as [T,D] too
-            if canonical == "pos_embed", entry.shape.reduce(1, *) == want.reduce(1, *), entry.shape.suffix(2) == want.suffix(2) { continue }
+            let gotShape: [Int] = entry.shape, wantShape: [Int] = want
+            let gotCount: Int = gotShape.reduce(1, *), wantCount: Int = wantShape.reduce(1, *)
+            if canonical == "pos_embed", gotCount == wantCount, gotShape.suffix(2).elementsEqual(wantShape.suffix(2)) { continue }
             if entry.shape != want {
                 throw MoepackError(.mismatch, file: path, item: srcName,
                                    "shape \(shapeString(entry.shape)), expected \(shapeString(want))\(epHint(source, srcName))")

@@ -218,8 +218,8 @@ public struct KernelProfile: Sendable, Codable, Equatable {
         // Every pointer argument that has a register in the profile must have one in the .hwh: a
         // partial match means another kernel's bitstream, and silently mixing offsets would be wrong.
         let pointers = buffers.filter { $0.register != nil }.map(\.name)
-        let missing = pointers.flatMap { ["\($0)_1", "\($0)_2"] }.filter { regs[$0] == nil }
-            + registers.keys.sorted().filter { regs[$0] == nil }
+        let pointerRegisters: [String] = pointers.flatMap { (name: String) -> [String] in [name + "_1", name + "_2"] }
+        let missing: [String] = pointerRegisters.filter { regs[$0] == nil } + registers.keys.sorted().filter { regs[$0] == nil }
         guard missing.isEmpty else {
             throw MoepackError(.mismatch, file: path, "no s_axi_control register for \(missing.joined(separator: ", ")) (is this the bitstream of kernel \(kernel)?)")
         }

@@ -72,7 +72,10 @@ public struct TaskReportSection: Sendable {
             for y in y0..<(y0 + patch * s) {
                 for x in x0..<(x0 + patch * s) {
                     let o = img[x, y]
-                    func mix(_ a: UInt8, _ b: UInt8) -> UInt8 { UInt8((0.5 * Float(a) + 0.5 * Float(b)).rounded()) }
+                    func mix(_ a: UInt8, _ b: UInt8) -> UInt8 {
+                        let m: Float = 0.5 * Float(a) + 0.5 * Float(b)
+                        return UInt8(m.rounded())
+                    }
                     img[x, y] = (mix(o.0, col.0), mix(o.1, col.1), mix(o.2, col.2))
                 }
             }

@@ -72,7 +72,8 @@ final class CHostTests: XCTestCase {
         let bad = try S.moepack(["verify", img, "--board-output", dir + "/off.bin"] + frames)
         XCTAssertEqual(bad.status, 1, bad.stdout + bad.stderr)
         XCTAssertTrue(bad.stdout.contains("575/576 elements identical, largest error 1 LSB"), bad.stdout)
-        XCTAssertTrue(bad.stdout.contains("first difference: image 1, token 5, channel 7: board \(off[288 + 5 * 32 + 7]), emulation \(raw[288 + 5 * 32 + 7])"), bad.stdout)
+        let first: Int = 288 + 5 * 32 + 7
+        XCTAssertTrue(bad.stdout.contains("first difference: image 1, token 5, channel 7: board \(off[first]), emulation \(raw[first])"), bad.stdout)
         let within = try S.moepack(["verify", img, "--board-output", dir + "/off.bin", "--max-lsb", "1", "--json"] + frames)
         XCTAssertEqual(within.status, 0, within.stdout + within.stderr)
         XCTAssertTrue(within.stdout.contains("\"max_error_lsb\" : 1"), within.stdout)

@@ -38,7 +38,10 @@ final class FormatsTestsSafetensors: XCTestCase {
         XCTAssertEqual(raw, [0x01, 0x00, 0x00, 0x80, 0x54, 0x35, 0xFF, 0xFB])
         // Raw BF16 bytes widen to the expected float32 bits.
         let bf = try s.readRaw("blocks.0.mlp.experts.htoh4.weight")
-        let widened = stride(from: 0, to: bf.count, by: 2).map { (UInt32(bf[$0]) | UInt32(bf[$0 + 1]) << 8) << 16 }
+        let widened: [UInt32] = stride(from: 0, to: bf.count, by: 2).map { (i: Int) -> UInt32 in
+            let lo = UInt32(bf[i]), hi = UInt32(bf[i + 1])
+            return (lo | hi << 8) << 16
+        }
         XCTAssertEqual(widened, try F.expectedBits("blocks.0.mlp.experts.htoh4.weight"))
         XCTAssertEqual(try s.readRaw("num_batches_tracked"), [7, 0, 0, 0, 0, 0, 0, 0])
         assertRefusal(try s.readFloat32("nope"), file: "model.safetensors", contains: ["'nope'", "no such tensor"])

@@ -76,7 +76,12 @@ final class FloatAttentionTests: XCTestCase {
             let inPlace = Self.run(c, isa: isa)
             for h in 0..<c.heads {
                 func slice(_ part: Int) -> [Float] {
-                    (0..<T).flatMap { t in c.qkv[(t * 3 * D + part * D + h * hd)...].prefix(hd) }
+                    var out: [Float] = []
+                    for t in 0..<T {
+                        let start: Int = t * 3 * D + part * D + h * hd
+                        out += c.qkv[start..<(start + hd)]
+                    }
+                    return out
                 }
                 let q = slice(0), k = slice(1), v = slice(2)
                 var out = [Float](repeating: 0, count: T * hd)
