@@ -99,6 +99,8 @@ struct ConvTaps: Sendable {
 
     init(_ conv: FoldedConv) {
         let k2 = conv.kernel * conv.kernel, cin = conv.inChannels, cout = conv.outChannels
+        // One tap: the layout is already `[Cout, Cin]` (the array's storage is shared, not copied).
+        if k2 == 1 { weights = conv.weight; return }
         var t = [Float](repeating: 0, count: conv.weight.count)
         for o in 0..<cout {
             for c in 0..<cin {
@@ -124,7 +126,7 @@ func convolve(_ input: [Float], channels cin: Int, height h: Int, width w: Int, 
     if conv.kernel == 1 {
         let tile = max(64, min(512, (hw + cores - 1) / cores))
         input.withUnsafeBufferPointer { src in
-            conv.weight.withUnsafeBufferPointer { wt in
+            taps.weights.withUnsafeBufferPointer { wt in
                 out.withUnsafeMutableBufferPointer { dst in
                     nonisolated(unsafe) let src = src.baseAddress!, wt = wt.baseAddress!, dst = dst.baseAddress!
                     DispatchQueue.concurrentPerform(iterations: (hw + tile - 1) / tile) { ti in
@@ -151,16 +153,14 @@ func convolve(_ input: [Float], channels cin: Int, height h: Int, width w: Int, 
                     // Tap 0's GEMM overwrites (beta 0): no need to zero the accumulator.
                     let a = UnsafeMutablePointer<Float>.allocate(capacity: cout * n)
                     defer { a.deallocate() }
-                    do {
-                        for tap in 0..<9 {
-                            let b = src + (y0 + tap / 3) * pw + tap % 3
-                            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(cout), blasint(n), blasint(cin),
-                                        1, wt + tap * cout * cin, blasint(cin), b, blasint(plane), tap == 0 ? 0 : 1, a, blasint(n))
-                        }
-                        for o in 0..<cout {
-                            for y in 0..<r {
-                                (dst + o * hw + (y0 + y) * w).update(from: a + o * n + y * pw, count: w)
-                            }
+                    for tap in 0..<9 {
+                        let b = src + (y0 + tap / 3) * pw + tap % 3
+                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(cout), blasint(n), blasint(cin),
+                                    1, wt + tap * cout * cin, blasint(cin), b, blasint(plane), tap == 0 ? 0 : 1, a, blasint(n))
+                    }
+                    for o in 0..<cout {
+                        for y in 0..<r {
+                            (dst + o * hw + (y0 + y) * w).update(from: a + o * n + y * pw, count: w)
                         }
                     }
                     addBias(conv, rows: dst + y0 * w, rowStride: hw, count: r * w)
