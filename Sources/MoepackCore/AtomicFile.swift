@@ -22,15 +22,15 @@ public final class AtomicFileWriter {
         let dir = url.deletingLastPathComponent().path
         let name = url.lastPathComponent
         removeStaleTemporaries(in: dir, name: name)
-        temporaryPath = (dir as NSString).appendingPathComponent(".\(name).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        // Registered before it exists, so an interrupt right after creation still removes it.
-        InterruptCleanup.register(temporaryPath)
-        guard FileManager.default.createFile(atPath: temporaryPath, contents: nil),
-              let h = FileHandle(forWritingAtPath: temporaryPath) else {
-            InterruptCleanup.unregister(temporaryPath)
-            throw MoepackError(.io, file: path, "cannot create a temporary file in \(dir)")
+        let temporary = (dir as NSString).appendingPathComponent(".\(name).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        temporaryPath = temporary
+        handle = try InterruptCleanup.creating(temporary) {
+            guard FileManager.default.createFile(atPath: temporary, contents: nil),
+                  let h = FileHandle(forWritingAtPath: temporary) else {
+                throw MoepackError(.io, file: path, "cannot create a temporary file in \(dir)")
+            }
+            return h
         }
-        handle = h
     }
 
     deinit { abort() }
@@ -146,13 +146,13 @@ public final class StagedDirectory {
             throw MoepackError(.io, file: destination, "parent folder \(parent) does not exist")
         }
         removeStaleTemporaries(in: parent, name: url.lastPathComponent)
-        staging = (parent as NSString).appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        InterruptCleanup.register(staging)
-        guard mkdir(staging, 0o755) == 0 else {
-            let reason = String(cString: strerror(errno))
-            InterruptCleanup.unregister(staging)
-            throw MoepackError(.io, file: destination, "cannot create a folder in \(parent): \(reason)")
+        let folder = (parent as NSString).appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try InterruptCleanup.creating(folder) {
+            guard mkdir(folder, 0o755) == 0 else {
+                throw MoepackError(.io, file: destination, "cannot create a folder in \(parent): \(String(cString: strerror(errno)))")
+            }
         }
+        staging = folder
     }
 
     deinit { if !committed { abort() } }
@@ -354,6 +354,20 @@ public enum InterruptCleanup {
         critical.lock()
         defer { critical.unlock() }
         return try body()
+    }
+
+    /// Registers `path` and runs `create`, which makes it, as one step the interrupt handler cannot
+    /// split (``uninterruptible(_:)``): registering first and creating outside that step let a
+    /// signal arriving in between remove nothing and exit while the creation still went ahead,
+    /// leaving the hidden path behind. When `create` throws, `path` is unregistered.
+    public static func creating<T>(_ path: String, _ create: () throws -> T) rethrows -> T {
+        try uninterruptible {
+            register(path)
+            do { return try create() } catch {
+                unregister(path)
+                throw error
+            }
+        }
     }
 
     /// Removes `path` (file or folder) if the process is interrupted before ``unregister(_:)``.
