@@ -135,6 +135,19 @@ public enum FixedEmulation {
         try supports(types: types)
     }
 
+    /// ``supports(profile:)`` for a profile whose type names `overridden` were set on the command line
+    /// with `option` (`--type`, `--vary`): a refusal of one of those is the command line's mistake, so
+    /// it names the option and the type name before the argument and the reason.
+    /// - Throws: `MoepackError(.usage)` for an overridden type; other refusals as ``supports(profile:)``.
+    public static func supports(profile: KernelProfile, overridden: Set<String>, option: String) throws {
+        do {
+            try supports(profile: profile)
+        } catch let e as MoepackError {
+            guard let argument = e.item, let typeName = profile.buffer(argument)?.type, overridden.contains(typeName) else { throw e }
+            throw MoepackError(.usage, item: option, "\(typeName) (\(argument)): \(e.message)")
+        }
+    }
+
     /// True when a linear weight type runs the 16-bit fast kernels (see ``fastLinearWeight``).
     static func linearFast(_ t: FixedType) -> Bool { embeds(t, in: fastLinearWeight) }
     /// True when a patch weight type runs the unchecked fast accumulation (see ``fastPatchWeight``).

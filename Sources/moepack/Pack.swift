@@ -131,8 +131,10 @@ struct Pack: ParsableCommand {
                 }
                 reportWriter = try AtomicFileWriter(path: report)
             }
-            let profile = try profileOptions.load().overriding(typeAssignments: types)
-            try FixedEmulation.supports(profile: profile)
+            let base = try profileOptions.load()
+            let profile = try base.overriding(typeAssignments: types)
+            try FixedEmulation.supports(profile: profile, overridden: Set(profile.types.keys.filter { profile.types[$0] != base.types[$0] }),
+                                        option: "--type")
             let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
             let backbone = try BackboneCheckpoint(source: source, expected: profile.model)
             let kernel = try KernelTensors(checkpoint: backbone, folds: checkpointOptions.folds)
