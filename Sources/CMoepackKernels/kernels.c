@@ -196,17 +196,6 @@ int64_t moepack_qk_scores(moepack_isa isa, const uint32_t *qu, const uint32_t *q
     }
 }
 
-void moepack_av_accumulate(moepack_isa isa, const uint32_t *a, const int32_t *v, ptrdiff_t ldv,
-                           ptrdiff_t keys, ptrdiff_t hd, uint32_t *acc) {
-    switch (moepack_kernels_runnable(isa)) {
-#if MOEPACK_X86
-    case MOEPACK_ISA_AVX512: av_accumulate_avx512(a, v, ldv, keys, hd, acc); return;
-    case MOEPACK_ISA_AVX2: av_accumulate_avx2(a, v, ldv, keys, hd, acc); return;
-#endif
-    default: av_accumulate_portable(a, v, ldv, keys, hd, acc); return;
-    }
-}
-
 int64_t moepack_bias_gelu(moepack_isa isa, int32_t *y, ptrdiff_t rows, ptrdiff_t m, ptrdiff_t ld,
                           const int32_t *bias, const int32_t *table, int32_t table_max) {
     switch (moepack_kernels_runnable(isa)) {

@@ -156,8 +156,8 @@ ISA_FN static int64_t ISA_NAME(bias_gelu_)(int32_t *restrict y, ptrdiff_t rows, 
     return wraps;
 }
 
-// The attention kernels are plain loops over independent lanes (keys, or head dims), compiled once
-// per instruction set: integer arithmetic, so the vectoriser's choices cannot change a bit.
+// The Q·K kernel is a plain loop over independent lanes (keys), compiled once per instruction set:
+// integer arithmetic, so the vectoriser's choices cannot change a bit.
 
 ISA_FN static int64_t ISA_NAME(qk_scores_)(const uint32_t *qu, const uint32_t *qblock9,
                                            const uint32_t *ku_t, ptrdiff_t ldk, const uint32_t *kblock9_t,
@@ -209,31 +209,6 @@ ISA_FN static int64_t ISA_NAME(qk_scores_)(const uint32_t *qu, const uint32_t *q
         wraps += block_wraps;
     }
     return wraps;
-}
-
-ISA_FN static void ISA_NAME(av_accumulate_)(const uint32_t *a, const int32_t *v, ptrdiff_t ldv, ptrdiff_t keys,
-                                            ptrdiff_t hd, uint32_t *acc) {
-    // Runs of AV_DIMS dims summed over all keys in 64-bit lanes held in registers (only the sum
-    // mod 2^32 is kept), then the remaining dims one key at a time.
-    enum { AV_DIMS = 32 };
-    ptrdiff_t d0 = 0;
-    for (; d0 + AV_DIMS <= hd; d0 += AV_DIMS) {
-        uint64_t s[AV_DIMS];
-        for (int l = 0; l < AV_DIMS; l++) s[l] = 0;
-        for (ptrdiff_t k = 0; k < keys; k++) {
-            const uint64_t ak = a[k];
-            const int32_t *vk = v + k * ldv + d0;
-            for (int l = 0; l < AV_DIMS; l++) s[l] += (((uint64_t)((uint32_t)vk[l] ^ 0x80000000u)) * ak) >> 22;
-        }
-        for (int l = 0; l < AV_DIMS; l++) acc[d0 + l] = (uint32_t)s[l];
-    }
-    for (ptrdiff_t d = d0; d < hd; d++) acc[d] = 0;
-    for (ptrdiff_t k = 0; k < keys; k++) {
-        const uint64_t ak = a[k];
-        const int32_t *vk = v + k * ldv;
-        for (ptrdiff_t d = d0; d < hd; d++)
-            acc[d] += (uint32_t)((((uint64_t)((uint32_t)vk[d] ^ 0x80000000u)) * ak) >> 22);
-    }
 }
 
 #undef ISA_NAME
