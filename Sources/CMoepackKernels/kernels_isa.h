@@ -98,7 +98,13 @@ ISA_FN static void ISA_NAME(linear_dots_)(const int16_t *a, const int16_t *b4, p
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += block) {
         const ptrdiff_t r1 = r0 + block < rows ? r0 + block : rows;
         ptrdiff_t o = 0;
-        for (; o + 2 <= m; o += 2) ISA_NAME(tile_rows_)(a, b4, n, r0, r1, w + o * n, 2, run, dots + o, ld);
+        for (; o + 2 <= m; o += 2) {
+            // The first row block reads the weights from memory (an expert's rows are often that
+            // one block): the next pair is requested while this one is used.
+            if (r0 == 0 && o + 4 <= m)
+                for (ptrdiff_t p = 0; p < 2 * n; p += 32) __builtin_prefetch(w + (o + 2) * n + p, 0, 3);
+            ISA_NAME(tile_rows_)(a, b4, n, r0, r1, w + o * n, 2, run, dots + o, ld);
+        }
         if (o < m) ISA_NAME(tile_rows_)(a, b4, n, r0, r1, w + o * n, 1, run, dots + o, ld);
     }
     const ptrdiff_t full = n - n % V_LANES16;
