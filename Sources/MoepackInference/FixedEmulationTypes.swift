@@ -1,5 +1,6 @@
 import MoepackCore
 import MoepackFixedPoint
+import MoepackModel
 import MoepackPacking
 
 /// Which element types the fixed-point emulation reproduces, and how each kernel argument's type
@@ -41,19 +42,20 @@ public enum FixedEmulation {
         case normBias = "LayerNorm bias"
     }
 
-    /// The operand of each `ViT_compute` argument (include/kernel.hpp).
-    public static let operands: [String: Operand] = [
-        "images": .pixel,
-        "x": .featureMap, "tmp1": .featureMap, "tmp2": .featureMap, "tmp3": .featureMap, "tmp4": .featureMap,
-        "tmp_hidden": .featureMap, "attn": .featureMap, "attn_softmax_info": .featureMap, "pos_embed": .featureMap,
-        "patch_embed_weights": .patchWeight, "patch_embed_bias": .patchBias,
-        "attn_weights": .linearWeight, "attn_bias": .linearBias,
-        "moe_w_gate": .linearWeight, "moe_weights_l1": .linearWeight, "moe_bias_l1": .linearBias,
-        "moe_weights_l2": .linearWeight, "moe_bias_l2": .linearBias,
-        "vit_weights_l1": .linearWeight, "vit_bias_l1": .linearBias,
-        "vit_weights_l2": .linearWeight, "vit_bias_l2": .linearBias,
-        "norm_weights": .normWeight, "norm_bias": .normBias,
-    ]
+    /// How `argument`'s elements enter the datapath (include/kernel.hpp and the kernel's use of each
+    /// argument). Exhaustive over the argument table, so a new argument has to say how it enters.
+    public static func operand(of argument: KernelArgument) -> Operand {
+        switch argument {
+        case .images: return .pixel
+        case .x, .tmp1, .tmp2, .tmp3, .tmp4, .tmp_hidden, .attn, .attn_softmax_info, .pos_embed: return .featureMap
+        case .patch_embed_weights: return .patchWeight
+        case .patch_embed_bias: return .patchBias
+        case .attn_weights, .moe_w_gate, .moe_weights_l1, .moe_weights_l2, .vit_weights_l1, .vit_weights_l2: return .linearWeight
+        case .attn_bias, .moe_bias_l1, .moe_bias_l2, .vit_bias_l1, .vit_bias_l2: return .linearBias
+        case .norm_weights: return .normWeight
+        case .norm_bias: return .normBias
+        }
+    }
 
     /// fm_t: `ap_fixed<32,10>`, AP_TRN, AP_WRAP (datatypes.hpp).
     public static let featureMap = FixedType(width: fmWidth, integerBits: fmWidth - fmFrac)
@@ -84,7 +86,8 @@ public enum FixedEmulation {
     ///   unsigned weight or bias, a weight wider than 32 bits, negative fraction bits (I > W), or a
     ///   bias with more integer bits than fm_t (its values would wrap when assigned to fm_t).
     public static func check(_ type: FixedType, argument: String) throws {
-        guard let operand = operands[argument] else { return }
+        guard let known = KernelArgument(rawValue: argument) else { return }
+        let operand = operand(of: known)
         func refuse(_ why: String) -> MoepackError {
             MoepackError(.unsupported, item: argument,
                          "element type \(type) (\(operand.rawValue)): \(why)")
@@ -133,6 +136,19 @@ public enum FixedEmulation {
         var types: [String: FixedType] = [:]
         for b in profile.buffers { types[b.name] = try profile.fixedType(b.type) }
         try supports(types: types)
+    }
+
+    /// ``supports(profile:)`` for a profile whose type names `overridden` were set on the command line
+    /// with `option` (`--type`, `--vary`): a refusal of one of those is the command line's mistake, so
+    /// it names the option and the type name before the argument and the reason.
+    /// - Throws: `MoepackError(.usage)` for an overridden type; other refusals as ``supports(profile:)``.
+    public static func supports(profile: KernelProfile, overridden: Set<String>, option: String) throws {
+        do {
+            try supports(profile: profile)
+        } catch let e as MoepackError {
+            guard let argument = e.item, let typeName = profile.buffer(argument)?.type, overridden.contains(typeName) else { throw e }
+            throw MoepackError(.usage, item: option, "\(typeName) (\(argument)): \(e.message)")
+        }
     }
 
     /// True when a linear weight type runs the 16-bit fast kernels (see ``fastLinearWeight``).

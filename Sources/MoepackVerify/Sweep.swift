@@ -153,13 +153,14 @@ public func sweepCandidates(profile: KernelProfile, axes: [SweepAxis]) throws ->
 public let maximumSweepCandidates = 256
 
 /// The profile of each candidate (its types replaced), each checked with
-/// ``FixedEmulation/supports(profile:)``.
-/// - Throws: `MoepackError(.unsupported)` naming the first argument whose type the emulation cannot reproduce.
+/// ``FixedEmulation/supports(profile:overridden:option:)``.
+/// - Throws: `MoepackError(.usage)` naming `--vary`, the type name and the first argument whose type
+///   the emulation cannot reproduce.
 public func sweepProfiles(profile: KernelProfile, candidates: [[String: FixedType]]) throws -> [KernelProfile] {
     try candidates.map { types in
         var p = profile
         for (name, t) in types { p.types[name] = t.description }
-        try FixedEmulation.supports(profile: p)
+        try FixedEmulation.supports(profile: p, overridden: Set(types.keys), option: "--vary")
         return p
     }
 }

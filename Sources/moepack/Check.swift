@@ -11,11 +11,20 @@ struct Check: ParsableCommand {
     @Argument(help: "Folder written by `moepack pack`.")
     var directory: String
 
+    @Flag(help: "JSON summary on stdout (ok, image size and SHA-256, what does not match); the exit status is the same.")
+    var json = false
+
     func run() throws {
         try guarded {
             let image = try PackedImage(directory: directory, verifyingDigests: false)
             let r = image.check()
+            if json {
+                let m = image.manifest
+                try printJSON(CheckSummary(directory: directory, ok: r.ok, image_bytes: m.image.bytes, image_sha256: m.image.sha256,
+                                           buffers: m.buffers.count, problems: r.problems))
+            }
             if r.ok {
+                if json { return }
                 print("\(directory): ok (\(image.manifest.image.bytes) bytes, \(image.manifest.buffers.count) buffers, sha256 \(image.manifest.image.sha256))")
             } else {
                 throw MoepackError(.verificationFailed, file: directory,

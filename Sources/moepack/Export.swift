@@ -49,12 +49,16 @@ struct Export: ParsableCommand {
     @Flag(help: "Print nothing but errors.")
     var quiet = false
 
+    @Flag(help: "JSON summary on stdout (every tensor written with its dtype and shape, the entries left out and why, the metadata).")
+    var json = false
+
     func run() throws {
         try guarded {
             let source = try openCheckpointIsolated(checkpoint, options: OpenOptions(stateDictKey: key))
             try checkKeyApplies(key, to: source)
             let options = ExportOptions(all: all, dtype: dtype, metadata: !noMetadata, moepackVersion: Moepack.version)
             let r = try exportBackbone(source: source, options: options, to: output)
+            if json { return try printJSON(ExportSummary(r, source: source)) }
             if !quiet {
                 var byType: [String: Int] = [:]
                 for t in r.tensors { byType[t.dtype, default: 0] += 1 }

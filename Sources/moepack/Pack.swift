@@ -116,6 +116,9 @@ struct Pack: ParsableCommand {
     @Flag(help: "Print nothing but warnings and errors.")
     var quiet = false
 
+    @Flag(help: "JSON summary on stdout (files, image size and SHA-256, values and overflow per element type, SQNR).")
+    var json = false
+
     func run() throws {
         try guarded {
             guard !output.isEmpty else { throw MoepackError(.usage, item: "--output", "empty output folder name") }
@@ -128,8 +131,10 @@ struct Pack: ParsableCommand {
                 }
                 reportWriter = try AtomicFileWriter(path: report)
             }
-            let profile = try profileOptions.load().overriding(typeAssignments: types)
-            try FixedEmulation.supports(profile: profile)
+            let base = try profileOptions.load()
+            let profile = try base.overriding(typeAssignments: types)
+            try FixedEmulation.supports(profile: profile, overridden: Set(profile.types.keys.filter { profile.types[$0] != base.types[$0] }),
+                                        option: "--type")
             let source = try openCheckpointIsolated(checkpoint, options: checkpointOptions.open)
             let backbone = try BackboneCheckpoint(source: source, expected: profile.model)
             let kernel = try KernelTensors(checkpoint: backbone, folds: checkpointOptions.folds)
@@ -160,41 +165,10 @@ struct Pack: ParsableCommand {
                 try reportWriter.write(Array(QuantReport.html(manifest: staged.result.manifest, routing: heatmap, tasks: section).utf8))
             }
             try staged.commit(alongside: reportWriter.map { [$0] } ?? [])
-            if !quiet {
-                print(packSummary(staged.result, output: output))
-                if let report { print("  report: \(report)") }
-            }
+            let summary = PackSummary(staged.result, output: output, report: report)
+            if json { try printJSON(summary) } else if !quiet { print(summary.text) }
         }
     }
-}
-
-func packSummary(_ r: PackResult, output: String) -> String {
-    let m = r.manifest
-    var s = "packed \(m.source.path) (\(m.source.container)) → \(output)/ddr.bin: \(m.image.bytes) bytes, \(m.buffers.count) buffers, profile \(m.profile), task \(m.task), \(m.quantization.mode)/\(m.quantization.overflow)\n"
-    var byRole: [String: (count: Int, bytes: Int)] = [:]
-    for b in m.buffers { byRole[b.role.rawValue, default: (0, 0)].count += 1; byRole[b.role.rawValue, default: (0, 0)].bytes += b.bytes }
-    s += "  buffers: " + ["weight", "input", "output", "scratch"].compactMap { role in
-        byRole[role].map { "\(role) \(String(format: "%.2f", Double($0.bytes) / 1_048_576)) MiB in \($0.count)" }
-    }.joined(separator: ", ") + " (each 4096-byte aligned)\n"
-    var byType: [String: (Int, Int)] = [:]
-    for t in m.quantization.tensors {
-        let e = byType[t.type] ?? (0, 0)
-        byType[t.type] = (e.0 + t.count, e.1 + t.overflow)
-    }
-    s += "  " + "type".padding(toLength: 34, withPad: " ", startingAt: 0) + "values".leftPad(10) + "overflow".leftPad(10) + "\n"
-    for (k, v) in byType.sorted(by: { $0.key < $1.key }) {
-        let c = m.types[k] ?? ""
-        s += "  " + "\(k) \(c)".padding(toLength: 34, withPad: " ", startingAt: 0) + String(v.0).leftPad(10) + String(v.1).leftPad(10) + "\n"
-    }
-    let sq = m.quantization.tensors.compactMap(\.sqnr_db)
-    if let worst = m.quantization.tensors.filter({ $0.sqnr_db != nil }).min(by: { $0.sqnr_db! < $1.sqnr_db! }) {
-        s += "  SQNR: median \(String(format: "%.1f", sq.sorted()[sq.count / 2])) dB, worst \(String(format: "%.1f", worst.sqnr_db!)) dB (\(worst.name))\n"
-    }
-    if let t = m.source.tensors_sha256 {
-        s += "  source: \(m.source.tensors?.count ?? 0) tensors read, tensors sha256 \(t)\(m.source.sha256.map { ", file sha256 \($0)" } ?? "")\n"
-    }
-    s += "  image sha256 \(m.image.sha256)"
-    return s
 }
 
 extension String {

@@ -28,6 +28,9 @@ struct Quantize: ParsableCommand {
     @Flag(help: "Values outside the type's range are errors.")
     var strict = false
 
+    @Flag(help: "JSON summary on stdout (shape, dtype written, value count, overflow and SQNR).")
+    var json = false
+
     func run() throws {
         try guarded {
             let t = try FixedType(parsing: type)
@@ -49,6 +52,10 @@ struct Quantize: ParsableCommand {
                 }
                 let out = raw.map { Float(t.value(raw: t.signExtend(UInt64(bitPattern: $0)))) }
                 try NpyWriter.write(Tensor(shape: entry.shape, values: out), to: output)
+                if json {
+                    return try printJSON(QuantizeSummary(input: input, output: output, direction: "dequantize", type: t.description,
+                                                         shape: entry.shape, dtype: DType.float32.rawValue, values: out.count))
+                }
                 print("wrote \(output): \(out.count) float32 values of \(t.description)")
                 return
             }
@@ -77,6 +84,11 @@ struct Quantize: ParsableCommand {
             default: dtype = .uint64
             }
             try NpyWriter.writeRaw(bytes: bytes, dtype: dtype, shape: entry.shape, to: output)
+            if json {
+                return try printJSON(QuantizeSummary(input: input, output: output, direction: "quantize", type: t.description,
+                                                     shape: entry.shape, dtype: dtype.rawValue, values: values.count,
+                                                     overflow: stats.overflowCount, sqnr_db: stats.sqnrDB.isFinite ? stats.sqnrDB : nil))
+            }
             print("wrote \(output): \(values.count) raw \(dtype.rawValue) values of \(t.description); SQNR \(stats.sqnrDB.isFinite ? String(format: "%.1f dB", stats.sqnrDB) : "∞ (exact)"), \(stats.overflowCount) overflow")
         }
     }

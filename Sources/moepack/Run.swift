@@ -85,6 +85,9 @@ struct Run: ParsableCommand {
     @OptionGroup var headOptions: HeadOptions
     @OptionGroup var checkpointOptions: CheckpointOptions
 
+    @Flag(help: "JSON summary on stdout (outputs per frame, their shape, mode and task).")
+    var json = false
+
     func run() throws {
         try guarded {
             let image = try PackedImage(directory: directory)
@@ -94,10 +97,13 @@ struct Run: ParsableCommand {
             let inputs = try frames.load(config: image.manifest.model)
             let model = try ImageModel(image: image, mode: mode, task: task)
             let c = image.manifest.model
+            var summary = RunSummary(image: directory, mode: mode.rawValue, task: model.task, shape: [c.tokens, c.embedDim], outputs: [])
             if inputs.count == 1 {
                 let r = try model.run(inputs[0].frame)
                 try NpyWriter.write(Tensor(shape: [c.tokens, c.embedDim], values: r.output), to: output)
                 if let n = inputs[0].frame.note { note("moepack: \(inputs[0].name): \(n)") }
+                summary.outputs = [.init(frame: inputs[0].name, file: output, note: inputs[0].frame.note)]
+                if json { return try printJSON(summary) }
                 print("wrote \(output): [\(c.tokens), \(c.embedDim)] float32 (\(mode.rawValue) datapath, task \(model.task))")
                 return
             }
@@ -108,10 +114,12 @@ struct Run: ParsableCommand {
             let progress = progressReporter("run")
             // Frames run in parallel across the cores; outputs are written in input order.
             let outputs = try runFrames(model, inputs, progress: progress)
-            for (name, values) in zip(outputNames(inputs.map(\.name)), outputs) {
+            for (input, (name, values)) in zip(inputs, zip(outputNames(inputs.map(\.name)), outputs)) {
                 try NpyWriter.write(Tensor(shape: [c.tokens, c.embedDim], values: values), to: stage.path(name))
+                summary.outputs.append(.init(frame: input.name, file: (output as NSString).appendingPathComponent(name), note: input.frame.note))
             }
             try stage.commit()
+            if json { return try printJSON(summary) }
             print("wrote \(inputs.count) outputs to \(output)/ ([\(c.tokens), \(c.embedDim)] float32 each, \(mode.rawValue) datapath, task \(model.task))")
         }
     }
@@ -258,6 +266,11 @@ extension Run {
             progress?(i + 1, inputs.count)
         }
         let summaries = try writeTaskOutputs(perFrame, to: output)
+        if json {
+            let c = image.manifest.model
+            return try printJSON(RunSummary(image: directory, mode: mode.rawValue, task: nil, shape: [c.tokens, c.embedDim],
+                                            outputs: [], tasks: summaries))
+        }
         print("wrote \(output)/: \(summaries.count) task outputs (.npy + .png), \(mode.rawValue) datapath")
         for s in summaries { print("  " + (inputs.count > 1 ? "\((s.frame.map { ($0 as NSString).lastPathComponent }) ?? "") " : "") + s.line) }
     }

@@ -22,12 +22,19 @@ struct ImageCommand: ParsableCommand {
 
     @OptionGroup var profileOptions: ProfileOptions
 
+    @Flag(help: "JSON summary on stdout (bytes, type, shape, what was done to the pixels).")
+    var json = false
+
     func run() throws {
         try guarded {
             let profile = try profileOptions.load()
             let f = try FrameLoader.load(path: frame, config: profile.model)
             try AtomicFileWriter.write(f.bytes, to: output)
             if let n = f.note { note("moepack: \(frame): \(n)") }
+            if json {
+                return try printJSON(ImageSummary(frame: frame, output: output, bytes: f.bytes.count,
+                                                  shape: [3, profile.model.imageHeight, profile.model.imageWidth], note: f.note))
+            }
             print("wrote \(output): \(f.bytes.count) bytes, ap_ufixed<8,0> [3][\(profile.model.imageHeight)][\(profile.model.imageWidth)]")
         }
     }

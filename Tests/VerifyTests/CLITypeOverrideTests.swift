@@ -39,7 +39,8 @@ final class CLITypeOverrideTests: XCTestCase {
     func testTypeUsageErrorsNameTheType() throws {
         let dir = try tempFolder()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        for (arg, needle) in [("wt_lin=ap_fixed<8,1>", "no element type 'wt_lin'"), ("wt_linear_t=ap_fixd<8,1>", "wt_linear_t=ap_fixd<8,1>")] {
+        for (arg, needle) in [("wt_lin=ap_fixed<8,1>", "no element type 'wt_lin'"), ("wt_linear_t=ap_fixd<8,1>", "wt_linear_t=ap_fixd<8,1>"),
+                              ("wt_linear_t=ap_fixed<16,40>", "wt_linear_t (attn_weights): element type ap_fixed<16,40")] {
             let r = try moepack(["pack", ckpt, "-o", dir + "/img", "--profile", "tiny-test", "--type", arg])
             XCTAssertEqual(r.status, 64, arg)
             XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)

@@ -62,12 +62,6 @@ int64_t moepack_qk_scores(moepack_isa isa, const uint32_t *qu, const uint32_t *q
                           const uint32_t *ku_t, ptrdiff_t ldk, const uint32_t *kblock9_t, ptrdiff_t keys,
                           ptrdiff_t hd, int32_t scale, uint32_t *t, int32_t *scores);
 
-/// attn x V accumulation of attention.cpp in unsigned-offset form: for weights a[k] (0 <= a < 2^31)
-/// and value rows v[k*ldv .. k*ldv+hd) (int32 fm_t raw),
-///   acc[d] = sum_k floor((v[k][d] + 2^31) * a[k] / 2^22)   (mod 2^32).
-void moepack_av_accumulate(moepack_isa isa, const uint32_t *a, const int32_t *v, ptrdiff_t ldv,
-                           ptrdiff_t keys, ptrdiff_t hd, uint32_t *acc);
-
 /// hls::exp(fm_t x) -> fm_t as the emulation defines it: floor(exp(x / 2^22) * 2^22) with the C
 /// library's double exp (expFm in FixedEmulationKernels.swift), computed by a polynomial whose error
 /// bound decides the floor, the library only near an integer boundary (proof in softmax.c). A result
