@@ -45,11 +45,11 @@ __attribute__((target("avx2"))) static inline __m256i gelu8_avx2(__m256i x, cons
     return _mm256_andnot_si256(is_min, _mm256_sub_epi32(relu, delta));
 }
 
-// AVX2: 16 int16 lanes; tiles of 2 input rows x 2 weight rows (16 ymm registers).
+// AVX2: 16 int16 lanes; tiles of 3 input rows x 2 weight rows (16 ymm registers).
 #define ISA_SUFFIX avx2
 #define ISA_FN __attribute__((target("avx2")))
 #define ISA_VEC 1
-#define TILE_MAX_R 2
+#define TILE_MAX_R 3
 #define V __m256i
 #define V_LANES16 16
 #define V_LOAD(p) _mm256_loadu_si256((const __m256i *)(p))
@@ -66,16 +66,18 @@ __attribute__((target("avx2"))) static inline uint32_t hsum_avx2(__m256i v) {
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
     return (uint32_t)_mm_cvtsi128_si32(s);
 }
-#define V_HSUM32X4 hsum4_avx2
-/// The lane sums of four vectors (out[j] for vj): two rounds of pairwise horizontal adds, then the
-/// two 128-bit halves added.
-__attribute__((target("avx2"))) static inline void hsum4_avx2(__m256i v0, __m256i v1, __m256i v2, __m256i v3,
-                                                              uint32_t *out) {
-    const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(v0, v1), _mm256_hadd_epi32(v2, v3));
-    _mm_storeu_si128((__m128i *)out, _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1)));
+#define V_SUMS2X2 sums2x2_avx2
+/// The lane sums of four vectors stored as two pairs (d0 = sums of v00, v01; d1 = of v10, v11):
+/// two rounds of pairwise horizontal adds, then the two 128-bit halves added.
+__attribute__((target("avx2"))) static inline void sums2x2_avx2(__m256i v00, __m256i v01, __m256i v10, __m256i v11,
+                                                                int32_t *d0, int32_t *d1) {
+    const __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(v00, v01), _mm256_hadd_epi32(v10, v11));
+    const __m128i t = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    _mm_storel_epi64((__m128i *)d0, t);
+    _mm_storeh_pd((double *)d1, _mm_castsi128_pd(t));
 }
 #include "kernels_isa.h"
-#undef V_HSUM32X4
+#undef V_SUMS2X2
 #undef ISA_SUFFIX
 #undef ISA_FN
 #undef TILE_MAX_R

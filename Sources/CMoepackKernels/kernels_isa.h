@@ -6,7 +6,8 @@
 // Expected definitions: ISA_SUFFIX, ISA_FN (function attributes), and for the vector forms
 // ISA_VEC (1 when V_* exist), V (vector type), V_LANES16 (int16 lanes), V_LOAD, V_ZERO, V_ADD32,
 // V_ADD16, V_MADD (pairwise int16 products summed to int32), V_MULHI (signed high half), V_ONES16,
-// V_HSUM32, and optionally V_HSUM32X4(v0, v1, v2, v3, out) (out[j] = the lane sum of vj).
+// V_HSUM32, and optionally V_SUMS2X2(v00, v01, v10, v11, d0, d1) (d0[0], d0[1], d1[0], d1[1] = the
+// lane sums of v00, v01, v10, v11, as int32).
 
 #define ISA_CAT2(a, b) a##b
 #define ISA_CAT(a, b) ISA_CAT2(a, b)
@@ -24,56 +25,60 @@ ISA_FN static inline uint32_t ISA_NAME(dot_tail_)(const int16_t *a, const int16_
 }
 
 #if ISA_VEC
-/// NR input rows x NO weight rows (NR, NO constants after inlining): res[o*NR + r].
+/// NR input rows x NO weight rows (NR, NO constants after inlining): dots[r*ld + o] for r < NR,
+/// o < NO, over the first n - n % V_LANES16 values (linear_dots_ adds the rest). The high halves
+/// are summed in int16 lanes over runs of `run` values (a multiple of V_LANES16: one chunk when the
+/// caller's bound allows no more), each run then widened by one pairwise sum against ones. With
+/// NR = 3, NO = 2 (AVX2) the 6 + 6 accumulators, 2 weight vectors and 2 temporaries fill the 16
+/// registers: 8 loads and 24 vector operations per 96 products.
 ISA_FN static inline __attribute__((always_inline)) void
 ISA_NAME(tile_)(const int16_t *a, const int16_t *b4, ptrdiff_t n, const int16_t *w, const int NR, const int NO,
-                int high_chunks, uint32_t *res) {
+                ptrdiff_t run, int32_t *dots, ptrdiff_t ld) {
     V acc[TILE_MAX_R][2], h[TILE_MAX_R][2], wv[2];
-    const V ones = V_ONES16;
     for (int r = 0; r < NR; r++) for (int o = 0; o < NO; o++) acc[r][o] = V_ZERO;
+    const ptrdiff_t full = n - n % V_LANES16;
     ptrdiff_t i = 0;
-    if (high_chunks >= 2) {
-        // Runs of up to high_chunks chunks of high halves summed in int16 lanes (exact by the
-        // caller's bound), then one pairwise sum against ones per run.
-        const ptrdiff_t full = n - n % V_LANES16;
-        while (i < full) {
-            ptrdiff_t chunks = (full - i) / V_LANES16;
-            if (chunks > high_chunks) chunks = high_chunks;
-            for (int r = 0; r < NR; r++) for (int o = 0; o < NO; o++) h[r][o] = V_ZERO;
-            for (ptrdiff_t c = 0; c < chunks; c++, i += V_LANES16) {
-                for (int o = 0; o < NO; o++) wv[o] = V_LOAD(w + o * n + i);
-                for (int r = 0; r < NR; r++) {
-                    const V av = V_LOAD(a + r * n + i), bv = V_LOAD(b4 + r * n + i);
-                    for (int o = 0; o < NO; o++) {
-                        acc[r][o] = V_ADD32(acc[r][o], V_MADD(av, wv[o]));
-                        h[r][o] = V_ADD16(h[r][o], V_MULHI(bv, wv[o]));
-                    }
-                }
+    do {
+        const ptrdiff_t end = full - i > run ? i + run : full;
+        for (int r = 0; r < NR; r++) for (int o = 0; o < NO; o++) h[r][o] = V_ZERO;
+        for (; i < end; i += V_LANES16) {
+            for (int o = 0; o < NO; o++) wv[o] = V_LOAD(w + o * n + i);
+            for (int r = 0; r < NR; r++) {
+                // a' then b4, so that one input vector and one product are live at a time.
+                const V av = V_LOAD(a + r * n + i);
+                for (int o = 0; o < NO; o++) acc[r][o] = V_ADD32(acc[r][o], V_MADD(av, wv[o]));
+                const V bv = V_LOAD(b4 + r * n + i);
+                for (int o = 0; o < NO; o++) h[r][o] = V_ADD16(h[r][o], V_MULHI(bv, wv[o]));
             }
-            for (int r = 0; r < NR; r++) for (int o = 0; o < NO; o++) acc[r][o] = V_ADD32(acc[r][o], V_MADD(h[r][o], ones));
         }
-    }
-    for (; i + V_LANES16 <= n; i += V_LANES16) {
-        for (int o = 0; o < NO; o++) wv[o] = V_LOAD(w + o * n + i);
-        for (int r = 0; r < NR; r++) {
-            const V av = V_LOAD(a + r * n + i), bv = V_LOAD(b4 + r * n + i);
-            for (int o = 0; o < NO; o++)
-                acc[r][o] = V_ADD32(acc[r][o], V_ADD32(V_MADD(av, wv[o]), V_MADD(V_MULHI(bv, wv[o]), ones)));
-        }
-    }
-#ifdef V_HSUM32X4
-    if (NR == 2 && NO == 2) {
-        // The four sums at once (res order: (r0,o0), (r1,o0), (r0,o1), (r1,o1)).
-        V_HSUM32X4(acc[0][0], acc[1][0], acc[0][1], acc[1][1], res);
-        for (int r = 0; r < NR; r++)
-            for (int o = 0; o < NO; o++)
-                res[o * NR + r] += ISA_NAME(dot_tail_)(a + r * n, b4 + r * n, w + o * n, i, n);
-        return;
+        const V ones = V_ONES16;
+        for (int r = 0; r < NR; r++) for (int o = 0; o < NO; o++) acc[r][o] = V_ADD32(acc[r][o], V_MADD(h[r][o], ones));
+    } while (i < full);
+    int r = 0;
+#ifdef V_SUMS2X2
+    if (NO == 2) {
+        for (; r + 2 <= NR; r += 2)
+            V_SUMS2X2(acc[r][0], acc[r][1], acc[r + 1][0], acc[r + 1][1], dots + r * ld, dots + (r + 1) * ld);
+        if (r < NR)   // a last odd row: its pair stored twice
+            V_SUMS2X2(acc[r][0], acc[r][1], acc[r][0], acc[r][1], dots + r * ld, dots + r * ld);
+        r = NR;
     }
 #endif
-    for (int r = 0; r < NR; r++)
-        for (int o = 0; o < NO; o++)
-            res[o * NR + r] = V_HSUM32(acc[r][o]) + ISA_NAME(dot_tail_)(a + r * n, b4 + r * n, w + o * n, i, n);
+    for (; r < NR; r++)
+        for (int o = 0; o < NO; o++) dots[r * ld + o] = (int32_t)V_HSUM32(acc[r][o]);
+}
+
+/// Tiles of NO weight rows over the input rows [r, r1): TILE_MAX_R rows at a time, then the rest.
+ISA_FN static inline __attribute__((always_inline)) void
+ISA_NAME(tile_rows_)(const int16_t *a, const int16_t *b4, ptrdiff_t n, ptrdiff_t r, ptrdiff_t r1, const int16_t *w,
+                     const int NO, ptrdiff_t run, int32_t *dots, ptrdiff_t ld) {
+    for (; r + TILE_MAX_R <= r1; r += TILE_MAX_R)
+        ISA_NAME(tile_)(a + r * n, b4 + r * n, n, w, TILE_MAX_R, NO, run, dots + r * ld, ld);
+    if (TILE_MAX_R > 2 && r + 2 <= r1) {
+        ISA_NAME(tile_)(a + r * n, b4 + r * n, n, w, 2, NO, run, dots + r * ld, ld);
+        r += 2;
+    }
+    if (r < r1) ISA_NAME(tile_)(a + r * n, b4 + r * n, n, w, 1, NO, run, dots + r * ld, ld);
 }
 
 /// Rows per block of linear_dots_: the block's a' / b4 parts (4n bytes a row) stay within 16 KiB of
@@ -88,34 +93,20 @@ ISA_FN static void ISA_NAME(linear_dots_)(const int16_t *a, const int16_t *b4, p
                                           const int16_t *w, ptrdiff_t m, int high_chunks, int32_t *dots,
                                           ptrdiff_t ld) {
 #if ISA_VEC
-    uint32_t res[2 * TILE_MAX_R];
+    const ptrdiff_t run = (ptrdiff_t)(high_chunks >= 2 ? high_chunks : 1) * V_LANES16;
     const ptrdiff_t block = ISA_NAME(row_block_)(n);
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += block) {
         const ptrdiff_t r1 = r0 + block < rows ? r0 + block : rows;
         ptrdiff_t o = 0;
-        for (; o + 2 <= m; o += 2) {
-            const int16_t *wo = w + o * n;
-            ptrdiff_t r = r0;
-            for (; r + TILE_MAX_R <= r1; r += TILE_MAX_R) {
-                ISA_NAME(tile_)(a + r * n, b4 + r * n, n, wo, TILE_MAX_R, 2, high_chunks, res);
-                for (int rr = 0; rr < TILE_MAX_R; rr++) {
-                    dots[(r + rr) * ld + o] = (int32_t)res[rr];
-                    dots[(r + rr) * ld + o + 1] = (int32_t)res[TILE_MAX_R + rr];
-                }
-            }
-            for (; r < r1; r++) {
-                ISA_NAME(tile_)(a + r * n, b4 + r * n, n, wo, 1, 2, high_chunks, res);
-                dots[r * ld + o] = (int32_t)res[0];
-                dots[r * ld + o + 1] = (int32_t)res[1];
-            }
-        }
-        for (; o < m; o++) {
-            for (ptrdiff_t r = r0; r < r1; r++) {
-                ISA_NAME(tile_)(a + r * n, b4 + r * n, n, w + o * n, 1, 1, high_chunks, res);
-                dots[r * ld + o] = (int32_t)res[0];
-            }
-        }
+        for (; o + 2 <= m; o += 2) ISA_NAME(tile_rows_)(a, b4, n, r0, r1, w + o * n, 2, run, dots + o, ld);
+        if (o < m) ISA_NAME(tile_rows_)(a, b4, n, r0, r1, w + o * n, 1, run, dots + o, ld);
     }
+    const ptrdiff_t full = n - n % V_LANES16;
+    if (full < n)   // the last values of every dot product, one at a time
+        for (ptrdiff_t r = 0; r < rows; r++)
+            for (ptrdiff_t o = 0; o < m; o++)
+                dots[r * ld + o] = (int32_t)((uint32_t)dots[r * ld + o] +
+                                             ISA_NAME(dot_tail_)(a + r * n, b4 + r * n, w + o * n, full, n));
 #else
     (void)high_chunks;
     for (ptrdiff_t o = 0; o < m; o++)

@@ -50,7 +50,7 @@ final class FixedEmulationFastPathTests: XCTestCase {
         XCTAssertTrue(isas.contains(MOEPACK_ISA_PORTABLE))
         for trial in 0..<240 {
             // Widths around the 16- and 32-lane vectors and their runs of chunks, with tails; row
-            // counts across the kernels' tiles and row blocks (20 rows at n = 192 for AVX2).
+            // counts across the kernels' tiles and row blocks (21 rows at n = 192 for AVX2).
             let n = [8, 16, 24, 40, 64, 72, 96, 127, 128, 129, 192, 200][trial % 12]
             let rowCount = [1, 2, 3, 4, 5, 9, 23][trial % 7]
             let m = 1 + (trial / 4) % 5
