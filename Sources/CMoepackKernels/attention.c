@@ -105,6 +105,17 @@ static inline void attn_restore_rounding(unsigned saved) {
 static int attn_fma_supported(void) { return __builtin_cpu_supports("fma"); }
 #endif
 
+void moepack_attn_row_max_abs(moepack_isa isa, const int32_t *x, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n,
+                              uint32_t *max_abs) {
+    switch (moepack_kernels_runnable(isa)) {
+#if MOEPACK_X86
+    case MOEPACK_ISA_AVX512: row_max_abs_avx512(x, ld, rows, n, max_abs); return;
+    case MOEPACK_ISA_AVX2: row_max_abs_avx2(x, ld, rows, n, max_abs); return;
+#endif
+    default: row_max_abs_portable(x, ld, rows, n, max_abs); return;
+    }
+}
+
 void moepack_attn_key_panels(const int32_t *k, ptrdiff_t ldk, ptrdiff_t keys, ptrdiff_t hd, double *panels) {
     enum { P = MOEPACK_ATTN_PANEL };
     const ptrdiff_t count = (keys + P - 1) / P;

@@ -24,7 +24,7 @@ static inline int32_t ATTN_NAME(low32_)(double v) {
 }
 
 /// Q·K for the G queries of `qs` (qs[j*G + i] = q_i[j] * 2^-22) against the panels p0 .. of
-/// `kp` covered by H vectors (H = ATTN_H, or 1 for a last odd panel of AVX-512).
+/// `kp` covered by H vectors (H = ATTN_H, or one panel's worth for a last odd panel of AVX-512).
 ISA_FN static inline __attribute__((always_inline)) void
 ATTN_NAME(qk_pass_)(const double *qs, const double *kp, ptrdiff_t p0, const int H, ptrdiff_t hd, VD sc,
                     double *res) {
@@ -82,6 +82,20 @@ ISA_FN static inline void ATTN_NAME(gather_scaled_)(const int32_t *x, ptrdiff_t 
     }
 }
 
+ISA_FN static void ATTN_NAME(row_max_abs_)(const int32_t *x, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n,
+                                            uint32_t *max_abs) {
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const int32_t *xr = x + r * ld;
+        uint32_t m = 0;
+        for (ptrdiff_t j = 0; j < n; j++) {
+            const uint32_t u = (uint32_t)xr[j];
+            const uint32_t a = xr[j] < 0 ? 0u - u : u;   // |INT32_MIN| = 2^31 as uint32
+            m = a > m ? a : m;
+        }
+        max_abs[r] = m;
+    }
+}
+
 ISA_FN ATTN_NOINLINE static void ATTN_NAME(qk_batch_)(const int32_t *q, ptrdiff_t ldq, const int32_t *rows,
                                                       ptrdiff_t n, const double *kp, ptrdiff_t keys, ptrdiff_t hd,
                                                       int32_t scale, int32_t *scores, ptrdiff_t lds,
@@ -98,8 +112,8 @@ ISA_FN ATTN_NOINLINE static void ATTN_NAME(qk_batch_)(const int32_t *q, ptrdiff_
         for (ptrdiff_t p0 = 0; p0 < panels; p0 += STEP) {
             const int whole = p0 + STEP <= panels;
             if (whole) ATTN_NAME(qk_pass_)(scratch, kp, p0, ATTN_H, hd, sc, res);
-            else ATTN_NAME(qk_pass_)(scratch, kp, p0, 1, hd, sc, res);
-            const ptrdiff_t lanes = (whole ? STEP * P : VD_LANES);
+            else ATTN_NAME(qk_pass_)(scratch, kp, p0, P / VD_LANES, hd, sc, res);
+            const ptrdiff_t lanes = whole ? STEP * P : P;
             for (ptrdiff_t i = 0; i < count; i++) {
                 int32_t *out = scores + (ptrdiff_t)rows[r0 + i] * lds + p0 * P;
                 for (ptrdiff_t l = 0; l < lanes && p0 * P + l < keys; l++)
@@ -140,8 +154,8 @@ ISA_FN ATTN_NOINLINE static void ATTN_NAME(av_batch_)(const int32_t *a, ptrdiff_
         for (ptrdiff_t c0 = 0; c0 < groups; c0 += STEP) {
             const int whole = c0 + STEP <= groups;
             if (whole) ATTN_NAME(av_pass_)(scratch, vp, c0, ATTN_H, keys, res);
-            else ATTN_NAME(av_pass_)(scratch, vp, c0, 1, keys, res);
-            const ptrdiff_t lanes = whole ? STEP * P : VD_LANES;
+            else ATTN_NAME(av_pass_)(scratch, vp, c0, P / VD_LANES, keys, res);
+            const ptrdiff_t lanes = whole ? STEP * P : P;
             for (ptrdiff_t i = 0; i < count; i++) {
                 int32_t *o = out + (ptrdiff_t)rows[r0 + i] * ldo + c0 * P;
                 for (ptrdiff_t l = 0; l < lanes; l++) o[l] = ATTN_NAME(low32_)(res[i * ATTN_H * VD_LANES + l]);

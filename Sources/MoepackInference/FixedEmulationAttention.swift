@@ -12,6 +12,8 @@ final class AttentionScratch {
     let weightAbsSum: UnsafeMutablePointer<Int64>
     /// Query indices handed to a batch kernel.
     let rows: UnsafeMutablePointer<Int32>
+    /// max |x| per token row of the head's Q, K or V (`moepack_attn_row_max_abs`).
+    let rowMaxAbs: UnsafeMutablePointer<UInt32>
     /// K and V of the head packed for the batch kernels (moepack_attention.h), and their scratch.
     let keyPanels: UnsafeMutablePointer<Double>
     let valuePanels: UnsafeMutablePointer<Double>
@@ -35,6 +37,7 @@ final class AttentionScratch {
         weights = .allocate(capacity: T * T)
         weightAbsSum = .allocate(capacity: T)
         rows = .allocate(capacity: T)
+        rowMaxAbs = .allocate(capacity: T)
         keyPanels = .allocate(capacity: panelKeys * hd)
         valuePanels = .allocate(capacity: T * hd)
         batchScratch = .allocate(capacity: Int(MOEPACK_ATTN_GROUP) * max(hd, T))
@@ -50,7 +53,7 @@ final class AttentionScratch {
     deinit {
         for p in [scores, weights, kS] as [UnsafeMutablePointer<Int32>] { p.deallocate() }
         for p in [rows] as [UnsafeMutablePointer<Int32>] { p.deallocate() }
-        for p in [kT, kBlock9T, qU, qBlock9, blockScratch] as [UnsafeMutablePointer<UInt32>] { p.deallocate() }
+        for p in [kT, kBlock9T, qU, qBlock9, blockScratch, rowMaxAbs] as [UnsafeMutablePointer<UInt32>] { p.deallocate() }
         keyPanels.deallocate(); valuePanels.deallocate(); batchScratch.deallocate()
         softmaxScratch.deallocate(); weightAbsSum.deallocate()
     }
@@ -89,14 +92,15 @@ extension FixedBackbone {
     func attentionScores(q: UnsafePointer<Int32>, k: UnsafePointer<Int32>, _ s: AttentionScratch) -> Int {
         let D = config.embedDim, T = config.tokens, hd = config.headDim, blocks = Int64(hd / 8)
         let absScale = Int64(scaleRaw).magnitude
+        moepack_attn_row_max_abs(simdKernels, k, D, T, hd, s.rowMaxAbs)
         var maxAbsK: Int64 = 0
-        for t in 0..<T { for j in 0..<hd { maxAbsK = max(maxAbsK, abs(Int64(k[t * D + j]))) } }
+        for t in 0..<T { maxAbsK = max(maxAbsK, Int64(s.rowMaxAbs[t])) }
+        moepack_attn_row_max_abs(simdKernels, q, D, T, hd, s.rowMaxAbs)
         var wraps = 0, batch = 0
         var offsetFormsFilled = false, kSFilled = false
         for qi in 0..<T {
             let qRow = q + qi * D
-            var maxAbsQ: Int64 = 0
-            for d in 0..<hd { maxAbsQ = max(maxAbsQ, abs(Int64(qRow[d]))) }
+            let maxAbsQ = Int64(s.rowMaxAbs[qi])
             // Every floored product has |t| ≤ (max|q|·max|k| >> fmFrac) + 1, so no partial block sum
             // exceeds blockBound; when that fits fm_t no block sum wraps.
             let blockBound = 8 * (((maxAbsQ * maxAbsK) >> fmFrac) + 1)
@@ -173,8 +177,9 @@ extension FixedBackbone {
     /// kernel gives the exact sum; otherwise the step-by-step replay.
     func attentionTimesV(v: UnsafePointer<Int32>, out: UnsafeMutablePointer<Int32>, _ s: AttentionScratch) -> Int {
         let D = config.embedDim, T = config.tokens, hd = config.headDim
+        moepack_attn_row_max_abs(simdKernels, v, D, T, hd, s.rowMaxAbs)
         var maxAbsV: Int64 = 0
-        for t in 0..<T { for d in 0..<hd { maxAbsV = max(maxAbsV, abs(Int64(v[t * D + d]))) } }
+        for t in 0..<T { maxAbsV = max(maxAbsV, Int64(s.rowMaxAbs[t])) }
         var wraps = 0, batch = 0
         for qi in 0..<T {
             // |Σ floor(v·a / 2^22)| ≤ max|v|·Σ|a| / 2^22 + T for every partial sum.

@@ -49,6 +49,25 @@ final class FixedEmulationAttentionBatchTests: XCTestCase {
         return Int32(truncatingIfNeeded: score)
     }
 
+    /// max |x| per row, with |INT32_MIN| = 2^31 and rows of stride 11 whose last 2 values are
+    /// outside the n = 9 measured (they must not count).
+    func testRowMaxAbsKnownAnswers() {
+        let ld = 11, n = 9
+        var x = [Int32](repeating: 0, count: 5 * ld)
+        let rows: [[Int32]] = [[0, 0, 0], [-1, 1, 0], [Int32.min, 5, 0], [Int32.max, -Int32.max, 0], [3, -4, 2]]
+        for (r, values) in rows.enumerated() {
+            for (j, value) in values.enumerated() { x[r * ld + j * 4] = value }   // dims 0, 4, 8
+            x[r * ld + 9] = Int32.min; x[r * ld + 10] = Int32.min
+        }
+        for isa in FixedEmulationFastPathTests.runnableISAs {
+            var got = [UInt32](repeating: 7, count: 5)
+            moepack_attn_row_max_abs(isa, x, ld, 5, n, &got)
+            XCTAssertEqual(got, [0, 1, 1 << 31, UInt32(Int32.max), 4], "form \(isa.rawValue)")
+            moepack_attn_row_max_abs(isa, x, ld, 5, 0, &got)
+            XCTAssertEqual(got, [0, 0, 0, 0, 0], "form \(isa.rawValue) n = 0")
+        }
+    }
+
     func testQKBatchKnownAnswers() {
         // One block of 8 dims, scale 1.0 (2^22) unless noted; key rows below, query all-ones × x.
         let hd = 8

@@ -19,11 +19,19 @@ final class FixedEmulationRowsTests: XCTestCase {
             rows.append((0..<n).map { i in i % 3 == 0 ? Int32.max : Int32.min })
             rows.append([Int32](repeating: 0, count: n))                                              // variance = eps
             rows.append([Int32](repeating: -(300 << 22), count: n))
+            // E[x^2] just inside fm_t (22.5^2 < 512) and just past it (23^2): the rows' sums taken at
+            // once, and per block with the wrap.
+            rows.append((0..<n).map { i in i % 2 == 0 ? 45 << 21 : -(45 << 21) })
+            rows.append([Int32](repeating: 23 << 22, count: n))
             let x = rows.flatMap { $0 }
             let invDim = Int32((4_194_304.0 / Double(n)).rounded(.down))
-            for (weightFrac, wScale) in [(11, Int32(1) << 15), (0, Int32.max), (30, Int32(1) << 20)] {
+            // The last case's bias and weights are small enough that rows without wraps scale at once.
+            for (weightFrac, wScale, bShift) in [(11, Int32(1) << 15, 3), (0, Int32.max, 3), (30, Int32(1) << 20, 3),
+                                                  (11, Int32(1) << 13, 10)] {
                 let weight = (0..<n).map { i -> Int32 in i == 0 ? -wScale : Int32(truncatingIfNeeded: rng.next()) % wScale }
-                let bias = (0..<n).map { i -> Int32 in i == 1 ? Int32.max : Int32(truncatingIfNeeded: rng.next() << 31 | rng.next()) >> 3 }
+                let bias = (0..<n).map { i -> Int32 in
+                    i == 1 && bShift == 3 ? Int32.max : Int32(truncatingIfNeeded: rng.next() << 31 | rng.next()) >> bShift
+                }
                 var expected = [Int32](repeating: 0, count: x.count)
                 var expectedWraps = 0
                 x.withUnsafeBufferPointer { xb in

@@ -123,6 +123,21 @@ final class FixedEmulationSoftmaxTests: XCTestCase {
             var mixed = (0..<keys).map { _ in Int32(truncatingIfNeeded: rng.next() % (4 << 22)) }
             mixed[keys / 2] = Int32.max; mixed[0] = Int32.min; mixed[keys - 1] = Int32.min + 1
             cases.append(mixed)
+            // Rows the kernel takes apart (scores within 2^31 of each other, a quarter of them within
+            // 16 of the maximum) at the edge: a spread of exactly 2^31, and one raw unit more.
+            var spread = [Int32](repeating: 0, count: keys)
+            spread[keys / 3] = Int32.min
+            cases.append(spread)
+            spread[0] = 1
+            cases.append(spread)
+            // Many equal scores with a slightly larger one every 64 keys: the running sum leaves fm_t
+            // (at 1025 keys) both between two new maxima and on the product at one.
+            cases.append((0..<keys).map { Int32($0 / 64) })
+            // At 1025 keys the sum leaves fm_t among equal scores, then a new maximum 8 higher
+            // brings the product back into range.
+            var late = [Int32](repeating: 0, count: keys)
+            late[keys * 3 / 5] = 8 << 22
+            cases.append(late)
         }
         var sawWraps = false
         for scores in cases {

@@ -18,6 +18,11 @@ extern "C" {
 /// Queries per pass of the batch kernels; their `scratch` holds MOEPACK_ATTN_GROUP * max(hd, keys)
 /// doubles.
 #define MOEPACK_ATTN_GROUP 4
+/// max_abs[r] = max_j |x[r*ld + j]| over j < n for each of `rows` rows of int32 (as uint32:
+/// |INT32_MIN| = 2^31), the operands of the attention bounds; 0 when n = 0.
+void moepack_attn_row_max_abs(moepack_isa isa, const int32_t *x, ptrdiff_t ld, ptrdiff_t rows, ptrdiff_t n,
+                              uint32_t *max_abs);
+
 /// K of one head packed for moepack_attn_qk_batch: key t's dim j (k[t*ldk + j], fm_t raw) at
 /// panels[((t / 8) * hd + j) * 8 + t % 8] as a double (exact); lanes past `keys` in the last panel
 /// are 0. `panels` holds ceil(keys / 8) * hd * 8 doubles.
