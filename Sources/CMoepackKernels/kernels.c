@@ -32,8 +32,14 @@ __attribute__((target("avx2"))) static inline __m256i gelu8_avx2(__m256i x, cons
     const __m256i in_table = _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(table_max), ax),
                                               _mm256_cmpgt_epi32(ax, _mm256_set1_epi32(-1)));
     const __m256i index = _mm256_and_si256(_mm256_srli_epi32(ax, 17), in_table);
-    const __m256i lo = _mm256_i32gather_epi32((const int *)table, index, 4);
-    const __m256i hi = _mm256_i32gather_epi32((const int *)(table + 1), index, 4);
+    // table[index] and table[index + 1] as one 64-bit read per lane (lanes 0-3, then 4-7), then
+    // split into the lo and hi vectors in lane order: half the gathered elements of two 32-bit gathers.
+    const __m256 g0 = _mm256_castsi256_ps(_mm256_i32gather_epi64((const long long *)table,
+                                                                 _mm256_castsi256_si128(index), 4));
+    const __m256 g1 = _mm256_castsi256_ps(_mm256_i32gather_epi64((const long long *)table,
+                                                                 _mm256_extracti128_si256(index, 1), 4));
+    const __m256i lo = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(g0, g1, 0x88)), 0xD8);
+    const __m256i hi = _mm256_permute4x64_epi64(_mm256_castps_si256(_mm256_shuffle_ps(g0, g1, 0xDD)), 0xD8);
     const __m256i frac = _mm256_and_si256(ax, _mm256_set1_epi32(0x1FFFF));
     const __m256i diff = _mm256_sub_epi32(hi, lo);
     const __m256i even = _mm256_srli_epi64(_mm256_mul_epi32(frac, diff), 17);
