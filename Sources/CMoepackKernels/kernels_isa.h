@@ -25,35 +25,50 @@ ISA_FN static inline uint32_t ISA_NAME(dot_tail_)(const int16_t *a, const int16_
 }
 
 #if ISA_VEC
+/// One chunk (V_LANES16 values from i) of the NR x NO tile: the a' products added to acc (32-bit
+/// lanes), the b4 high halves to h (16-bit lanes); `first` (a constant) sets them instead. a' then
+/// b4 are loaded, so that one input vector and one product are live at a time.
+ISA_FN static inline __attribute__((always_inline)) void
+ISA_NAME(chunk_)(const int16_t *a, const int16_t *b4, ptrdiff_t n, const int16_t *w, ptrdiff_t i, const int NR,
+                 const int NO, const int first, V acc[TILE_MAX_R][2], V h[TILE_MAX_R][2]) {
+    V wv[2];
+    for (int o = 0; o < NO; o++) wv[o] = V_LOAD(w + o * n + i);
+    for (int r = 0; r < NR; r++) {
+        const V av = V_LOAD(a + r * n + i);
+        for (int o = 0; o < NO; o++) acc[r][o] = first ? V_MADD(av, wv[o]) : V_ADD32(acc[r][o], V_MADD(av, wv[o]));
+        const V bv = V_LOAD(b4 + r * n + i);
+        for (int o = 0; o < NO; o++) h[r][o] = first ? V_MULHI(bv, wv[o]) : V_ADD16(h[r][o], V_MULHI(bv, wv[o]));
+    }
+}
+
 /// NR input rows x NO weight rows (NR, NO constants after inlining): dots[r*ld + o] for r < NR,
 /// o < NO, over the first n - n % V_LANES16 values (linear_dots_ adds the rest). The high halves
 /// are summed in int16 lanes over runs of `run` values (a multiple of V_LANES16: one chunk when the
 /// caller's bound allows no more), each run then widened by one pairwise sum against ones. With
 /// NR = 3, NO = 2 (AVX2) the 6 + 6 accumulators, 2 weight vectors and 2 temporaries fill the 16
-/// registers: 8 loads and 24 vector operations per 96 products.
+/// registers: 8 loads and 24 vector operations per 96 products (8 cycles on Zen 4, which issues
+/// 3 vector integer operations a cycle). The first chunk sets the accumulators: no adds to zeros.
 ISA_FN static inline __attribute__((always_inline)) void
 ISA_NAME(tile_)(const int16_t *a, const int16_t *b4, ptrdiff_t n, const int16_t *w, const int NR, const int NO,
                 ptrdiff_t run, int32_t *dots, ptrdiff_t ld) {
-    V acc[TILE_MAX_R][2], h[TILE_MAX_R][2], wv[2];
-    for (int r = 0; r < NR; r++) for (int o = 0; o < NO; o++) acc[r][o] = V_ZERO;
+    V acc[TILE_MAX_R][2], h[TILE_MAX_R][2];
     const ptrdiff_t full = n - n % V_LANES16;
     ptrdiff_t i = 0;
-    do {
-        const ptrdiff_t end = full - i > run ? i + run : full;
-        for (int r = 0; r < NR; r++) for (int o = 0; o < NO; o++) h[r][o] = V_ZERO;
-        for (; i < end; i += V_LANES16) {
-            for (int o = 0; o < NO; o++) wv[o] = V_LOAD(w + o * n + i);
-            for (int r = 0; r < NR; r++) {
-                // a' then b4, so that one input vector and one product are live at a time.
-                const V av = V_LOAD(a + r * n + i);
-                for (int o = 0; o < NO; o++) acc[r][o] = V_ADD32(acc[r][o], V_MADD(av, wv[o]));
-                const V bv = V_LOAD(b4 + r * n + i);
-                for (int o = 0; o < NO; o++) h[r][o] = V_ADD16(h[r][o], V_MULHI(bv, wv[o]));
-            }
-        }
+    if (full > 0) {
+        ISA_NAME(chunk_)(a, b4, n, w, 0, NR, NO, 1, acc, h);
+        i = V_LANES16;
+    } else {
+        for (int r = 0; r < NR; r++) for (int o = 0; o < NO; o++) acc[r][o] = h[r][o] = V_ZERO;
+    }
+    ptrdiff_t end = full > run ? run : full;
+    for (;;) {
+        for (; i < end; i += V_LANES16) ISA_NAME(chunk_)(a, b4, n, w, i, NR, NO, 0, acc, h);
         const V ones = V_ONES16;
         for (int r = 0; r < NR; r++) for (int o = 0; o < NO; o++) acc[r][o] = V_ADD32(acc[r][o], V_MADD(h[r][o], ones));
-    } while (i < full);
+        if (i >= full) break;
+        for (int r = 0; r < NR; r++) for (int o = 0; o < NO; o++) h[r][o] = V_ZERO;
+        end = full - i > run ? i + run : full;
+    }
     int r = 0;
 #ifdef V_SUMS2X2
     if (NO == 2) {
@@ -98,7 +113,13 @@ ISA_FN static void ISA_NAME(linear_dots_)(const int16_t *a, const int16_t *b4, p
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += block) {
         const ptrdiff_t r1 = r0 + block < rows ? r0 + block : rows;
         ptrdiff_t o = 0;
-        for (; o + 2 <= m; o += 2) ISA_NAME(tile_rows_)(a, b4, n, r0, r1, w + o * n, 2, run, dots + o, ld);
+        for (; o + 2 <= m; o += 2) {
+            // The first row block reads the weights from memory (an expert's rows are often that
+            // one block): the next pair is requested while this one is used.
+            if (r0 == 0 && o + 4 <= m)
+                for (ptrdiff_t p = 0; p < 2 * n; p += 32) __builtin_prefetch(w + (o + 2) * n + p, 0, 3);
+            ISA_NAME(tile_rows_)(a, b4, n, r0, r1, w + o * n, 2, run, dots + o, ld);
+        }
         if (o < m) ISA_NAME(tile_rows_)(a, b4, n, r0, r1, w + o * n, 1, run, dots + o, ld);
     }
     const ptrdiff_t full = n - n % V_LANES16;
