@@ -5,8 +5,34 @@
 #define PE_CAT2(a, b) a##b
 #define PE_CAT(a, b) PE_CAT2(a, b)
 #define PE_NAME(name) PE_CAT(name, ISA_SUFFIX)
-/// Output dims per register block (dims is a multiple of 16).
+/// Output dims per register block: PE_WIDE (12 AVX2 registers) while they last, then PE_BLOCK
+/// (dims is a multiple of 16).
+#define PE_WIDE 96
 #define PE_BLOCK 16
+
+/// One patch row's addends for output dims d0 .. d0+block: addend_dim += pixel * weight, each
+/// product floored from 24 to 22 fraction bits (|each| < 2^21, so the row sum of 16 stays inside
+/// fm_t); then acc_dim += addend_dim, assigned to fm_t (wrapped, counted). block is a constant at
+/// every call, so the addends stay in registers and each pixel is broadcast once per block.
+ISA_FN static inline __attribute__((always_inline)) void
+PE_NAME(patch_row_)(const uint8_t *src, const int16_t *wrow, ptrdiff_t patch, ptrdiff_t dims, ptrdiff_t d0,
+                    const int block, int32_t *acc, int64_t *wraps) {
+    int32_t add[PE_WIDE];
+    for (int l = 0; l < block; l++) add[l] = 0;
+    for (ptrdiff_t j = 0; j < patch; j++) {
+        const int32_t pix = src[j];
+        const int16_t *w = wrow + j * dims + d0;
+        for (int l = 0; l < block; l++) add[l] += (pix * (int32_t)w[l]) >> 2;
+    }
+    int64_t n = 0;
+    for (int l = 0; l < block; l++) {
+        const int32_t a = acc[d0 + l];
+        const int32_t s = (int32_t)((uint32_t)a + (uint32_t)add[l]);
+        n += ((a ^ s) & (add[l] ^ s)) < 0;
+        acc[d0 + l] = s;
+    }
+    *wraps += n;
+}
 
 ISA_FN static int64_t PE_NAME(patch_embed_)(const uint8_t *pixels, ptrdiff_t chans, ptrdiff_t height,
                                             ptrdiff_t width, ptrdiff_t patch, const int16_t *weights_t,
@@ -24,24 +50,11 @@ ISA_FN static int64_t PE_NAME(patch_embed_)(const uint8_t *pixels, ptrdiff_t cha
                 for (ptrdiff_t yy = 0; yy < patch; yy++) {
                     const uint8_t *src = pixels + (ch * height + py * patch + yy) * width + px * patch;
                     const int16_t *wrow = weights_t + (ch * patch + yy) * patch * dims;
-                    for (ptrdiff_t d0 = 0; d0 < dims; d0 += PE_BLOCK) {
-                        // addend_dim += pixel * weight, each product floored from 24 to 22
-                        // fraction bits; |each| < 2^21, so the row sum of 16 stays inside fm_t.
-                        int32_t add[PE_BLOCK];
-                        for (int l = 0; l < PE_BLOCK; l++) add[l] = 0;
-                        for (ptrdiff_t j = 0; j < patch; j++) {
-                            const int32_t pix = src[j];
-                            const int16_t *w = wrow + j * dims + d0;
-                            for (int l = 0; l < PE_BLOCK; l++) add[l] += (pix * (int32_t)w[l]) >> 2;
-                        }
-                        // out_dim += addend_dim, assigned to fm_t (wrapped, counted).
-                        for (int l = 0; l < PE_BLOCK; l++) {
-                            const int32_t a = acc[d0 + l];
-                            const int32_t s = (int32_t)((uint32_t)a + (uint32_t)add[l]);
-                            wraps += ((a ^ s) & (add[l] ^ s)) < 0;
-                            acc[d0 + l] = s;
-                        }
-                    }
+                    ptrdiff_t d0 = 0;
+                    for (; d0 + PE_WIDE <= dims; d0 += PE_WIDE)
+                        PE_NAME(patch_row_)(src, wrow, patch, dims, d0, PE_WIDE, acc, &wraps);
+                    for (; d0 < dims; d0 += PE_BLOCK)
+                        PE_NAME(patch_row_)(src, wrow, patch, dims, d0, PE_BLOCK, acc, &wraps);
                 }
             }
             const int32_t *prow = pos + token * dims;
@@ -58,6 +71,7 @@ ISA_FN static int64_t PE_NAME(patch_embed_)(const uint8_t *pixels, ptrdiff_t cha
 }
 
 #undef PE_BLOCK
+#undef PE_WIDE
 #undef PE_NAME
 #undef PE_CAT
 #undef PE_CAT2

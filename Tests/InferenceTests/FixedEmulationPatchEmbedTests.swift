@@ -11,7 +11,8 @@ final class FixedEmulationPatchEmbedTests: XCTestCase {
 
     func testPatchEmbedEveryFormEqualsReplay() {
         var rng = LCG(state: 777)
-        for (C, p, gh, gw, D) in [(3, 16, 2, 3, 32), (1, 4, 3, 2, 16), (2, 8, 1, 1, 48)] {
+        // D = 112 and 192: the kernel's blocks of 96 dims, with and without a block of 16 after them.
+        for (C, p, gh, gw, D) in [(3, 16, 2, 3, 32), (1, 4, 3, 2, 16), (2, 8, 1, 1, 48), (3, 16, 1, 2, 112), (1, 8, 2, 1, 192)] {
             let H = gh * p, W = gw * p, T = gh * gw + 1, patchLen = C * p * p
             let pixels = (0..<(C * H * W)).map { i -> UInt8 in i % 5 == 0 ? 255 : UInt8(truncatingIfNeeded: rng.next()) }
             // [D][C][p][p]: rows 0 and 1 all at the Int16 ends, the rest random.
