@@ -19,7 +19,9 @@
 #                (80; a 20-frame run differs from a 10-frame one by a few tenths of a second, within this VM's
 #                run-to-run noise): steady state, both cores busy; vs bench/reference_forward.py ms/frame (PyTorch CPU,
 #                2 threads). Also 1 frame, to show how cost grows with frames (slopes 1→N/2 and N/2→N)
-#   run-fixed    the same with --mode fixed (no reference)
+#   run-fixed    the same with --mode fixed (no reference). Float and fixed runs alternate in rounds (float 1, N/2,
+#                N frames, then fixed 1, N/2, N frames, RUNS + 1 rounds, the first a warm-up), so that the
+#                fixed ÷ float ratio compares runs of the same minute; the ratio of each round is listed too
 #   pack-small   pack on bench/out/train-small.pth (ViT-Small-sized, ~860 MB) with --profile bench/vit-small.json,
 #                both tools, plus the growth factors small ÷ tiny (file bytes, moepack, reference)
 #   run-small-*  moepack run --mode float / fixed on that image, per frame = slope between N and 2N frames with
@@ -126,29 +128,43 @@ now() { if [ -n "${EPOCHREALTIME:-}" ]; then echo "${EPOCHREALTIME/,/.}"; else e
 
 # measure KEY CMD...: 1 warm-up + RUNS timed runs. Sets WALL[KEY] (s), RSS[KEY] (KiB), or FAIL[KEY].
 # stdout of timed run i is in $LOG/KEY.i.out, stderr in $LOG/KEY.i.err.
+# measure_once KEY I CMD...: run I of KEY (0 = the warm-up, not kept). Appends the wall time and
+# peak RSS of a timed run to KEY's lists, or sets FAIL[KEY] and returns 1.
+declare -A WLIST RLIST
+measure_once() {
+    local key=$1 i=$2; shift 2
+    local t0 t1 e m
+    t0=$(now)
+    if ! /usr/bin/time -f '%e %M' -o "$LOG/$key.time" "$@" >"$LOG/$key.$i.out" 2>"$LOG/$key.$i.err"; then
+        echo "bench: $key failed (run $i); last lines of $LOG/$key.$i.err:" >&2
+        tail -n 3 "$LOG/$key.$i.err" | sed 's/^/    /' >&2
+        FAIL[$key]=1
+        return 1
+    fi
+    t1=$(now)
+    ((i == 0)) && return 0
+    read -r e m < <(tail -n 1 "$LOG/$key.time")
+    if [ -n "$t0" ] && [ -n "$t1" ]; then e=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }'); fi
+    WLIST[$key]+="$e "; RLIST[$key]+="$m "
+    printf '%s\t%d\t%s\t%s\n' "$key" "$i" "$e" "$m" >> "$RUNS_TSV"
+}
+
+# measure_done KEY: WALL[KEY] (s) and RSS[KEY] (KiB) are the medians of KEY's timed runs, WALLS[KEY] the runs.
+measure_done() {
+    local key=$1
+    WALL[$key]=$(median ${WLIST[$key]})
+    WALLS[$key]="${WLIST[$key]% }"
+    RSS[$key]=$(median ${RLIST[$key]} | awk '{ printf "%d\n", $1 + 0.5 }')
+}
+
+# measure KEY CMD...: 1 warm-up + RUNS timed runs. Sets WALL[KEY] (s), RSS[KEY] (KiB), or FAIL[KEY].
+# stdout of timed run i is in $LOG/KEY.i.out, stderr in $LOG/KEY.i.err.
 measure() {
     local key=$1; shift
-    local walls=() rsses=() i t0 t1 e m runs=${MEASURE_RUNS:-$RUNS}
+    local i runs=${MEASURE_RUNS:-$RUNS}
     echo "bench: $key: $*" >&2
-    for ((i = 0; i <= runs; i++)); do
-        t0=$(now)
-        if ! /usr/bin/time -f '%e %M' -o "$LOG/$key.time" "$@" >"$LOG/$key.$i.out" 2>"$LOG/$key.$i.err"; then
-            t1=$(now)
-            echo "bench: $key failed (run $i); last lines of $LOG/$key.$i.err:" >&2
-            tail -n 3 "$LOG/$key.$i.err" | sed 's/^/    /' >&2
-            FAIL[$key]=1
-            return 1
-        fi
-        t1=$(now)
-        ((i == 0)) && continue
-        read -r e m < <(tail -n 1 "$LOG/$key.time")
-        if [ -n "$t0" ] && [ -n "$t1" ]; then e=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }'); fi
-        walls+=("$e"); rsses+=("$m")
-        printf '%s\t%d\t%s\t%s\n' "$key" "$i" "$e" "$m" >> "$RUNS_TSV"
-    done
-    WALL[$key]=$(median "${walls[@]}")
-    WALLS[$key]="${walls[*]}"
-    RSS[$key]=$(median "${rsses[@]}" | awk '{ printf "%d\n", $1 + 0.5 }')
+    for ((i = 0; i <= runs; i++)); do measure_once "$key" "$i" "$@" || return 1; done
+    measure_done "$key"
 }
 
 # Committed reference figure: figure KEY FIELD → value or empty.
@@ -202,42 +218,59 @@ elif "$BIN" pack "$BUNDLED" -o "$PACKED" --quiet >"$LOG/prep-pack.out" 2>"$LOG/p
 else
     echo "bench: packing the bundled checkpoint failed (see $LOG/prep-pack.err): run rows skipped" >&2
 fi
-run_n() {   # run_n MODE N → measure key run-MODE-N
-    local mode=$1 n=$2
+run_once() {   # run_once MODE N I → run I of key run-MODE-N
+    local mode=$1 n=$2 i=$3
+    ((i == 0)) && echo "bench: run-$mode-$n: $BIN run $PACKED --image $OUT/frames-$n --mode $mode -o $OUT/run-$mode-$n" >&2
     if [ "$RUN_MODE" = repeat ]; then
-        measure "run-$mode-$n" "$BIN" run "$PACKED" --image "$FRAME" --mode "$mode" --repeat "$n" -o "$OUT/run-$mode-$n.npy"
+        measure_once "run-$mode-$n" "$i" "$BIN" run "$PACKED" --image "$FRAME" --mode "$mode" --repeat "$n" -o "$OUT/run-$mode-$n.npy"
     else
         rm -rf "$OUT/run-$mode-$n"
-        measure "run-$mode-$n" "$BIN" run "$PACKED" --image "$OUT/frames-$n" --mode "$mode" -o "$OUT/run-$mode-$n"
+        measure_once "run-$mode-$n" "$i" "$BIN" run "$PACKED" --image "$OUT/frames-$n" --mode "$mode" -o "$OUT/run-$mode-$n"
     fi
 }
-# slope_spread KEY_A KEY_B FRAMES_A FRAMES_B → "min–max" ms/frame over the paired runs (run i − run i).
-slope_spread() {
-    local a=(${WALLS[$1]:-}) b=(${WALLS[$2]:-}) i out=()
+# slope_list KEY_A KEY_B FRAMES_A FRAMES_B → ms/frame of each pair of runs (run i − run i), one per line.
+slope_list() {
+    local a=(${WALLS[$1]:-}) b=(${WALLS[$2]:-}) i
     for ((i = 0; i < ${#a[@]} && i < ${#b[@]}; i++)); do
-        out+=("$(awk -v x="${a[$i]}" -v y="${b[$i]}" -v n="$3" -v m="$4" 'BEGIN { printf "%.3f", (y - x) * 1000 / (m - n) }')")
+        awk -v x="${a[$i]}" -v y="${b[$i]}" -v n="$3" -v m="$4" 'BEGIN { printf "%.3f\n", (y - x) * 1000 / (m - n) }'
     done
-    ((${#out[@]})) && printf '%s\n' "${out[@]}" | sort -g | awk '{a[NR]=$1} END { printf "%.1f–%.1f", a[1], a[NR] }'
 }
-per_frame() {   # per_frame MODE → sets WALL[run-MODE] (ms/frame), RSS[run-MODE], LINEAR[MODE]
-    local mode=$1
-    if [ -n "$RUN_MODE" ] && run_n "$mode" 1 && run_n "$mode" "$HALF" && run_n "$mode" "$FRAMES"; then
-        # Steady state: the slope between N/2 and N frames, where every core runs frames throughout (a
-        # 1-frame run keeps one core idle, so a slope from 1 frame would understate the cost).
-        WALL[run-$mode]=$(awk -v a="${WALL[run-$mode-$HALF]}" -v b="${WALL[run-$mode-$FRAMES]}" -v h="$HALF" -v n="$FRAMES" \
-            'BEGIN { printf "%.3f", (b - a) * 1000 / (n - h) }')
-        # Linearity in frames: the per-frame slope over the first and the second half of the range.
-        LINEAR[$mode]=$(awk -v a="${WALL[run-$mode-1]}" -v m="${WALL[run-$mode-$HALF]}" -v b="${WALL[run-$mode-$FRAMES]}" \
-            -v h="$HALF" -v n="$FRAMES" 'BEGIN { printf "1→%d frames %.1f ms/frame, %d→%d frames %.1f ms/frame", h, (m - a) * 1000 / (h - 1), h, n, (b - m) * 1000 / (n - h) }')
-        RSS[run-$mode]=${RSS[run-$mode-$FRAMES]}
-        SPREAD[run-$mode]=$(slope_spread "run-$mode-$HALF" "run-$mode-$FRAMES" "$HALF" "$FRAMES")
-    else
-        FAIL[run-$mode]=1
+# slope_spread KEY_A KEY_B FRAMES_A FRAMES_B → "min–max" ms/frame over the paired runs.
+slope_spread() {
+    slope_list "$@" | sort -g | awk '{a[NR]=$1} END { if (NR) printf "%.1f–%.1f", a[1], a[NR] }'
+}
+per_frame() {   # per_frame MODE (after its runs) → sets WALL[run-MODE] (ms/frame), RSS[run-MODE], LINEAR[MODE]
+    local mode=$1 n
+    for n in 1 "$HALF" "$FRAMES"; do measure_done "run-$mode-$n"; done
+    # Steady state: the slope between N/2 and N frames, where every core runs frames throughout (a
+    # 1-frame run keeps one core idle, so a slope from 1 frame would understate the cost).
+    WALL[run-$mode]=$(awk -v a="${WALL[run-$mode-$HALF]}" -v b="${WALL[run-$mode-$FRAMES]}" -v h="$HALF" -v n="$FRAMES" \
+        'BEGIN { printf "%.3f", (b - a) * 1000 / (n - h) }')
+    # Linearity in frames: the per-frame slope over the first and the second half of the range.
+    LINEAR[$mode]=$(awk -v a="${WALL[run-$mode-1]}" -v m="${WALL[run-$mode-$HALF]}" -v b="${WALL[run-$mode-$FRAMES]}" \
+        -v h="$HALF" -v n="$FRAMES" 'BEGIN { printf "1→%d frames %.1f ms/frame, %d→%d frames %.1f ms/frame", h, (m - a) * 1000 / (h - 1), h, n, (b - m) * 1000 / (n - h) }')
+    RSS[run-$mode]=${RSS[run-$mode-$FRAMES]}
+    SPREAD[run-$mode]=$(slope_spread "run-$mode-$HALF" "run-$mode-$FRAMES" "$HALF" "$FRAMES")
+}
+# Float and fixed are timed in rounds: each round runs float on 1, N/2 and N frames, then fixed on the
+# same, so both modes see the machine of the same minute. On a shared VM the speed drifts by tens of
+# percent over minutes; with all float runs first, that drift went into the fixed ÷ float ratio.
+if ! $REF_ONLY && [ -n "$RUN_MODE" ]; then
+    for ((i = 0; i <= RUNS; i++)); do
+        for mode in float fixed; do
+            [ -n "${FAIL[run-$mode]:-}" ] && continue
+            for n in 1 "$HALF" "$FRAMES"; do run_once "$mode" "$n" "$i" || { FAIL[run-$mode]=1; break; }; done
+        done
+    done
+    for mode in float fixed; do [ -n "${FAIL[run-$mode]:-}" ] || per_frame "$mode"; done
+    # Fixed ÷ float of each round (its two slopes), for the spread of the ratio.
+    if [ -z "${FAIL[run-float]:-}" ] && [ -z "${FAIL[run-fixed]:-}" ]; then
+        RATIO_ROUNDS=$(paste <(slope_list "run-fixed-$HALF" "run-fixed-$FRAMES" "$HALF" "$FRAMES") \
+                             <(slope_list "run-float-$HALF" "run-float-$FRAMES" "$HALF" "$FRAMES") |
+                       awk '$2 > 0 { printf "%.2f\n", $1 / $2 }' | sort -g | tr '\n' ' ')
     fi
-}
-if ! $REF_ONLY; then
-    per_frame float
-    per_frame fixed
+elif ! $REF_ONLY; then
+    FAIL[run-float]=1; FAIL[run-fixed]=1
 fi
 if have_ref; then
     if measure ref-forward "$PY" bench/reference_forward.py --checkpoint "$BUNDLED" --image "$FRAME" --frames "$FRAMES" --warmup 3 --threads 2; then
@@ -454,7 +487,7 @@ size_mb() { [ -f "$1" ] && awk -v b="$(stat -L -c %s "$1")" 'BEGIN { printf "%.0
         [ -n "${LINEAR[$mode]:-}" ] && echo "Linear in frames, run --mode $mode: ${LINEAR[$mode]}."
     done
     if [ -n "${WALL[run-float]:-}" ] && [ -n "${WALL[run-fixed]:-}" ]; then
-        echo "Fixed ÷ float per frame: $(awk -v a="${WALL[run-float]}" -v b="${WALL[run-fixed]}" 'BEGIN { if (a > 0) printf "%.2f×", b / a }') (integer kernels: $(grep -qw avx512bw /proc/cpuinfo && grep -qw avx512f /proc/cpuinfo && echo AVX-512 || { grep -qw avx2 /proc/cpuinfo && echo AVX2 || echo portable C; })${MOEPACK_SIMD:+, forced MOEPACK_SIMD=$MOEPACK_SIMD})."
+        echo "Fixed ÷ float per frame: $(awk -v a="${WALL[run-float]}" -v b="${WALL[run-fixed]}" 'BEGIN { if (a > 0) printf "%.2f×", b / a }'); per round (the two modes timed in the same minute): ${RATIO_ROUNDS:-? }(integer kernels: $(grep -qw avx512bw /proc/cpuinfo && grep -qw avx512f /proc/cpuinfo && echo AVX-512 || { grep -qw avx2 /proc/cpuinfo && echo AVX2 || echo portable C; })${MOEPACK_SIMD:+, forced MOEPACK_SIMD=$MOEPACK_SIMD})."
     fi
     # Issue 15's targets, each with this run's figure and its margin.
     target() {   # target LABEL VALUE LIMIT UNIT
