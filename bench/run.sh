@@ -19,9 +19,10 @@
 #                (80; a 20-frame run differs from a 10-frame one by a few tenths of a second, within this VM's
 #                run-to-run noise): steady state, both cores busy; vs bench/reference_forward.py ms/frame (PyTorch CPU,
 #                2 threads). Also 1 frame, to show how cost grows with frames (slopes 1→N/2 and N/2→N)
-#   run-fixed    the same with --mode fixed (no reference). Float and fixed runs alternate in rounds (float 1, N/2,
-#                N frames, then fixed 1, N/2, N frames, RUNS + 1 rounds, the first a warm-up), so that the
-#                fixed ÷ float ratio compares runs of the same minute; the ratio of each round is listed too
+#   run-fixed    the same with --mode fixed (no reference). Float, fixed and the reference alternate in rounds
+#                (float 1, N/2, N frames, fixed 1, N/2, N frames, reference_forward.py; a warm-up round, then
+#                $BENCH_FRAME_RUNS (9)), so that fixed ÷ float and float ÷ PyTorch compare runs of the same
+#                minute; the fixed ÷ float ratio of each round is listed too
 #   pack-small   pack on bench/out/train-small.pth (ViT-Small-sized, ~860 MB) with --profile bench/vit-small.json,
 #                both tools, plus the growth factors small ÷ tiny (file bytes, moepack, reference)
 #   run-small-*  moepack run --mode float / fixed on that image, per frame = slope between N and 2N frames with
@@ -39,7 +40,7 @@
 # their date. Machines are noisy: compare medians and ratios, not single runs. Nothing here asserts
 # on timings.
 #
-# Environment: MOEPACK (binary, default .build/release/moepack), BENCH_RUNS (5), BENCH_FRAMES (80),
+# Environment: MOEPACK (binary, default .build/release/moepack), BENCH_RUNS (5), BENCH_FRAME_RUNS (9), BENCH_FRAMES (80),
 # PYTHON, BENCH_REFERENCE=committed (use the committed reference figures even when torch is available).
 # A full run with torch also writes its reference medians to bench/out/reference-figures.json. Outputs and logs go to bench/out/ (git-ignored); the table is also written to
 # bench/out/results.md.
@@ -252,15 +253,24 @@ per_frame() {   # per_frame MODE (after its runs) → sets WALL[run-MODE] (ms/fr
     RSS[run-$mode]=${RSS[run-$mode-$FRAMES]}
     SPREAD[run-$mode]=$(slope_spread "run-$mode-$HALF" "run-$mode-$FRAMES" "$HALF" "$FRAMES")
 }
-# Float and fixed are timed in rounds: each round runs float on 1, N/2 and N frames, then fixed on the
-# same, so both modes see the machine of the same minute. On a shared VM the speed drifts by tens of
-# percent over minutes; with all float runs first, that drift went into the fixed ÷ float ratio.
+# Float, fixed and the PyTorch reference are timed in rounds: each round runs float on 1, N/2 and N
+# frames, fixed on the same, then the reference, so the ratios compare runs of the same minute. On a
+# shared VM the speed drifts by tens of percent over minutes; with each job's runs in one block, that
+# drift went into the fixed ÷ float and float ÷ PyTorch ratios. $BENCH_FRAME_RUNS (9) rounds after a
+# warm-up round, since a short run is the one a slow minute moves most.
+FRAME_RUNS="${BENCH_FRAME_RUNS:-9}"
+ref_forward_once() {   # ref_forward_once I → run I of the reference forward
+    ((${1} == 0)) && echo "bench: ref-forward: $PY bench/reference_forward.py --frames $FRAMES --threads 2" >&2
+    measure_once ref-forward "$1" "$PY" bench/reference_forward.py --checkpoint "$BUNDLED" --image "$FRAME" \
+        --frames "$FRAMES" --warmup 3 --threads 2
+}
 if ! $REF_ONLY && [ -n "$RUN_MODE" ]; then
-    for ((i = 0; i <= RUNS; i++)); do
+    for ((i = 0; i <= FRAME_RUNS; i++)); do
         for mode in float fixed; do
             [ -n "${FAIL[run-$mode]:-}" ] && continue
             for n in 1 "$HALF" "$FRAMES"; do run_once "$mode" "$n" "$i" || { FAIL[run-$mode]=1; break; }; done
         done
+        have_ref && [ -z "${FAIL[ref-forward]:-}" ] && { ref_forward_once "$i" || true; }
     done
     for mode in float fixed; do [ -n "${FAIL[run-$mode]:-}" ] || per_frame "$mode"; done
     # Fixed ÷ float of each round (its two slopes), for the spread of the ratio.
@@ -271,14 +281,18 @@ if ! $REF_ONLY && [ -n "$RUN_MODE" ]; then
     fi
 elif ! $REF_ONLY; then
     FAIL[run-float]=1; FAIL[run-fixed]=1
+elif have_ref; then
+    for ((i = 0; i <= RUNS; i++)); do ref_forward_once "$i" || break; done
 fi
-if have_ref; then
-    if measure ref-forward "$PY" bench/reference_forward.py --checkpoint "$BUNDLED" --image "$FRAME" --frames "$FRAMES" --warmup 3 --threads 2; then
-        ms=()
-        for ((i = 1; i <= RUNS; i++)); do ms+=("$(sed -nE 's/^ms\/frame: *([0-9.]+).*/\1/p' "$LOG/ref-forward.$i.out")"); done
-        WALL[ref-forward-ms]=$(median "${ms[@]}")
-        SPREAD[ref-forward]=$(printf '%s\n' "${ms[@]}" | sort -g | awk '{a[NR]=$1} END { printf "%.1f–%.1f", a[1], a[NR] }')
-    fi
+# The reference's own in-process ms/frame of each timed run.
+if have_ref && [ -z "${FAIL[ref-forward]:-}" ] && [ -n "${WLIST[ref-forward]:-}" ]; then
+    measure_done ref-forward
+    ms=()
+    for f in "$LOG"/ref-forward.*.out; do
+        [ "$f" = "$LOG/ref-forward.0.out" ] || ms+=("$(sed -nE 's/^ms\/frame: *([0-9.]+).*/\1/p' "$f")")
+    done
+    WALL[ref-forward-ms]=$(median "${ms[@]}")
+    SPREAD[ref-forward]=$(printf '%s\n' "${ms[@]}" | sort -g | awk '{a[NR]=$1} END { printf "%.1f–%.1f", a[1], a[NR] }')
 fi
 
 # (f) task decoders (semseg + depth) on the bundled checkpoint's backbone output: moepack heads (per frame =
@@ -464,7 +478,7 @@ size_mb() { [ -f "$1" ] && awk -v b="$(stat -L -c %s "$1")" 'BEGIN { printf "%.0
 
 {
     echo
-    echo "Medians of $RUNS runs after 1 warm-up (page cache warm). $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, load average at end $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%Y-%m-%d)."
+    echo "Medians of $RUNS runs after 1 warm-up (page cache warm); the run rows and the PyTorch forward: $FRAME_RUNS rounds after a warm-up round. $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, load average at end $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%Y-%m-%d)."
     if [ -n "${WALL[pack-tiny]:-}" ] && [ -n "${WALL[pack-small]:-}" ] && [ -f "$CK_TINY" ] && [ -f "$CK_SMALL" ]; then
         g() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0) printf "%.2f×", b / a }'; }
         line="Growth ViT-Small ÷ ViT-Tiny: checkpoint bytes $(g "$(stat -L -c %s "$CK_TINY")" "$(stat -L -c %s "$CK_SMALL")"), moepack pack wall $(g "${WALL[pack-tiny]}" "${WALL[pack-small]}"), peak RSS $(g "${RSS[pack-tiny]}" "${RSS[pack-small]}")"
