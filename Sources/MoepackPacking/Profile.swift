@@ -170,12 +170,16 @@ public struct KernelProfile: Sendable, Codable, Equatable {
     /// - Throws: ``MoepackError`` `.usage` naming the assignment that is not `NAME=TYPE` or is refused.
     public func overriding(typeAssignments assignments: [String]) throws -> KernelProfile {
         var p = self
+        var seen = Set<String>()
         for a in assignments {
             guard let eq = a.firstIndex(of: "="), eq != a.startIndex, a.index(after: eq) != a.endIndex else {
                 throw MoepackError(.usage, item: "--type", "'\(a)' is not NAME=TYPE (e.g. 'wt_linear_t=ap_fixed<8,1>')")
             }
-            p = try p.overriding(type: String(a[..<eq]).trimmingCharacters(in: .whitespaces),
-                                 with: String(a[a.index(after: eq)...]))
+            let name = String(a[..<eq]).trimmingCharacters(in: .whitespaces)
+            guard seen.insert(name).inserted else {
+                throw MoepackError(.usage, item: "--type", "'\(name)' is given twice; give each element type once")
+            }
+            p = try p.overriding(type: name, with: String(a[a.index(after: eq)...]))
         }
         return p
     }

@@ -36,7 +36,7 @@ public struct SweepAxis: Sendable, Equatable {
         }
         types = try items.map { s in
             do { return try FixedType(parsing: s) } catch let e as MoepackError {
-                throw MoepackError(.usage, item: "--vary", "\(name): \(e.message)")
+                throw MoepackError(.usage, item: "--vary", "\(name)=\(s): \(e.message)")
             }
         }
     }

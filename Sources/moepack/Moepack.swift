@@ -31,8 +31,11 @@ struct Moepack: ParsableCommand {
         } catch {
             InterruptCleanup.waitIfInterrupted()
             if !(error is ExitCode), exitCode(for: error) == .validationFailure {
-                let first = message(for: error).split(separator: "\n").first.map(String.init) ?? "invalid arguments"
-                FileHandle.standardError.write(Data("moepack: error: \(first) (see --help)\n".utf8))
+                // swift-argument-parser lists allowed values on lines of their own: one line here.
+                let lines = message(for: error).split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+                let text = lines.isEmpty ? "invalid arguments"
+                    : ([lines[0]] + [lines.dropFirst().map { $0.hasPrefix("- ") ? String($0.dropFirst(2)) : $0 }.joined(separator: ", ")].filter { !$0.isEmpty }).joined(separator: " ")
+                FileHandle.standardError.write(Data("moepack: error: \(text) (see --help)\n".utf8))
                 Foundation.exit(ExitCode.validationFailure.rawValue)
             }
             exit(withError: error)

@@ -33,7 +33,10 @@ struct Quantize: ParsableCommand {
 
     func run() throws {
         try guarded {
-            let t = try FixedType(parsing: type)
+            let t: FixedType
+            do { t = try FixedType(parsing: type) } catch let e as MoepackError {
+                throw MoepackError(.usage, item: "--type", "\(type): \(e.message)")
+            }
             let src = try NpySource(path: input)
             guard let entry = src.entries.first else { throw MoepackError(.badInput, file: input, "no array") }
             if dequantize {
@@ -49,6 +52,15 @@ struct Quantize: ParsableCommand {
                     if unsigned || eb == 8 { return Int64(bitPattern: v) }
                     let shift = UInt64(64 - 8 * eb)
                     return Int64(bitPattern: v << shift) >> Int64(shift)
+                }
+                // A raw value outside W bits is not a code of this type (a wider type's raws, say).
+                if t.width < 64 {
+                    let lo: Int64 = t.signed ? -(Int64(1) << (t.width - 1)) : 0
+                    let hi: Int64 = t.signed ? (Int64(1) << (t.width - 1)) - 1 : (Int64(1) << t.width) - 1
+                    if let i = raw.firstIndex(where: { $0 < lo || $0 > hi }) {
+                        throw MoepackError(.numeric, file: input, item: entry.name,
+                                           "raw value \(raw[i]) at flat index \(i) is outside \(t.description)'s \(t.width)-bit codes \(lo)…\(hi)")
+                    }
                 }
                 let out = raw.map { Float(t.value(raw: t.signExtend(UInt64(bitPattern: $0)))) }
                 try NpyWriter.write(Tensor(shape: entry.shape, values: out), to: output)
@@ -87,7 +99,7 @@ struct Quantize: ParsableCommand {
             if json {
                 return try printJSON(QuantizeSummary(input: input, output: output, direction: "quantize", type: t.description,
                                                      shape: entry.shape, dtype: dtype.rawValue, values: values.count,
-                                                     overflow: stats.overflowCount, sqnr_db: stats.sqnrDB.isFinite ? stats.sqnrDB : nil))
+                                                     overflow: stats.overflowCount, sqnr_db: stats.sqnrDB))
             }
             print("wrote \(output): \(values.count) raw \(dtype.rawValue) values of \(t.description); SQNR \(stats.sqnrDB.isFinite ? String(format: "%.1f dB", stats.sqnrDB) : "∞ (exact)"), \(stats.overflowCount) overflow")
         }

@@ -16,6 +16,15 @@ struct FrameOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("Input frame: raw uint8 [3,H,W], .npy (uint8 or float byte/256), PNG, or a folder of frames; repeatable. Frames of another size are resized with an area filter.", valueName: "frame"))
     var image: [String] = []
 
+    /// True when the outputs go to a folder, one per frame: several `--image`, or a folder of frames
+    /// (even of one).
+    var outputsFolder: Bool {
+        image.count > 1 || image.contains { p in
+            var isDir: ObjCBool = false
+            return FileManager.default.fileExists(atPath: p, isDirectory: &isDir) && isDir.boolValue
+        }
+    }
+
     /// Expands folders (sorted file names) and loads every frame.
     func load(config: M3ViTConfig) throws -> [NamedFrame] {
         guard !image.isEmpty else { throw MoepackError(.usage, "give at least one --image FRAME") }
@@ -98,7 +107,9 @@ struct Run: ParsableCommand {
             let model = try ImageModel(image: image, mode: mode, task: task)
             let c = image.manifest.model
             var summary = RunSummary(image: directory, mode: mode.rawValue, task: model.task, shape: [c.tokens, c.embedDim], outputs: [])
-            if inputs.count == 1 {
+            // One output file for one frame named alone; a folder for several --image, a folder of
+            // frames, or -o ending in '/'.
+            if inputs.count == 1 && !frames.outputsFolder && !output.hasSuffix("/") {
                 let r = try model.run(inputs[0].frame)
                 try NpyWriter.write(Tensor(shape: [c.tokens, c.embedDim], values: r.output), to: output)
                 if let n = inputs[0].frame.note { note("moepack: \(inputs[0].name): \(n)") }
@@ -108,7 +119,9 @@ struct Run: ParsableCommand {
                 return
             }
             if output.lowercased().hasSuffix(".npy") {
-                throw MoepackError(.usage, file: output, "\(inputs.count) frames give \(inputs.count) outputs: -o must name a folder, not a .npy file")
+                throw MoepackError(.usage, file: output, inputs.count > 1
+                    ? "\(inputs.count) frames give \(inputs.count) outputs: -o must name a folder, not a .npy file"
+                    : "a folder of frames gives a folder of outputs (one .npy per frame): -o must name a folder, not a .npy file")
             }
             let stage = try StagedDirectory(destination: output)
             let progress = progressReporter("run")

@@ -24,7 +24,9 @@ struct PackSummary: Encodable {
     var source: String
     var container: String
     var profile: String
+    /// Task whose gates sit in moe_w_gate, and with `--task all` every task whose gates the image holds.
     var task: Int
+    var task_gates: [Int]?
     var layout: String
     var quantization: String
     var overflow: String
@@ -55,6 +57,7 @@ struct PackSummary: Encodable {
         container = m.source.container.rawValue
         profile = m.profile
         task = m.task
+        task_gates = m.task_gates?.map(\.task)
         layout = m.layout
         quantization = m.quantization.mode
         overflow = m.quantization.overflow
@@ -168,7 +171,7 @@ struct QuantizeSummary: Encodable {
     /// The dtype written, spelt as everywhere in moepack (safetensors: `I16`, `F32`, …).
     var dtype: String
     var values: Int
-    /// Quantize only: values outside the type's range and the SQNR (dB; nil when exact).
+    /// Quantize only: values outside the type's range and the SQNR (dB; "inf" when exact).
     var overflow: Int?
     var sqnr_db: Double?
 }
@@ -178,6 +181,7 @@ struct CheckSummary: Encodable {
     var format = "moepack-check/1"
     var directory: String
     var ok: Bool
+    /// The image's size and SHA-256 as the manifest records them (what the bytes were checked against).
     var image_bytes: Int
     var image_sha256: String
     var buffers: Int

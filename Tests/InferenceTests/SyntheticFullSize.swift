@@ -40,5 +40,5 @@ func syntheticFullSizeArrays(weightScale s: Double = 1) throws -> KernelArrays {
         "norm_weights": arr([L, 2, D], width: 16, frac: 11, std: 0.1, mean: 1),
         "norm_bias": arr([L, 2, D], width: 16, frac: 11, std: 0.05),
     ]
-    return try KernelArrays(config: c, arrays: arrays)
+    return KernelArrays(config: c, arrays: arrays)
 }
