@@ -54,25 +54,11 @@ static int32_t exp_fm_libm(int32_t x, int64_t *wraps) {
     return (int32_t)s;
 }
 
-// The forms of isa_forms.h, but AVX2 with FMA: the fused polynomial needs fewer instructions and
-// gives the same bits (step 2 above holds for every fusion).
-#define ISA_SUFFIX portable
-#define ISA_FN
-#include "softmax_isa.h"
-#undef ISA_SUFFIX
-#undef ISA_FN
-#if MOEPACK_X86
-#define ISA_SUFFIX avx2
-#define ISA_FN __attribute__((target("avx2,fma")))
-#include "softmax_isa.h"
-#undef ISA_SUFFIX
-#undef ISA_FN
-#define ISA_SUFFIX avx512
-#define ISA_FN __attribute__((target("avx512f,avx512bw")))
-#include "softmax_isa.h"
-#undef ISA_SUFFIX
-#undef ISA_FN
-#endif
+// The forms of isa_forms.h, AVX2 with FMA: the fused polynomial needs fewer instructions and gives
+// the same bits (step 2 above holds for every fusion).
+#define ISA_FORMS_FILE "softmax_isa.h"
+#define ISA_FORMS_AVX2_TARGET "avx2,fma"
+#include "isa_forms.h"
 
 /// The form to run: moepack_kernels_runnable's, the AVX2 form only where FMA runs too.
 static moepack_isa softmax_runnable(moepack_isa isa) {

@@ -54,18 +54,15 @@ struct Quantize: ParsableCommand {
                     return Int64(bitPattern: v << shift) >> Int64(shift)
                 }
                 // A raw value outside W bits is not a code of this type (a wider type's raws, say).
-                if t.width < 64 {
-                    let lo: Int64 = t.signed ? -(Int64(1) << (t.width - 1)) : 0
-                    let hi: Int64 = t.signed ? (Int64(1) << (t.width - 1)) - 1 : (Int64(1) << t.width) - 1
-                    if let i = raw.firstIndex(where: { $0 < lo || $0 > hi }) {
-                        throw MoepackError(.numeric, file: input, item: entry.name,
-                                           "raw value \(raw[i]) at flat index \(i) is outside \(t.description)'s \(t.width)-bit codes \(lo)…\(hi)")
-                    }
+                // (Every Int64 is a code of a 64-bit type.)
+                if t.width < 64, let i = raw.firstIndex(where: { $0 < t.minRaw || $0 > t.maxRaw }) {
+                    throw MoepackError(.numeric, file: input, item: entry.name,
+                                       "raw value \(raw[i]) at flat index \(i) is outside \(t.description)'s \(t.width)-bit codes \(t.minRaw)…\(t.maxRaw)")
                 }
                 let out = raw.map { Float(t.value(raw: t.signExtend(UInt64(bitPattern: $0)))) }
                 try NpyWriter.write(Tensor(shape: entry.shape, values: out), to: output)
                 if json {
-                    return try printJSON(QuantizeSummary(input: input, output: output, direction: "dequantize", type: t.description,
+                    return try printJSON(QuantizeSummary(input: input, output: output, direction: .dequantize, type: t.description,
                                                          shape: entry.shape, dtype: DType.float32.rawValue, values: out.count))
                 }
                 print("wrote \(output): \(out.count) float32 values of \(t.description)")
@@ -97,7 +94,7 @@ struct Quantize: ParsableCommand {
             }
             try NpyWriter.writeRaw(bytes: bytes, dtype: dtype, shape: entry.shape, to: output)
             if json {
-                return try printJSON(QuantizeSummary(input: input, output: output, direction: "quantize", type: t.description,
+                return try printJSON(QuantizeSummary(input: input, output: output, direction: .quantize, type: t.description,
                                                      shape: entry.shape, dtype: dtype.rawValue, values: values.count,
                                                      overflow: stats.overflowCount, sqnr_db: stats.sqnrDB))
             }

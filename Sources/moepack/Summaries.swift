@@ -161,11 +161,16 @@ struct ExportSummary: Encodable {
 
 /// `quantize --json`: one array converted to raw ap_fixed integers, or back.
 struct QuantizeSummary: Encodable {
+    enum Direction: String, Encodable {
+        /// float → raw container integers.
+        case quantize
+        /// raw → float32.
+        case dequantize
+    }
     var format = "moepack-quantize/1"
     var input: String
     var output: String
-    /// `quantize` (float → raw) or `dequantize` (raw → float32).
-    var direction: String
+    var direction: Direction
     var type: String
     var shape: [Int]
     /// The dtype written, spelt as everywhere in moepack (safetensors: `I16`, `F32`, …).
