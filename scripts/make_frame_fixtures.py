@@ -7,6 +7,10 @@ Output folder Tests/Fixtures/frames/:
   small_rgb8.png, small_rgba8.png, small_gray8.png, small_rgb16.png, small_palette.png
       6x4 (W x H) frames; each has <name>.expected.u8 = uint8 [3,4,6] (channel, row, column):
       RGBA -> alpha dropped, grey -> replicated, 16-bit -> high byte, palette -> expanded.
+  palette_index_past_plte.png, palette4_index_past_plte.png
+      6x4 palette frames (8-bit and 4-bit indices) whose PLTE has 5 entries while pixel (x=4, y=2)
+      holds index 5 (and, 8-bit, pixel (5, 3) index 200): an error by the PNG spec's PLTE rule
+      (an index must be below the entry count). Fixed bytes, no random draws.
   big_rgb8.png       128x64 (W x H) RGB frame (random bytes).
   big_to_32x64.expected.u8, big_to_48x80.expected.u8
       uint8 [3,H,W] area-filter resizes of big_rgb8.png to H x W = 32x64 and 48x80, computed
@@ -90,6 +94,8 @@ def main():
               palette=pal.tobytes())
     pal[idx].transpose(2, 0, 1).copy().tofile(os.path.join(OUT, "small_palette.expected.u8"))
 
+    write_bad_palettes()
+
     bh, bw = 64, 128
     big = rng.integers(0, 256, size=(bh, bw, 3), dtype=np.uint8)
     write_png(os.path.join(OUT, "big_rgb8.png"), [big[r].tobytes() for r in range(bh)], bw, bh, 8, 2)
@@ -97,6 +103,21 @@ def main():
     bchw.tofile(os.path.join(OUT, "big_rgb8.expected.u8"))
     area_resize(bchw, 32, 64).tofile(os.path.join(OUT, "big_to_32x64.expected.u8"))
     area_resize(bchw, 48, 80).tofile(os.path.join(OUT, "big_to_48x80.expected.u8"))
+
+
+def write_bad_palettes():
+    """Palette frames with an index past the PLTE chunk's 5 entries (written after the random
+    fixtures and from no random draws, so those stay byte-identical)."""
+    h, w = 4, 6
+    pal = bytes(range(15))  # 5 RGB entries
+    idx = np.array([[(x + y) % 5 for x in range(w)] for y in range(h)], dtype=np.uint8)
+    idx[2, 4] = 5
+    bad8 = idx.copy()
+    bad8[3, 5] = 200
+    write_png(os.path.join(OUT, "palette_index_past_plte.png"), [bad8[r].tobytes() for r in range(h)],
+              w, h, 8, 3, palette=pal)
+    packed = [bytes((int(row[i]) << 4) | int(row[i + 1]) for i in range(0, w, 2)) for row in idx]
+    write_png(os.path.join(OUT, "palette4_index_past_plte.png"), packed, w, h, 4, 3, palette=pal)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ public struct Frame: Sendable, Equatable {
 /// `config.imageWidth`).
 ///
 /// Accepted files (checked in this order):
-/// - PNG (signature `\x89PNG\r\n\x1a\n`): 8-bit grey, grey+alpha, RGB, RGBA, palette (expanded);
+/// - PNG (signature `\x89PNG\r\n\x1a\n`): 8-bit grey, grey+alpha, RGB, RGBA, palette (expanded; an
+///   index past the PLTE chunk's entries is refused, as the PNG spec makes it an error);
 ///   alpha is ignored (the colour samples are taken as stored). 16-bit files: the high byte of each
 ///   sample (16-bit files with alpha are first composited onto black by libpng, in linear light). Decoded with libpng's simplified API (`png_image`), so a gAMA/sRGB chunk that differs
 ///   from sRGB is converted to sRGB.
@@ -182,6 +183,7 @@ public enum FrameLoader {
         guard w * h <= maxPNGPixels else {
             throw MoepackError(.badInput, "PNG size \(w)×\(h) is \(w * h) pixels, more than the \(maxPNGPixels) moepack decodes (resize the frame first)")
         }
+        if image.format & png_uint_32(PNG_FORMAT_FLAG_COLORMAP) != 0 { try checkPaletteIndices(data, width: w, height: h) }
         let sixteen = image.format & png_uint_32(PNG_FORMAT_FLAG_LINEAR) != 0
         var chw = [UInt8](repeating: 0, count: 3 * h * w)
         if sixteen {
@@ -204,6 +206,30 @@ public enum FrameLoader {
             for p in 0..<(h * w) { for c in 0..<3 { chw[c * h * w + p] = buf[4 * p + c] } }
         }
         return (chw, h, w)
+    }
+
+    /// Refuses a palette PNG with a pixel whose index is not below its PLTE chunk's entry count: an
+    /// error by the PNG spec's PLTE rule, which libpng's simplified API expands to black without a
+    /// word. The file is read once more as indices (the colormap format keeps a palette file's own
+    /// indices), row-major; the first offending pixel is named.
+    /// - Throws: `MoepackError(.badInput)` naming the pixel (x, y), its index and the entry count.
+    private static func checkPaletteIndices(_ data: [UInt8], width w: Int, height h: Int) throws {
+        var image = png_image()
+        image.version = png_uint_32(PNG_IMAGE_VERSION)
+        defer { png_image_free(&image) }
+        let ok = data.withUnsafeBytes { png_image_begin_read_from_memory(&image, $0.baseAddress, $0.count) }
+        guard ok != 0 else { throw MoepackError(.badInput, "PNG header: \(pngMessage(&image))") }
+        let entries = Int(image.colormap_entries)
+        image.format = png_uint_32(PNG_FORMAT_FLAG_COLORMAP | PNG_FORMAT_FLAG_COLOR | PNG_FORMAT_FLAG_ALPHA)
+        var indices = [UInt8](repeating: 0, count: h * w)
+        var colormap = [UInt8](repeating: 0, count: 4 * 256)
+        let r = indices.withUnsafeMutableBytes { idx in
+            colormap.withUnsafeMutableBytes { png_image_finish_read(&image, nil, idx.baseAddress, png_int_32(w), $0.baseAddress) }
+        }
+        guard r != 0 else { throw MoepackError(.badInput, "PNG data: \(pngMessage(&image))") }
+        if let p = indices.firstIndex(where: { Int($0) >= entries }) {
+            throw MoepackError(.badInput, "PNG pixel (x \(p % w), y \(p / w)) has palette index \(indices[p]), past the \(entries) entries of its PLTE chunk")
+        }
     }
 
     private static func pngMessage(_ image: inout png_image) -> String {

@@ -54,6 +54,21 @@ final class FramesTests: XCTestCase {
         }
     }
 
+    /// The PNG spec's PLTE rule: a pixel's index must be below the palette's entry count. Fixtures
+    /// of scripts/make_frame_fixtures.py: 5 entries, index 5 at (x 4, y 2), also index 200 at (5, 3)
+    /// in the 8-bit file; the 4-bit file packs two indices per byte.
+    func testPaletteIndexPastPLTERefused() throws {
+        let c = Self.config(h: 4, w: 6)
+        for name in ["palette_index_past_plte", "palette4_index_past_plte"] {
+            let path = fixture(name + ".png")
+            XCTAssertThrowsError(try FrameLoader.load(path: path, config: c), name) { e in
+                XCTAssertEqual((e as? MoepackError)?.kind, .badInput, name)
+                XCTAssertEqual((e as? MoepackError)?.description,
+                               "\(path): PNG pixel (x 4, y 2) has palette index 5, past the 5 entries of its PLTE chunk", name)
+            }
+        }
+    }
+
     func testBigPNGExactSize() throws {
         let frame = try FrameLoader.load(path: fixture("big_rgb8.png"), config: Self.config(h: 64, w: 128))
         XCTAssertEqual(frame.bytes, try bytes("big_rgb8.expected.u8"))
