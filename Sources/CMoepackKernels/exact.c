@@ -311,6 +311,43 @@ __attribute__((target("avx2"))) static int64_t replay_block8_avx2(const int32_t 
     const int64_t checks = (int64_t)outs * lanes * (n + blocks * (scaled ? 2 : 1));
     return checks + e[0] + e[1] + e[2] + e[3];
 }
+
+/// The hand-written AVX2 forms above, for the replays one of them covers: returns 1 and the wraps
+/// in *total, or 0 (nothing done) when none does. Lanes past whole vectors take exact_isa.h's AVX2 loops.
+__attribute__((target("avx2"))) static int replay_hand_avx2(const int32_t *x, ptrdiff_t ldx, ptrdiff_t lanes,
+                                                            const int16_t *w16, const int32_t *w32, ptrdiff_t ldw,
+                                                            ptrdiff_t outs, ptrdiff_t n, int shift,
+                                                            moepack_replay_form form, int32_t scale, int scale_shift,
+                                                            int32_t *acc, ptrdiff_t ld_acc, int64_t *total) {
+    if (form == MOEPACK_REPLAY_PER_PRODUCT && w16 != NULL && shift == 14) {
+        // Whole chunks of 16 lanes in the vector form, the rest in the loops of exact_isa.h.
+        int32_t *split = lanes >= 16 ? malloc(sizeof(int32_t) * 32 * (size_t)(n > 0 ? n : 1)) : NULL;
+        const ptrdiff_t whole = split != NULL ? lanes - lanes % 16 : 0;
+        *total = 0;
+        for (ptrdiff_t l0 = 0; l0 < whole; l0 += 16)
+            *total += replay_w16s14_avx2(x + l0, ldx, w16, ldw, outs, n, acc + l0, ld_acc, split);
+        free(split);
+        if (whole < lanes)
+            *total += replay_lanes_avx2(x + whole, ldx, lanes - whole, w16, w32, ldw, outs, n, shift, form, scale,
+                                        scale_shift, acc + whole, ld_acc);
+        return 1;
+    }
+    if (form == MOEPACK_REPLAY_PER_PRODUCT && w32 != NULL && lanes % 8 == 0 && shift <= 31) {
+        *total = replay_w32_outs_avx2(x, ldx, lanes, w32, ldw, outs, n, shift, acc, ld_acc);
+        return 1;
+    }
+    if (form != MOEPACK_REPLAY_PER_PRODUCT) {
+        // Whole vectors of 4 lanes in the vector form, the rest in the loops of exact_isa.h.
+        const ptrdiff_t whole = lanes - lanes % 4;
+        *total = replay_block8_avx2(x, ldx, whole, w16, w32, ldw, outs, n, shift, form == MOEPACK_REPLAY_BLOCK8_SCALED,
+                                    scale, scale_shift, acc, ld_acc);
+        if (whole < lanes)
+            *total += replay_lanes_avx2(x + whole, ldx, lanes - whole, w16, w32, ldw, outs, n, shift, form, scale,
+                                        scale_shift, acc + whole, ld_acc);
+        return 1;
+    }
+    return 0;
+}
 #endif
 
 int64_t moepack_replay_lanes(moepack_isa isa, const int32_t *x, ptrdiff_t ldx, ptrdiff_t lanes,
@@ -319,35 +356,21 @@ int64_t moepack_replay_lanes(moepack_isa isa, const int32_t *x, ptrdiff_t ldx, p
                              int32_t *acc, ptrdiff_t ld_acc) {
     switch (moepack_kernels_runnable(isa)) {
 #if MOEPACK_X86
-    case MOEPACK_ISA_AVX512:
+    case MOEPACK_ISA_AVX512: {
+        // The hand-written AVX2 forms (32-bit lanes, prefix-sum wraps) outran exact_isa.h's loops
+        // compiled for AVX-512 (64-bit lanes) on a Zen 4 CPU: ViT-Small-sized fixed frames took 12%
+        // more CPU time with those (BENCHMARKS.md). Same values and counts either way.
+        int64_t total;
+        if (replay_hand_avx2(x, ldx, lanes, w16, w32, ldw, outs, n, shift, form, scale, scale_shift, acc, ld_acc, &total))
+            return total;
         return replay_lanes_avx512(x, ldx, lanes, w16, w32, ldw, outs, n, shift, form, scale, scale_shift, acc, ld_acc);
-    case MOEPACK_ISA_AVX2:
-        if (form == MOEPACK_REPLAY_PER_PRODUCT && w16 != NULL && shift == 14) {
-            // Whole chunks of 16 lanes in the vector form, the rest in the loops of exact_isa.h.
-            int32_t *split = lanes >= 16 ? malloc(sizeof(int32_t) * 32 * (size_t)(n > 0 ? n : 1)) : NULL;
-            const ptrdiff_t whole = split != NULL ? lanes - lanes % 16 : 0;
-            int64_t total = 0;
-            for (ptrdiff_t l0 = 0; l0 < whole; l0 += 16)
-                total += replay_w16s14_avx2(x + l0, ldx, w16, ldw, outs, n, acc + l0, ld_acc, split);
-            free(split);
-            if (whole < lanes)
-                total += replay_lanes_avx2(x + whole, ldx, lanes - whole, w16, w32, ldw, outs, n, shift, form, scale,
-                                           scale_shift, acc + whole, ld_acc);
+    }
+    case MOEPACK_ISA_AVX2: {
+        int64_t total;
+        if (replay_hand_avx2(x, ldx, lanes, w16, w32, ldw, outs, n, shift, form, scale, scale_shift, acc, ld_acc, &total))
             return total;
-        }
-        if (form == MOEPACK_REPLAY_PER_PRODUCT && w32 != NULL && lanes % 8 == 0 && shift <= 31)
-            return replay_w32_outs_avx2(x, ldx, lanes, w32, ldw, outs, n, shift, acc, ld_acc);
-        if (form != MOEPACK_REPLAY_PER_PRODUCT) {
-            // Whole vectors of 4 lanes in the vector form, the rest in the loops of exact_isa.h.
-            const ptrdiff_t whole = lanes - lanes % 4;
-            int64_t total = replay_block8_avx2(x, ldx, whole, w16, w32, ldw, outs, n, shift,
-                                               form == MOEPACK_REPLAY_BLOCK8_SCALED, scale, scale_shift, acc, ld_acc);
-            if (whole < lanes)
-                total += replay_lanes_avx2(x + whole, ldx, lanes - whole, w16, w32, ldw, outs, n, shift, form, scale,
-                                           scale_shift, acc + whole, ld_acc);
-            return total;
-        }
         return replay_lanes_avx2(x, ldx, lanes, w16, w32, ldw, outs, n, shift, form, scale, scale_shift, acc, ld_acc);
+    }
 #endif
     default:
         return replay_lanes_portable(x, ldx, lanes, w16, w32, ldw, outs, n, shift, form, scale, scale_shift, acc,
