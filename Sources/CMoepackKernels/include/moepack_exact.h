@@ -1,7 +1,9 @@
 // Exact step-by-step replays of the kernel's fixed-point accumulations, with the count of every
 // assignment that wraps (AP_WRAP): the slow path of the emulation, taken where no bound can prove
 // that no partial sum leaves fm_t. Same forms and per-process choice as moepack_kernels.h
-// (portable C, AVX2, AVX-512; MOEPACK_SIMD); every form gives the same values and counts.
+// (portable C, AVX2, AVX-512; MOEPACK_SIMD), except that an AVX-512 CPU takes the hand-written AVX2
+// forms of exact.c where one covers the replay (they are faster); every form gives the same values
+// and counts.
 #ifndef MOEPACK_EXACT_H
 #define MOEPACK_EXACT_H
 
