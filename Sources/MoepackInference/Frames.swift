@@ -228,7 +228,7 @@ public enum FrameLoader {
         }
         guard r != 0 else { throw MoepackError(.badInput, "PNG data: \(pngMessage(&image))") }
         if let p = indices.firstIndex(where: { Int($0) >= entries }) {
-            throw MoepackError(.badInput, "PNG pixel (x \(p % w), y \(p / w)) has palette index \(indices[p]), past the \(entries) entries of its PLTE chunk")
+            throw MoepackError(.badInput, "PNG pixel (x \(p % w), y \(p / w)) has palette index \(indices[p]), but its PLTE chunk has \(entries) entr\(entries == 1 ? "y" : "ies")")
         }
     }
 

@@ -64,7 +64,7 @@ final class FramesTests: XCTestCase {
             XCTAssertThrowsError(try FrameLoader.load(path: path, config: c), name) { e in
                 XCTAssertEqual((e as? MoepackError)?.kind, .badInput, name)
                 XCTAssertEqual((e as? MoepackError)?.description,
-                               "\(path): PNG pixel (x 4, y 2) has palette index 5, past the 5 entries of its PLTE chunk", name)
+                               "\(path): PNG pixel (x 4, y 2) has palette index 5, but its PLTE chunk has 5 entries", name)
             }
         }
     }
