@@ -56,7 +56,7 @@ let package = Package(
         // Stage 5: inference from the packed image (float path, fixed-point emulation), frames.
         .target(name: "MoepackInference",
                 dependencies: ["MoepackCore", "MoepackModel", "MoepackFixedPoint", "MoepackPacking",
-                               "COpenBLAS", "CPNG", "MoepackCheckpoint", "CMoepackKernels"]),
+                               "COpenBLAS", "CPNG", "CZlib", "MoepackCheckpoint", "CMoepackKernels"]),
         // Task decoders on the backbone output (BatchNorm folded, convolutions on OpenBLAS) and their PNG renderings.
         .target(name: "MoepackHeads",
                 dependencies: ["MoepackCore", "MoepackModel", "MoepackCheckpoint", "MoepackPacking", "MoepackInference",

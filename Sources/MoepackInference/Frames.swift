@@ -31,8 +31,11 @@ public struct Frame: Sendable, Equatable {
 /// - PNG (signature `\x89PNG\r\n\x1a\n`): 8-bit grey, grey+alpha, RGB, RGBA, palette (expanded; an
 ///   index past the PLTE chunk's entries is refused, as the PNG spec makes it an error);
 ///   alpha is ignored (the colour samples are taken as stored). 16-bit files: the high byte of each
-///   sample (16-bit files with alpha are first composited onto black by libpng, in linear light). Decoded with libpng's simplified API (`png_image`), so a gAMA/sRGB chunk that differs
-///   from sRGB is converted to sRGB.
+///   sample (16-bit files with alpha are first composited onto black by libpng, in linear light).
+///   Interlaced (Adam7) files are accepted. Before any pixel is decoded, `PNGStructure` checks the
+///   chunk list against the file's length, the PLTE/tRNS rules and that the IDAT stream inflates to
+///   exactly the header's rows (a stream that inflates further is stopped one image in). Decoded with
+///   libpng's simplified API (`png_image`), so a gAMA/sRGB chunk that differs from sRGB is converted to sRGB.
 /// - NumPy `.npy` (magic `\x93NUMPY`, versions 1–3, C order): uint8 `[3,H,W]` or `[H,W,3]`, or
 ///   float32/float64 `[3,H,W]` or `[H,W,3]` holding byte/256 values.
 /// - Raw uint8 `[3,H,W]` (file size exactly 3·H·W).
@@ -169,20 +172,16 @@ public enum FrameLoader {
 
     static let pngSignature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
 
-    /// Decodes a PNG to [3, h, w] bytes via libpng's simplified API.
+    /// Decodes a PNG to [3, h, w] bytes via libpng's simplified API, after `PNGStructure.check` has
+    /// bounded its chunks and its IDAT stream by the file and the header.
     static func decodePNG(_ data: [UInt8]) throws -> ([UInt8], Int, Int) {
+        let structure = try PNGStructure.check(data, maxSide: maxSide, maxPixels: maxPNGPixels)
         var image = png_image()
         image.version = png_uint_32(PNG_IMAGE_VERSION)
         defer { png_image_free(&image) }
         let ok = data.withUnsafeBytes { png_image_begin_read_from_memory(&image, $0.baseAddress, $0.count) }
         guard ok != 0 else { throw MoepackError(.badInput, "PNG header: \(pngMessage(&image))") }
-        let w = Int(image.width), h = Int(image.height)
-        guard w > 0, h > 0, w <= maxSide, h <= maxSide else {
-            throw MoepackError(.badInput, "PNG size \(w)×\(h) outside 1…\(maxSide)")
-        }
-        guard w * h <= maxPNGPixels else {
-            throw MoepackError(.badInput, "PNG size \(w)×\(h) is \(w * h) pixels, more than the \(maxPNGPixels) moepack decodes (resize the frame first)")
-        }
+        let w = structure.header.width, h = structure.header.height
         if image.format & png_uint_32(PNG_FORMAT_FLAG_COLORMAP) != 0 { try checkPaletteIndices(data, width: w, height: h) }
         let sixteen = image.format & png_uint_32(PNG_FORMAT_FLAG_LINEAR) != 0
         var chw = [UInt8](repeating: 0, count: 3 * h * w)
