@@ -76,6 +76,12 @@ struct PNGStructure {
         return structure
     }
 
+    /// The one error shape of this file: "PNG <what is wrong>".
+    private static func bad(_ m: String) -> MoepackError { MoepackError(.badInput, "PNG " + m) }
+
+    /// A 4-byte big-endian unsigned integer (§7.1), as chunk lengths and IHDR fields are stored.
+    private static func u32<C: Collection<UInt8>>(_ bytes: C) -> Int { bytes.prefix(4).reduce(0) { $0 << 8 | Int($1) } }
+
     struct Chunk {
         var type: String
         var offset: Int
@@ -85,7 +91,6 @@ struct PNGStructure {
 
     /// Walks the chunks from the signature to IEND (§5.3), each length checked against the bytes left.
     static func chunkList(_ data: [UInt8]) throws -> [Chunk] {
-        func bad(_ m: String) -> MoepackError { MoepackError(.badInput, "PNG " + m) }
         var chunks: [Chunk] = []
         var at = 8
         while chunks.last?.type != "IEND" {
@@ -94,7 +99,7 @@ struct PNGStructure {
                 throw bad("ends\(after) without an IEND chunk (file truncated?)")
             }
             guard data.count - at >= 8 else { throw bad("ends inside the chunk header at byte \(at) (file truncated?)") }
-            let length = data[at..<at + 4].reduce(0) { $0 << 8 | Int($1) }
+            let length = u32(data[at..<at + 4])
             let typeBytes = data[at + 4..<at + 8]
             guard typeBytes.allSatisfy({ (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0) }) else {
                 let hex = typeBytes.map { String($0, radix: 16).leftPadded(to: 2) }.joined(separator: " ")
@@ -114,13 +119,11 @@ struct PNGStructure {
     /// IHDR (§11.2.2): first, 13 bytes, an allowed colour type and bit depth, interlace 0 or 1, and a size
     /// within moepack's limits (checked here, before any pixel is decoded).
     static func parseHeader(_ data: [UInt8], _ chunks: [Chunk], maxSide: Int, maxPixels: Int) throws -> Header {
-        func bad(_ m: String) -> MoepackError { MoepackError(.badInput, "PNG " + m) }
         let first = chunks[0]
         guard first.type == "IHDR" else { throw bad("starts with \(first.label), not IHDR") }
         guard first.data.count == 13 else { throw bad("IHDR chunk has \(first.data.count) data bytes, not 13") }
         let d = Array(data[first.data])
-        func u32(_ i: Int) -> Int { d[i..<i + 4].reduce(0) { $0 << 8 | Int($1) } }
-        let header = Header(width: u32(0), height: u32(4), bitDepth: Int(d[8]), colourType: Int(d[9]), interlaced: d[12] == 1)
+        let header = Header(width: u32(d[0..<4]), height: u32(d[4..<8]), bitDepth: Int(d[8]), colourType: Int(d[9]), interlaced: d[12] == 1)
         guard let colour = colourTypes[header.colourType] else {
             throw bad("IHDR colour type \(header.colourType) is not one of 0, 2, 3, 4, 6")
         }
@@ -138,7 +141,6 @@ struct PNGStructure {
 
     /// Chunk order and the PLTE/tRNS rules; returns the IDAT data ranges (§5.6, §11.2.3, §11.3.2.1).
     static func checkOrder(_ data: [UInt8], _ chunks: [Chunk], header: Header) throws -> [Range<Int>] {
-        func bad(_ m: String) -> MoepackError { MoepackError(.badInput, "PNG " + m) }
         var paletteEntries: Int?
         var idat: [Chunk] = []
         for (i, chunk) in chunks.enumerated() {
@@ -168,11 +170,10 @@ struct PNGStructure {
     /// Inflates the IDAT stream into a scratch buffer, counting bytes and stopping as soon as the count
     /// passes `filteredSize`, so a stream that inflates far past the image costs at most one image.
     func checkImageData(_ data: [UInt8]) throws {
-        func bad(_ m: String) -> MoepackError { MoepackError(.badInput, "PNG " + m) }
         let expected = filteredSize
         var stream = z_stream()
         guard inflateInit_(&stream, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else {
-            throw bad("IDAT: zlib inflateInit failed")
+            throw Self.bad("IDAT: zlib inflateInit failed")
         }
         defer { inflateEnd(&stream) }
         let scratchSize = 1 << 16
@@ -190,27 +191,27 @@ struct PNGStructure {
                     let rc = inflate(&stream, Z_NO_FLUSH)
                     produced += scratchSize - Int(stream.avail_out)
                     guard produced <= expected else {
-                        throw bad("IDAT data inflates past the \(expected) bytes of filtered rows a \(imageDescription) image has (extra compressed data)")
+                        throw Self.bad("IDAT data inflates past the \(expected) bytes of filtered rows a \(imageDescription) image has (extra compressed data)")
                     }
                     switch rc {
                     case Z_OK: continue
                     case Z_STREAM_END: ended = true; trailing += Int(stream.avail_in)
                     case Z_BUF_ERROR: break inflating  // no progress possible until the next IDAT
-                    case Z_NEED_DICT: throw bad("IDAT zlib stream asks for a preset dictionary, which PNG does not allow")
+                    case Z_NEED_DICT: throw Self.bad("IDAT zlib stream asks for a preset dictionary, which PNG does not allow")
                     default:
                         let why = stream.msg.map { String(cString: $0) } ?? "error \(rc)"
-                        throw bad("IDAT zlib stream is corrupt after \(produced) inflated bytes: \(why)")
+                        throw Self.bad("IDAT zlib stream is corrupt after \(produced) inflated bytes: \(why)")
                     }
                 }
             }
         }
         guard ended else {
-            throw bad("IDAT zlib stream is cut short after \(produced) of the \(expected) bytes of filtered rows a \(imageDescription) image has (file truncated?)")
+            throw Self.bad("IDAT zlib stream is cut short after \(produced) of the \(expected) bytes of filtered rows a \(imageDescription) image has (file truncated?)")
         }
         guard produced == expected else {
-            throw bad("IDAT data inflates to \(produced) bytes, but a \(imageDescription) image has \(expected) bytes of filtered rows")
+            throw Self.bad("IDAT data inflates to \(produced) bytes, but a \(imageDescription) image has \(expected) bytes of filtered rows")
         }
-        guard trailing == 0 else { throw bad("has \(trailing) bytes of IDAT data after its zlib stream ends") }
+        guard trailing == 0 else { throw Self.bad("has \(trailing) bytes of IDAT data after its zlib stream ends") }
     }
 }
 
